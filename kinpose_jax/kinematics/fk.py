@@ -23,8 +23,9 @@ class _Schedule(NamedTuple):
     frames: np.ndarray  # [F] entry index of every frame, in level order
     level_slices: tuple[tuple[int, int], ...]  # [start, stop) into ``frames`` per depth level
     parent_in_prev: tuple[np.ndarray, ...]  # per level > 0: parent's position inside the previous level
-    slot_axes: np.ndarray  # [F*3, 3] rotation axes per frame and slot (zero rows: no dof)
-    slot_angle: np.ndarray  # [F*3] index into angles (num_dofs means "no dof": angle 0)
+    dof_axes: np.ndarray  # [P, 3] unit axis of every angle
+    dof_groups: tuple[np.ndarray, ...]  # per k = 1..3: [n_k, k] angle indices of the frames with k dofs
+    local_order: np.ndarray  # [F] level-ordered frame -> row of concat(no-dof frames, group 1, 2, 3)
     entry_from_level: np.ndarray  # [E] position of every entry in concat(levels, derived)
     derived: np.ndarray  # [D] derived entry indices
     derived_weights: np.ndarray  # [D, F] weights over level-ordered frames
@@ -54,13 +55,14 @@ def _schedule(names, parents, dofs, derived) -> _Schedule:
     for i in range(e):
         offsets[i] = dof_offset
         dof_offset += len(dofs[i])
-    num_dofs = dof_offset
-    slot_axes = np.zeros((len(frames), 3, 3))
-    slot_angle = np.full((len(frames), 3), num_dofs, dtype=np.int32)
-    for f, i in enumerate(frames):
-        for k, axis in enumerate(dofs[i]):
-            slot_axes[f, k] = axis
-            slot_angle[f, k] = offsets[i] + k
+    dof_axes = np.asarray([a for i in range(e) for a in dofs[i]], dtype=np.float64).reshape(-1, 3)
+    by_count = [[f for f, i in enumerate(frames) if len(dofs[i]) == k] for k in range(4)]
+    dof_groups = tuple(
+        np.asarray([[offsets[frames[f]] + s for s in range(k)] for f in by_count[k]], dtype=np.int32).reshape(-1, k)
+        for k in range(1, 4)
+    )
+    grouped = [f for k in range(4) for f in by_count[k]]
+    local_order = np.asarray([grouped.index(f) for f in range(len(frames))], dtype=np.int32)
     derived_idx = np.asarray([i for i in range(e) if derived[i]], dtype=np.int32)
     level_pos = {int(i): p for p, i in enumerate(frames)}
     weights = np.zeros((len(derived_idx), len(frames)))
@@ -69,7 +71,7 @@ def _schedule(names, parents, dofs, derived) -> _Schedule:
             weights[r, level_pos[src]] += w
     order = list(frames) + list(derived_idx)
     entry_from_level = np.asarray([order.index(i) for i in range(e)], dtype=np.int32)
-    return _Schedule(frames, tuple(slices), parent_in_prev, slot_axes.reshape(-1, 3), slot_angle.reshape(-1),
+    return _Schedule(frames, tuple(slices), parent_in_prev, dof_axes, dof_groups, local_order,
                      entry_from_level, derived_idx, weights)
 
 
@@ -124,29 +126,40 @@ def forward_kinematics(
     angles = jnp.asarray(angles)
     if angles.shape[-1] != tree.num_dofs:
         raise ValueError(f"angles must be [..., {tree.num_dofs}] (tree.num_dofs), got shape {angles.shape}")
-    dtype = jnp.result_type(angles.dtype, jnp.float32) if not jnp.issubdtype(angles.dtype, jnp.floating) else angles.dtype
+    dtype = angles.dtype if jnp.issubdtype(angles.dtype, jnp.floating) else jnp.float32
     angles = angles.astype(dtype)
-    batch = angles.shape[:-1]
     offsets = jnp.asarray(tree.offsets, dtype)
-    batch = jnp.broadcast_shapes(batch, offsets.shape[:-2])
-    if translation is None:
-        translation = jnp.zeros(batch + (3,), dtype)
-    translation = jnp.asarray(translation, dtype)
-    if translation.shape[-1] != 3:
+    translation = jnp.zeros((3,), dtype) if translation is None else jnp.asarray(translation, dtype)
+    if translation.shape[-1:] != (3,):
         raise ValueError(f"translation must be [..., 3], got shape {translation.shape}")
-    batch = jnp.broadcast_shapes(batch, translation.shape[:-1])
-    if scale is not None:
-        scale = jnp.asarray(scale, dtype)
-        batch = jnp.broadcast_shapes(batch, scale.shape)
-        offsets = offsets * scale[..., None, None]
+    scale = jnp.ones((), dtype) if scale is None else jnp.asarray(scale, dtype)
+    batch = jnp.broadcast_shapes(angles.shape[:-1], offsets.shape[:-2], translation.shape[:-1], scale.shape)
+    # Work on one flat batch axis N (XLA's CPU dot with several batch dims is fragile) and
+    # restore the leading shape at the end.
+    n = int(np.prod(batch))
+    angles = jnp.broadcast_to(angles, batch + angles.shape[-1:]).reshape(n, -1)
+    translation = jnp.broadcast_to(translation, batch + (3,)).reshape(n, 3)
+    offsets = jnp.broadcast_to(offsets, batch + offsets.shape[-2:]).reshape((n,) + offsets.shape[-2:])
+    offsets = offsets * jnp.broadcast_to(scale, batch).reshape(n, 1, 1)
+    result = _forward_flat(tree, sched, angles, translation, offsets, dtype)
+    return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), result)
 
-    # Local rotations of every frame at once: [..., F, 3, 3].
-    padded = jnp.concatenate([angles, jnp.zeros(angles.shape[:-1] + (1,), dtype)], axis=-1)
-    slot_theta = jnp.take(padded, jnp.asarray(sched.slot_angle), axis=-1)
-    slot_rot = axis_angle_matrices(sched.slot_axes, slot_theta)
-    num_frames = len(sched.frames)
-    slot_rot = slot_rot.reshape(slot_rot.shape[:-3] + (num_frames, 3, 3, 3))
-    local_rot = slot_rot[..., 0, :, :] @ slot_rot[..., 1, :, :] @ slot_rot[..., 2, :, :]
+
+def _forward_flat(tree, sched, angles, translation, offsets, dtype) -> FKResult:
+    """FK on flat inputs: angles [N, P], translation [N, 3], offsets [N, E, 3] (scaled)."""
+    batch = angles.shape[:1]
+    # Local rotations: one matrix per angle, then the product over each frame's dofs, grouped by
+    # dof count so frames without dofs cost nothing: [..., F, 3, 3] in level order.
+    dof_rot = axis_angle_matrices(sched.dof_axes, angles)  # [..., P, 3, 3]
+    num_static = len(sched.frames) - sum(len(g) for g in sched.dof_groups)
+    parts = [jnp.broadcast_to(jnp.eye(3, dtype=dtype), angles.shape[:-1] + (num_static, 3, 3))]
+    for group in sched.dof_groups:
+        if len(group):
+            m = jnp.take(dof_rot, group[:, 0], axis=-3)
+            for k in range(1, group.shape[1]):
+                m = m @ jnp.take(dof_rot, group[:, k], axis=-3)
+            parts.append(m)
+    local_rot = jnp.concatenate(parts, axis=-3)[..., sched.local_order, :, :]
     local_off = offsets[..., sched.frames, :]
 
     start, stop = sched.level_slices[0]

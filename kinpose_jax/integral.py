@@ -1,0 +1,118 @@
+"""Integral regression: soft-argmax over heatmaps, decoding to patch pixels, flip-test merging.
+
+Normalized coordinates (SPEC §4): for a heatmap of W x H x D bins the expected bin index ``i``
+along an axis gives ``i / W - 0.5`` (x), ``i / H - 0.5`` (y), ``i / D - 0.5`` (z). Decoding to
+patch pixels: ``x_px = (x + 0.5) * patch_w``, ``y_px = (y + 0.5) * patch_h``, ``z = z * patch_w``.
+
+Channel order of the 3D heatmaps is ``j * D + d`` (joint-major) in both layouts:
+``"NCHW"``: [B, J*D, H, W] (the seed's PyTorch layout); ``"NHWC"``: [B, H, W, J*D] (Flax convs).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, ...]):
+    """Softmax over ``sum_axes`` (stable: max-subtracted, float32) and expected indices along
+    each named axis. Returns {name: [...]} with the summed axes removed."""
+    logits = logits.astype(jnp.float32)
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=sum_axes, keepdims=True))
+    e = jnp.exp(logits - m)
+    total = jnp.sum(e, axis=sum_axes)
+    out = {}
+    for name, ax in axes.items():
+        others = tuple(a for a in sum_axes if a != ax)
+        marginal = jnp.sum(e, axis=others, keepdims=True)  # bins along ``ax`` only
+        shape = [1] * logits.ndim
+        shape[ax] = logits.shape[ax]
+        idx = jnp.arange(logits.shape[ax], dtype=jnp.float32).reshape(shape)
+        out[name] = jnp.squeeze(jnp.sum(marginal * idx, axis=ax, keepdims=True), axis=sum_axes) / total
+    return out
+
+
+def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout: str = "NHWC") -> jax.Array:
+    """Integral 3D joint regression.
+
+    Args:
+      heatmaps: logits, [B, J*D, H, W] ("NCHW") or [B, H, W, J*D] ("NHWC"), channel = j*D + d.
+      num_joints: J. depth_bins: D.
+    Returns:
+      [B, J, 3] normalized (x, y, z), float32.
+    """
+    if layout == "NCHW":
+        b, c, h, w = heatmaps.shape
+        _check_channels(c, num_joints, depth_bins)
+        x = heatmaps.reshape(b, num_joints, depth_bins, h, w)
+        exp = _expectations(x, {"x": 4, "y": 3, "z": 2}, (2, 3, 4))
+    elif layout == "NHWC":
+        b, h, w, c = heatmaps.shape
+        _check_channels(c, num_joints, depth_bins)
+        x = heatmaps.reshape(b, h, w, num_joints, depth_bins)
+        exp = _expectations(x, {"x": 2, "y": 1, "z": 4}, (1, 2, 4))
+    else:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return jnp.stack([exp["x"] / w - 0.5, exp["y"] / h - 0.5, exp["z"] / depth_bins - 0.5], axis=-1)
+
+
+def softargmax_2d(heatmaps: jax.Array, layout: str = "NHWC") -> jax.Array:
+    """Integral 2D joint regression: [B, J, H, W] ("NCHW") or [B, H, W, J] ("NHWC") -> [B, J, 2]
+    normalized (x, y)."""
+    if layout == "NCHW":
+        _, _, h, w = heatmaps.shape
+        exp = _expectations(heatmaps, {"x": 3, "y": 2}, (2, 3))
+    elif layout == "NHWC":
+        _, h, w, _ = heatmaps.shape
+        exp = _expectations(heatmaps, {"x": 2, "y": 1}, (1, 2))
+    else:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return jnp.stack([exp["x"] / w - 0.5, exp["y"] / h - 0.5], axis=-1)
+
+
+def _check_channels(c: int, num_joints: int, depth_bins: int) -> None:
+    if c != num_joints * depth_bins:
+        raise ValueError(
+            f"heatmaps have {c} channels, expected num_joints * depth_bins = {num_joints} * {depth_bins}"
+        )
+
+
+def normalized_to_patch(joints: jax.Array, patch_width: float, patch_height: float) -> jax.Array:
+    """[..., J, 3] normalized -> patch pixels (x, y) and depth in patch-width units."""
+    scale = jnp.asarray([patch_width, patch_height, patch_width], jnp.float32)
+    offset = jnp.asarray([0.5, 0.5, 0.0], jnp.float32)
+    return (joints + offset) * scale
+
+
+def patch_to_normalized(joints: jax.Array, patch_width: float, patch_height: float) -> jax.Array:
+    """Inverse of :func:`normalized_to_patch`."""
+    scale = jnp.asarray([patch_width, patch_height, patch_width], jnp.float32)
+    offset = jnp.asarray([0.5, 0.5, 0.0], jnp.float32)
+    return joints / scale - offset
+
+
+def flip_pairs_permutation(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """[J] joint permutation that swaps each left/right pair."""
+    perm = np.arange(num_joints)
+    for a, b in flip_pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def flip_joints_patch(joints_px: jax.Array, patch_width: float, flip_pairs: Sequence[tuple[int, int]]) -> jax.Array:
+    """Mirrors patch-pixel joints [..., J, >=2] of a horizontally flipped patch back:
+    ``u <- patch_width - u - 1`` and left/right pairs swapped."""
+    u = patch_width - joints_px[..., 0:1] - 1.0
+    mirrored = jnp.concatenate([u, joints_px[..., 1:]], axis=-1)
+    return mirrored[..., flip_pairs_permutation(joints_px.shape[-2], flip_pairs), :]
+
+
+def merge_flip_test(
+    joints_px: jax.Array, joints_flipped_px: jax.Array, patch_width: float, flip_pairs: Sequence[tuple[int, int]]
+) -> jax.Array:
+    """Flip test: average the prediction on the patch with the mirrored-back prediction on the
+    flipped patch. Both [..., J, 3] in patch pixels; returns the same."""
+    return 0.5 * (joints_px + flip_joints_patch(joints_flipped_px, patch_width, flip_pairs))

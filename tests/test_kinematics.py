@@ -1,0 +1,350 @@
+"""Kinematic trees and forward kinematics: PyTorch parity, invariants, seed bugs, edits, IK."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from kinpose_jax import kinematics as kin
+from kinpose_jax.kinematics import presets
+from tests import torch_reference as ref
+
+SEED_SCALE_RANGE = (3e-4, 7e-4)  # normalized units: ~1/2000 per mm
+
+
+def random_motion(rng, n, angle_scale=1.0):
+    motion = rng.uniform(-math.pi, math.pi, size=(n, 29)) * angle_scale
+    motion[:, :3] = rng.normal(size=(n, 3)) * 0.1
+    return motion.astype(np.float32)
+
+
+def seed_fk_jax(motion, scale):
+    tree = presets.seed_h36m18()
+    translation, angles = presets.seed_motion_to_fk_inputs(motion, tree)
+    return kin.forward_kinematics(tree, angles, translation, scale).joints
+
+
+# ------------------------------------------------------------------ parity with PyTorch
+def test_seed_fk_matches_independent_torch_reference():
+    rng = np.random.default_rng(0)
+    motion = random_motion(rng, 64)
+    scale = rng.uniform(*SEED_SCALE_RANGE, size=64).astype(np.float32)
+    ours = np.asarray(seed_fk_jax(motion, scale))
+    theirs = ref.to_numpy(ref.seed_fk(torch.from_numpy(motion), torch.from_numpy(scale)))
+    assert ours.shape == (64, 18, 3)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_seed_fk_matches_in_millimetres():
+    rng = np.random.default_rng(1)
+    motion = random_motion(rng, 16)
+    motion[:, :3] *= 5000.0
+    scale = np.ones(16, np.float32)
+    ours = np.asarray(seed_fk_jax(motion, scale))
+    theirs = ref.to_numpy(ref.seed_fk(torch.from_numpy(motion).double(), torch.from_numpy(scale).double()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=2e-3)  # float32 at ~1000 mm
+
+
+def test_seed_fk_gradients_match_torch_autograd():
+    rng = np.random.default_rng(2)
+    motion = random_motion(rng, 8)
+    scale = rng.uniform(*SEED_SCALE_RANGE, size=8).astype(np.float32)
+    w = rng.normal(size=(8, 18, 3)).astype(np.float32)
+
+    g_motion, g_scale = jax.grad(lambda m, s: jnp.sum(seed_fk_jax(m, s) * w), argnums=(0, 1))(motion, scale)
+
+    tm = torch.tensor(motion, requires_grad=True)
+    ts = torch.tensor(scale, requires_grad=True)
+    (ref.seed_fk(tm, ts) * torch.from_numpy(w)).sum().backward()
+    expected_motion = ref.to_numpy(tm.grad)
+    expected_motion[:, 28] = 0.0  # Head_RotX is unused by the seed model
+    np.testing.assert_allclose(np.asarray(g_motion), expected_motion, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_scale), ref.to_numpy(ts.grad), rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ invariants
+@pytest.mark.parametrize("name", ["seed_h36m18", "h36m18", "mpii16"])
+def test_bone_lengths_equal_offset_length_times_scale(name):
+    tree = presets.get_tree(name)
+    rng = np.random.default_rng(3)
+    angles = rng.uniform(-math.pi, math.pi, size=(32, tree.num_dofs)).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, size=32).astype(np.float32)
+    pos = np.asarray(kin.forward_kinematics(tree, angles, scale=scale).positions)
+    off = np.asarray(tree.offsets)
+    for j, p in enumerate(tree.parents):
+        if p < 0:
+            continue
+        length = np.linalg.norm(pos[:, j] - pos[:, p], axis=-1)
+        np.testing.assert_allclose(length, np.linalg.norm(off[j]) * scale, rtol=1e-5, atol=1e-3)
+
+
+def test_zero_angles_give_the_seed_rest_pose():
+    joints = np.asarray(kin.rest_pose(presets.seed_h36m18()))
+    # Rest positions from SPEC §6 by hand, model axes (x left, y up), then output (x, z, y).
+    model = {
+        "pelvis": (0, 0, 0), "l_hip": (84.7, 0, 0), "l_knee": (84.7, -302, 0), "l_ankle": (84.7, -602, 0),
+        "r_ankle": (-84.7, -602, 0), "torso": (0, 165, 0), "neck": (0, 326.6, 0),
+        "nose": (0, 326.6 + 73.46, -29), "head": (0, 326.6 + 73.46 + 66.91, 0),
+        "l_shoulder": (117, 320.1, 0), "r_shoulder": (-117, 320.1, 0), "l_elbow": (117, 320.1 - 187.16, 0),
+        "r_wrist": (-117, 320.1 - 187.16 - 160.6, 0), "thorax": (0, 320.1, 0),
+    }
+    tree = presets.seed_h36m18()
+    for name, (x, y, z) in model.items():
+        np.testing.assert_allclose(joints[tree.joint_index(name)], (x, z, y), atol=1e-3, err_msg=name)
+
+
+def test_hinge_rotates_about_its_axis_only():
+    tree = presets.seed_h36m18()
+    names = tree.param_names
+    base = np.zeros(tree.num_dofs, np.float32)
+    bent = base.copy()
+    theta = 0.7
+    bent[names.index("L_Knee_RotX")] = theta
+    p0 = np.asarray(kin.forward_kinematics(tree, base).positions)
+    p1 = np.asarray(kin.forward_kinematics(tree, bent).positions)
+    moved = np.nonzero(np.abs(p1 - p0).max(-1) > 1e-4)[0]
+    assert [tree.names[i] for i in moved] == ["l_ankle"]
+    knee, ankle = tree.index("l_knee"), tree.index("l_ankle")
+    v0, v1 = p0[ankle] - p0[knee], p1[ankle] - p1[knee]
+    assert abs(v1[0] - v0[0]) < 1e-4  # no motion along the hinge axis (x)
+    cos = np.dot(v0[1:], v1[1:]) / np.linalg.norm(v0[1:]) / np.linalg.norm(v1[1:])
+    assert math.isclose(math.acos(np.clip(cos, -1, 1)), theta, abs_tol=1e-5)
+
+
+def test_arbitrary_axis_hinge_follows_rodrigues():
+    axis = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
+    tree = kin.make_tree([
+        dict(name="a", parent=None, offset=(0, 0, 0)),
+        dict(name="b", parent="a", offset=(0, 0, 0), dofs=[axis]),
+        dict(name="c", parent="b", offset=(30.0, -10.0, 5.0)),
+    ])
+    theta = 1.1
+    c = np.asarray(kin.forward_kinematics(tree, np.array([theta], np.float32)).joints)[2]
+    v = np.array([30.0, -10.0, 5.0])
+    expected = v * math.cos(theta) + np.cross(axis, v) * math.sin(theta) + axis * axis.dot(v) * (1 - math.cos(theta))
+    np.testing.assert_allclose(c, expected, atol=1e-4)
+    assert tree.param_names == ("b_RotAxis0",)
+
+
+def test_jit_vmap_grad_and_leading_batch_dims():
+    tree = presets.h36m18()
+    rng = np.random.default_rng(4)
+    angles = rng.normal(size=(3, 5, tree.num_dofs)).astype(np.float32)
+    trans = rng.normal(size=(3, 5, 3)).astype(np.float32) * 100
+    eager = kin.forward_kinematics(tree, angles, trans).joints
+    jitted = jax.jit(lambda t, a, x: kin.forward_kinematics(t, a, x).joints)(tree, angles, trans)
+    vmapped = jax.vmap(jax.vmap(lambda a, x: kin.forward_kinematics(tree, a, x).joints))(angles, trans)
+    assert eager.shape == (3, 5, 18, 3)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(vmapped), np.asarray(eager), atol=1e-3)
+    # Gradient against central finite differences (float64 numpy via small steps in float32).
+    f = lambda a: jnp.sum(kin.forward_kinematics(tree, a).joints[..., 13, :])  # noqa: E731
+    g = np.asarray(jax.grad(f)(angles[0, 0]))
+    k = tree.param_names.index("L_Elbow_RotX")
+    eps = 1e-3
+    e = np.zeros(tree.num_dofs, np.float32)
+    e[k] = eps
+    fd = (f(angles[0, 0] + e) - f(angles[0, 0] - e)) / (2 * eps)
+    assert abs(g[k] - float(fd)) < 1e-2 * max(1.0, abs(float(fd)))
+
+
+def test_per_sample_bone_lengths_batch_through_the_offsets_leaf():
+    tree = presets.h36m18()
+    factors = np.array([0.9, 1.0, 1.2], np.float32)
+    batched = kin.KinematicTree(**{**tree.__dict__, "offsets": np.asarray(tree.offsets)[None] * factors[:, None, None]})
+    angles = np.random.default_rng(5).normal(size=(3, tree.num_dofs)).astype(np.float32)
+    out = np.asarray(kin.forward_kinematics(batched, angles).joints)
+    for i, f in enumerate(factors):
+        single = np.asarray(kin.forward_kinematics(tree, angles[i], scale=f).joints)
+        np.testing.assert_allclose(out[i], single, atol=1e-3)
+    # the offsets leaf is differentiable: d(sum of ankle y)/d(offsets) is non-zero
+    g = jax.grad(lambda t: jnp.sum(kin.forward_kinematics(t, angles[0]).joints[3]))(tree)
+    assert np.abs(np.asarray(g.offsets)).sum() > 0
+
+
+# ------------------------------------------------------------------ seed bugs (a)-(c)
+def test_bug_a_global_translation_is_applied():
+    tree = presets.seed_h36m18()
+    rng = np.random.default_rng(6)
+    angles = rng.normal(size=(4, tree.num_dofs)).astype(np.float32)
+    t = rng.normal(size=(4, 3)).astype(np.float32) * 1000
+    moved = np.asarray(kin.forward_kinematics(tree, angles, t).joints)
+    still = np.asarray(kin.forward_kinematics(tree, angles).joints)
+    # translation lives in model axes; the seed's outputs are (x, z, y)
+    np.testing.assert_allclose(moved - still, np.broadcast_to(t[:, None, [0, 2, 1]], moved.shape), atol=1e-2)
+
+
+def test_bug_b_no_rotation_leaks_into_later_translations():
+    """With only the root and L_Hip rotated, each joint must equal the analytic product of fresh
+    transforms; the seed's shared-matrix bug turns later pure translations into rotations."""
+    tree = presets.seed_h36m18()
+    names = tree.param_names
+    a = np.zeros(tree.num_dofs, np.float32)
+    rz, rx, ry, hz, hx, hy = 0.3, -0.4, 0.5, 0.2, 0.9, -0.6
+    for n, v in zip(["Root_RotZ", "Root_RotX", "Root_RotY", "L_Hip_RotZ", "L_Hip_RotX", "L_Hip_RotY"],
+                    [rz, rx, ry, hz, hx, hy]):
+        a[names.index(n)] = v
+
+    def Rz(t):
+        return np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
+
+    def Rx(t):
+        return np.array([[1, 0, 0], [0, math.cos(t), -math.sin(t)], [0, math.sin(t), math.cos(t)]])
+
+    def Ry(t):
+        return np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
+
+    root = Rz(rz) @ Rx(rx) @ Ry(ry)
+    hip = root @ np.array([84.7, 0, 0])
+    knee = hip + root @ Rz(hz) @ Rx(hx) @ Ry(hy) @ np.array([0, -302.0, 0])
+    ankle = knee + root @ Rz(hz) @ Rx(hx) @ Ry(hy) @ np.array([0, -300.0, 0])
+    right_hip = root @ np.array([-84.7, 0, 0])
+    torso = root @ np.array([0, 165.0, 0])
+    out = np.asarray(kin.forward_kinematics(tree, a).joints)[:, [0, 2, 1]]  # back to model axes
+    for name, want in dict(l_hip=hip, l_knee=knee, l_ankle=ankle, r_hip=right_hip, torso=torso).items():
+        np.testing.assert_allclose(out[tree.joint_index(name)], want, atol=1e-3, err_msg=name)
+
+
+def test_bug_c_both_shoulders_hang_off_the_neck():
+    tree = presets.seed_h36m18()
+    rng = np.random.default_rng(7)
+    angles = rng.uniform(-2, 2, size=(16, tree.num_dofs)).astype(np.float32)
+    j = np.asarray(kin.forward_kinematics(tree, angles).joints)
+    neck, ls, rs, torso = (tree.joint_index(n) for n in ("neck", "l_shoulder", "r_shoulder", "torso"))
+    expected = math.hypot(117.0, 6.5)
+    np.testing.assert_allclose(np.linalg.norm(j[:, ls] - j[:, neck], axis=-1), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(j[:, rs] - j[:, neck], axis=-1), expected, rtol=1e-5)
+    # shoulders are mirror images about the spine: neck is their mean shifted by 6.5 mm
+    mid = 0.5 * (j[:, ls] + j[:, rs])
+    np.testing.assert_allclose(np.linalg.norm(mid - j[:, neck], axis=-1), 6.5, atol=1e-3)
+    # and the right shoulder is not at the torso-based position of the seed's bug
+    assert np.all(np.linalg.norm(j[:, rs] - j[:, torso], axis=-1) > 100.0)
+
+
+# ------------------------------------------------------------------ functional extension
+def human_with_toes_fingers_tail():
+    tree = presets.h36m18()
+    for side, sign in (("l", 1.0), ("r", -1.0)):
+        tree = kin.add_joint(tree, f"{side}_toe", f"{side}_ankle", (0.0, -40.0, 120.0), dofs="x",
+                             limits=[(-0.5, 0.8)])
+        tree = kin.add_chain(tree, f"{side}_wrist", [
+            dict(name=f"{side}_index_1", offset=(sign * 10.0, -80.0, 10.0), dofs="zx"),
+            dict(name=f"{side}_index_2", offset=(0.0, -40.0, 0.0), dofs="x"),
+            dict(name=f"{side}_index_3", offset=(0.0, -25.0, 0.0), dofs="x"),
+        ])
+    tree = kin.add_chain(tree, "pelvis", [
+        dict(name=f"tail_{k}", offset=(0.0, -30.0, -60.0 if k == 0 else -80.0), dofs="xy") for k in range(4)
+    ])
+    return tree
+
+
+def test_extended_tree_keeps_old_joints_and_adds_new_ones():
+    old = presets.h36m18()
+    new = human_with_toes_fingers_tail()
+    assert new.joint_names[:18] == old.joint_names
+    assert new.param_names[: old.num_dofs] == old.param_names
+    assert new.num_joints == 18 + 2 + 6 + 4
+    rng = np.random.default_rng(8)
+    a_old = rng.normal(size=(5, old.num_dofs)).astype(np.float32)
+    a_new = np.concatenate([a_old, rng.normal(size=(5, new.num_dofs - old.num_dofs)).astype(np.float32)], -1)
+    j_old = np.asarray(kin.forward_kinematics(old, a_old).joints)
+    fk_new = kin.forward_kinematics(new, a_new)
+    j_new = np.asarray(fk_new.joints)
+    np.testing.assert_allclose(j_new[:, :18], j_old, atol=1e-3)
+    # a new joint = its parent + parent's global rotation @ offset (independent numpy check)
+    rot = np.asarray(fk_new.rotations)
+    pos = np.asarray(fk_new.positions)
+    toe, ankle = new.index("l_toe"), new.index("l_ankle")
+    np.testing.assert_allclose(pos[:, toe], pos[:, ankle] + rot[:, ankle] @ np.array([0.0, -40.0, 120.0]), atol=1e-3)
+    assert new.param_names[-2:] == ("tail_3_RotX", "tail_3_RotY")
+
+
+def test_edits_do_not_mutate_and_compose():
+    base = presets.h36m18()
+    names_before, offsets_before = base.names, np.asarray(base.offsets).copy()
+    longer = kin.set_bone_lengths(base, {"l_knee": 500.0})
+    assert base.names == names_before and np.array_equal(np.asarray(base.offsets), offsets_before)
+    j = np.asarray(kin.rest_pose(longer))
+    assert math.isclose(np.linalg.norm(j[5] - j[4]), 500.0, rel_tol=1e-5)
+
+    no_left_arm = kin.remove_subtree(base, "l_shoulder", drop_dependent_derived=True)
+    assert "l_elbow" not in no_left_arm.names and "thorax" not in no_left_arm.names
+    assert no_left_arm.num_dofs == base.num_dofs - 4
+    with pytest.raises(ValueError, match="thorax"):
+        kin.remove_subtree(base, "l_shoulder")
+
+    moved = kin.reparent(base, "r_shoulder", "torso", offset=(-117.0, 0.0, 0.0))
+    rest = np.asarray(kin.rest_pose(moved))
+    np.testing.assert_allclose(rest[moved.joint_index("r_shoulder")], rest[moved.joint_index("torso")] + (-117, 0, 0),
+                               atol=1e-3)
+    with pytest.raises(ValueError, match="descendant"):
+        kin.reparent(base, "l_hip", "l_ankle")
+
+    arm = kin.make_tree([
+        dict(name="shoulder", parent=None, offset=(0, 0, 0), dofs="zxy"),
+        dict(name="elbow", parent="shoulder", offset=(0, -250, 0), dofs="x"),
+        dict(name="hand", parent="elbow", offset=(0, -230, 0)),
+    ])
+    three_arms = kin.merge(base, arm, parent="neck", offset=(0.0, 0.0, 100.0), prefix="extra_")
+    assert three_arms.joint_names[-3:] == ("extra_shoulder", "extra_elbow", "extra_hand")
+    assert three_arms.num_dofs == base.num_dofs + 4
+    rest3 = np.asarray(kin.rest_pose(three_arms))
+    np.testing.assert_allclose(rest3[-1], rest3[three_arms.joint_index("neck")] + (0, -480, 100), atol=1e-3)
+    with pytest.raises(ValueError, match="prefix"):
+        kin.merge(base, presets.h36m18(), parent="neck")
+
+
+@pytest.mark.parametrize(
+    "builder, message",
+    [
+        (lambda: kin.add_joint(presets.h36m18(), "neck", "pelvis", (0, 0, 0)), "already exists"),
+        (lambda: kin.add_joint(presets.h36m18(), "toe", "nowhere", (0, 0, 0)), "nowhere"),
+        (lambda: kin.add_joint(presets.h36m18(), "toe", "l_ankle", (0, 0, 0), dofs="xyzx"), "at most 3"),
+        (lambda: kin.add_joint(presets.h36m18(), "toe", "l_ankle", (0, 0, 0), dofs="q"), "unknown rotation axis"),
+        (lambda: kin.make_tree([dict(name="a", parent=None), dict(name="b", parent=None)]), "exactly one root"),
+    ],
+)
+def test_bad_trees_are_refused_with_a_clear_message(builder, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        builder()
+
+
+def test_forward_kinematics_rejects_wrong_angle_count():
+    tree = presets.h36m18()
+    with pytest.raises(ValueError, match="num_dofs"):
+        kin.forward_kinematics(tree, np.zeros((2, tree.num_dofs + 1)))
+
+
+# ------------------------------------------------------------------ inverse use
+def test_fit_to_joints_round_trip_within_1mm():
+    tree = presets.h36m18()
+    rng = np.random.default_rng(9)
+    lim = tree.limits_array
+    lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -math.pi)
+    hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], math.pi)
+    angles = (lo + rng.uniform(size=(6, tree.num_dofs)) * (hi - lo)).astype(np.float32)
+    trans = (rng.normal(size=(6, 3)) * 500 + [0, 0, 4000]).astype(np.float32)
+    target = kin.forward_kinematics(tree, angles, trans).joints
+    fit = kin.fit_to_joints(tree, target)
+    again = kin.forward_kinematics(tree, fit.angles, fit.translation, fit.scale).joints
+    err = np.linalg.norm(np.asarray(again - target), axis=-1)
+    assert err.max() < 1.0, err.max()
+    np.testing.assert_allclose(np.asarray(fit.residual), err.mean(-1), atol=1e-2)
+
+
+def test_fit_recovers_scale_and_respects_limits():
+    tree = presets.seed_h36m18()
+    rng = np.random.default_rng(10)
+    lim = tree.limits_array
+    lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -1.0)
+    hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], 1.0)
+    angles = (lo + rng.uniform(size=(3, tree.num_dofs)) * (hi - lo)).astype(np.float32)
+    target = kin.forward_kinematics(tree, angles, scale=np.array([0.8, 1.0, 1.3], np.float32)).joints
+    fit = kin.fit_to_joints(tree, target, fit_scale=True, respect_limits=True)
+    np.testing.assert_allclose(np.asarray(fit.scale), [0.8, 1.0, 1.3], rtol=1e-3)
+    got = np.asarray(fit.angles)
+    assert np.all(got >= lim[:, 0] - 1e-6) and np.all(got <= lim[:, 1] + 1e-6)
+    assert float(np.max(fit.residual)) < 1.0
