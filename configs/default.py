@@ -1,0 +1,74 @@
+"""Default configuration: every field the training driver reads, with its meaning.
+
+Experiments import this and override fields (configs as code, as in big_vision / flax examples):
+
+    python main.py --config=configs/default.py --workdir=/tmp/run --config.model.head=direct
+
+Units: lengths in mm, images in pixels, angles in degrees unless stated.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # PRNG seed for parameters, augmentation and data order.
+
+    # ---------------------------------------------------------------- data
+    c.data = d = ml_collections.ConfigDict()
+    d.root = "data"  # Folder holding hm36/ (and mpii/) in the seed layout (README "Prepare Human3.6M").
+    d.records_dir = ""  # ArrayRecord shards; "" = <root>/records.
+    d.train_set = "train"  # H36M cache set used for training (SPEC §2: train, validmin, valid, ...).
+    d.eval_set = "validmin"  # H36M cache set used for evaluation.
+    d.patch_size = 256  # Network input patch, pixels (square).
+    d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
+    d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
+    d.synthetic_train_folders = 8  # Synthetic generator: sequence folders for the train split.
+    d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
+    d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
+    d.worker_count = 0  # grain worker processes (0 = in the main process).
+    d.worker_buffer_size = 2  # Batches each grain worker prefetches.
+    d.augment = True  # SPEC §3 training augmentation (scale, rotation, flip, colour).
+    d.scale_factor = 0.25  # Scale augmentation: s = 1 + scale_factor * clip(N(0,1), -1, 1).
+    d.rotation_factor = 30.0  # Rotation augmentation, degrees: r = factor * clip(N(0,1), -2, 2).
+    d.rotation_prob = 0.6  # Probability of applying the rotation.
+    d.flip_prob = 0.5  # Probability of a horizontal flip.
+    d.color_factor = 0.2  # Per-channel colour gain U(1 - f, 1 + f).
+
+    # ---------------------------------------------------------------- model
+    c.model = m = ml_collections.ConfigDict()
+    m.backbone = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152.
+    m.head = "integral"  # integral (3D heatmap + soft-argmax) | direct (joint regression) | kinematic.
+    m.num_joints = 18  # Output joints (H36M-18 order, SPEC §1).
+    m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.
+    m.deconv_filters = 256  # Integral head: filters of each transposed convolution.
+    m.num_deconv_layers = 3  # Integral head: number of 4x4 stride-2 transposed convolutions.
+    m.kinematic_tree = "seed_h36m18"  # Kinematic head: seed_h36m18 | h36m18 (kinpose_jax.kinematics.presets).
+    m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
+    #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
+    m.box_mm = 2000.0  # mm covered by one normalized unit (side of the 3D box the patch shows).
+    m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters and BN statistics stay float32).
+    m.pretrained = ""  # Orbax checkpoint from `python -m kinpose_jax.convert_torch` to start from ("" = random).
+
+    # ---------------------------------------------------------------- optimisation
+    c.loss = "l1"  # Weighted joint loss: l1 | l2 (SPEC §4).
+    c.num_epochs = 300  # Training length in epochs.
+    c.steps_per_epoch = -1  # -1 = dataset size // global batch size.
+    c.per_device_batch_size = 32  # Images per device; global batch = this * number of devices.
+    c.optim = o = ml_collections.ConfigDict()
+    o.learning_rate = 1e-3  # Adam base learning rate.
+    o.lr_decay_epochs = (270, 290)  # Multiply the learning rate by `lr_decay_factor` at these epochs.
+    o.lr_decay_factor = 0.1
+    o.weight_decay = 0.0  # Decoupled weight decay (AdamW) when > 0.
+    o.grad_clip_norm = 0.0  # Clip gradients to this global norm when > 0.
+
+    # ---------------------------------------------------------------- loop, evaluation, output
+    c.log_every_steps = 50  # Training metrics to JSON lines / TensorBoard every N steps.
+    c.checkpoint_every_steps = 1000  # Mid-epoch checkpoints every N steps (and at each epoch end).
+    c.keep_checkpoints = 3  # Keep the latest N checkpoints (plus the best by validation loss).
+    c.eval_every_epochs = 1  # Evaluate every N epochs (and after the last).
+    c.max_eval_batches = -1  # Cap on evaluation batches (-1 = the whole evaluation set).
+    c.flip_test = False  # Evaluation: average with the mirrored patch's prediction.
+    c.num_vis_samples = 4  # Validation samples drawn into the PNG at each evaluation.
+    c.progress_bar = True  # tqdm progress bar per epoch.
+    return c

@@ -1,0 +1,17 @@
+"""Seed experiment: integral regression, ResNet-50, MPII + Human3.6M, 256x256, 64 depth bins,
+L1, Adam 1e-3 decayed x0.1 at epochs 270 and 290 of 300, 32 images per device."""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.data.mpii_fraction = 0.5
+    c.model.backbone = "resnet50"
+    c.model.head = "integral"
+    c.model.depth_bins = 64
+    c.loss = "l1"
+    c.num_epochs = 300
+    c.optim.lr_decay_epochs = (270, 290)
+    c.per_device_batch_size = 32
+    return c

@@ -1,0 +1,12 @@
+"""Seed experiment: kinematic regression (this fork's head), ResNet-50, Human3.6M, 256x256:
+the network predicts the seed tree's joint angles + a scale; forward kinematics gives joints.
+Same schedule as the direct-regression experiment."""
+
+from configs import direct_r50_h36m
+
+
+def get_config():
+    c = direct_r50_h36m.get_config()
+    c.model.head = "kinematic"
+    c.model.kinematic_tree = "seed_h36m18"
+    return c

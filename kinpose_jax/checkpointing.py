@@ -1,0 +1,68 @@
+"""Orbax checkpoints of the whole training state (params, optimizer, BN statistics, step) plus
+the grain data-iterator state, keeping the latest N and the best by validation loss.
+
+Each checkpoint is written to a temporary directory and renamed when complete, so a crash or
+kill during a save never destroys the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain.python as grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+STATE, DATA, META = "state", "data_iter", "meta"
+
+
+def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    """Manager over ``<workdir>/checkpoints``: keeps the ``keep`` latest steps and the step
+    with the lowest ``val_loss`` among those saved with metrics."""
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=lambda m: -float(m["val_loss"]), n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=options,
+        item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.PyGrainCheckpointHandler(),
+                       META: ocp.JsonCheckpointHandler()},
+    )
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, meta: dict,
+         metrics: dict | None = None) -> None:
+    """Asynchronous save; call ``manager.wait_until_finished()`` before exiting."""
+    args = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+        args[DATA] = grain.PyGrainCheckpointSave(data_iter)
+    manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
+    """Restores ``step`` into the structure/shardings of ``abstract_state`` and (in place) the
+    data iterator. Returns ``(state, meta)``."""
+    args = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+    if data_iter is not None:
+        args[DATA] = grain.PyGrainCheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    return restored[STATE], restored[META]
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a pytree of arrays, the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def best_step(manager: ocp.CheckpointManager) -> int | None:
+    """Step of the kept checkpoint with the lowest validation loss (None if none has one)."""
+    best, best_loss = None, float("inf")
+    for info in getattr(manager, "_checkpoints", []):
+        loss = (info.metrics or {}).get("val_loss")
+        if loss is not None and loss < best_loss and info.step in manager.all_steps():
+            best, best_loss = info.step, loss
+    return best

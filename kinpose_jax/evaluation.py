@@ -1,0 +1,89 @@
+"""Evaluation: predict -> (flip test) -> decode to image space -> back-project with the true
+root depth -> MPJPE / PA-MPJPE / rigid-aligned / per-group table (SPEC §4-§5).
+
+The device part (:func:`make_predict_fn`) returns patch-pixel joints; the host part
+(:class:`ErrorAccumulator`) sums per-sample errors over *valid* samples only, so padded
+evaluation batches never count a sample twice.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kinpose_jax import integral, losses, metrics, skeleton
+
+
+def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l1") -> Callable:
+    """``predict(variables, batch) -> (joints_px [B, J, 3] patch pixels, per-sample loss [B])``.
+
+    With ``flip_test`` the mirrored patch is run too and merged (SPEC §4 "Flip test").
+    The loss is the training loss on normalized coordinates (for best-checkpoint selection).
+    """
+    loss_fn = losses.get_loss(loss_name)
+
+    def predict(variables, batch):
+        images = batch["image"]
+        joints = model.apply(variables, images, train=False)["joints"].astype(jnp.float32)
+        px = integral.normalized_to_patch(joints, patch_size, patch_size)
+        if flip_test:
+            flipped = model.apply(variables, images[:, :, ::-1, :], train=False)["joints"].astype(jnp.float32)
+            px = integral.merge_flip_test(px, integral.normalized_to_patch(flipped, patch_size, patch_size),
+                                          patch_size, skeleton.H36M_FLIP_PAIRS)
+        norm = integral.patch_to_normalized(px, patch_size, patch_size)
+        per_sample = jax.vmap(lambda p, t, w: loss_fn(p[None], t[None], w[None]))(
+            norm, batch["joints"], batch["joints_vis"])
+        return px, per_sample
+
+    return predict
+
+
+def patch_to_image(joints_px: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: int,
+                   box_mm: float = 2000.0) -> np.ndarray:
+    """Inverse of the evaluation patch transform (scale 1, no rotation; SPEC §4 "Decoding").
+
+    joints_px: [B, J, 3] patch pixels (z in patch-width units); center: [B, 2] box centre px;
+    box_size: [B, 2] box width/height px. Returns [B, J, 3]: image u, v px and depth relative
+    to the root in mm (``z / patch_size * box_mm``).
+    """
+    u = center[:, None, 0] + (joints_px[..., 0] / patch_size - 0.5) * box_size[:, None, 0]
+    v = center[:, None, 1] + (joints_px[..., 1] / patch_size - 0.5) * box_size[:, None, 1]
+    z = joints_px[..., 2] / patch_size * box_mm
+    return np.stack([u, v, z], axis=-1)
+
+
+class ErrorAccumulator:
+    """Sums per-sample errors over valid samples; ``result()`` gives means in mm."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.loss_sum = 0.0
+
+    def add(self, joints_px, per_sample_loss, batch, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Adds one batch; returns (pred_cam, gt_cam) [B, 18, 3] mm for plotting."""
+        valid = np.asarray(batch["valid"]).astype(bool)
+        img = patch_to_image(np.asarray(joints_px), np.asarray(batch["center"]), np.asarray(batch["box_size"]),
+                             patch_size)
+        pelvis_depth = np.asarray(batch["pelvis"])[:, 2]
+        pred_cam = np.asarray(metrics.pixel_to_camera(img, pelvis_depth, np.asarray(batch["fl"]),
+                                                      np.asarray(batch["c_p"])))
+        gt_cam = np.asarray(batch["joints_cam"])
+        if valid.any():
+            errs = metrics.h36m_errors(pred_cam[valid], gt_cam[valid])
+            for k, v in errs.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
+            self.loss_sum += float(np.sum(np.asarray(per_sample_loss)[valid]))
+            self.count += int(valid.sum())
+        return pred_cam, gt_cam
+
+    def result(self) -> dict[str, float]:
+        if not self.count:
+            raise ValueError("evaluation saw no valid samples")
+        out = {k: v / self.count for k, v in self.sums.items()}
+        out["val_loss"] = self.loss_sum / self.count
+        out["num_samples"] = float(self.count)
+        return out

@@ -1,0 +1,131 @@
+"""What a researcher sees: JSON lines + TensorBoard scalars, evaluation tables, and PNGs
+(validation samples with 2D joints and 3D skeletons; the learning curve). Host-side only."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from kinpose_jax import skeleton
+
+IMAGE_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+IMAGE_STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+class MetricWriter:
+    """Appends ``{"step": s, "kind": k, ...}`` lines to ``<workdir>/metrics.jsonl`` and writes the
+    same scalars as TensorBoard events under ``<workdir>/tensorboard`` (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, kind: str, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "kind": kind, **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in scalars.items():
+            self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All rows of a metrics.jsonl file (later rows of a step replace earlier ones after a resume)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_table(results: Mapping[str, float], title: str) -> str:
+    """The seed's per-group table plus the summary metrics, as aligned text (mm)."""
+    groups = list(skeleton.H36M_EVAL_GROUPS)
+    summary = ["mpjpe", "pa_mpjpe", "rigid_aligned", "bone", "x", "y", "z"]
+    lines = [title, "  " + " ".join(f"{g:>8}" for g in groups), "  " + " ".join(f"{results[g]:8.1f}" for g in groups)]
+    lines.append("  MPJPE {mpjpe:.1f} mm | PA-MPJPE (similarity, protocol #2) {pa_mpjpe:.1f} mm | "
+                 "rigid-aligned (seed, no scale) {rigid_aligned:.1f} mm | bone {bone:.1f} mm | "
+                 "x/y/z {x:.1f}/{y:.1f}/{z:.1f} mm".format(**{k: results[k] for k in summary}))
+    return "\n".join(lines)
+
+
+def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
+    """Training loss and validation loss/MPJPE against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    last = {}
+    for r in rows:  # a resumed run re-logs steps: keep the last value per (kind, step)
+        last[(r["kind"], r["step"])] = r
+    train = sorted((s, r["loss"]) for (k, s), r in last.items() if k == "train" and "loss" in r)
+    evals = sorted((s, r) for (k, s), r in last.items() if k == "eval")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax[0].plot(*zip(*train), label="train loss")
+    if evals:
+        ax[0].plot([s for s, _ in evals], [r.get("val_loss", np.nan) for _, r in evals], "o-", label="val loss")
+        ax[1].plot([s for s, _ in evals], [r.get("mpjpe", np.nan) for _, r in evals], "o-", label="MPJPE")
+        ax[1].plot([s for s, _ in evals], [r.get("pa_mpjpe", np.nan) for _, r in evals], "s-", label="PA-MPJPE")
+    ax[0].set_xlabel("step")
+    ax[0].set_yscale("log")
+    ax[0].legend()
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("mm")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pred_cam: np.ndarray,
+                 gt_cam: np.ndarray, path: str) -> None:
+    """For each sample: the input patch with predicted (red) and true (green) 2D joints, and a
+    3D view of both root-relative skeletons (mm).
+
+    images: [N, H, W, 3] normalized patches; *_px: [N, J, >=2] patch pixels; *_cam: [N, J, 3] mm.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig = plt.figure(figsize=(6, 3 * n))
+    bones = skeleton.H36M_BONES
+    for i in range(n):
+        img = np.clip(images[i] * IMAGE_STD + IMAGE_MEAN, 0, 255).astype(np.uint8)
+        ax = fig.add_subplot(n, 2, 2 * i + 1)
+        ax.imshow(img)
+        for pts, color in ((gt_px[i], "lime"), (pred_px[i], "red")):
+            for a, b in bones:
+                ax.plot([pts[a, 0], pts[b, 0]], [pts[a, 1], pts[b, 1]], color=color, lw=1.5)
+        ax.set_axis_off()
+        ax3 = fig.add_subplot(n, 2, 2 * i + 2, projection="3d")
+        for pts, color in ((gt_cam[i], "green"), (pred_cam[i], "red")):
+            rel = pts - pts[0]
+            for a, b in bones:  # camera: x right, y down, z forward -> plot (x, z, -y)
+                ax3.plot([rel[a, 0], rel[b, 0]], [rel[a, 2], rel[b, 2]], [-rel[a, 1], -rel[b, 1]], color=color)
+        ax3.set_xlim(-1000, 1000)
+        ax3.set_ylim(-1000, 1000)
+        ax3.set_zlim(-1000, 1000)
+        ax3.set_title("3D (mm): green truth, red prediction", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)

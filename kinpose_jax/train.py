@@ -1,0 +1,266 @@
+"""Training and evaluation loop (the body of ``main.py``).
+
+One jit-compiled step, data parallel over a device mesh (see :mod:`kinpose_jax.parallel`),
+optax Adam with the seed's per-epoch multi-step schedule, orbax checkpoints with the data
+iterator state for exact resume, evaluation in mm, JSON lines / TensorBoard / PNG reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kinpose_jax import checkpointing, evaluation, input_pipeline, losses, parallel, reporting
+from kinpose_jax.models import build_pose_net
+
+log = logging.getLogger("kinpose_jax")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN/inf; the last good checkpoint is kept."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (checkpointed as one pytree)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """The seed's multi-step schedule: ``lr * factor^k`` after the k-th boundary epoch."""
+    boundaries = {int(e * steps_per_epoch): config.optim.lr_decay_factor for e in config.optim.lr_decay_epochs}
+    return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Adam (AdamW when weight decay > 0), optionally after global-norm gradient clipping."""
+    opt = (optax.adamw(schedule, weight_decay=config.optim.weight_decay) if config.optim.weight_decay > 0
+           else optax.adam(schedule))
+    if config.optim.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), opt)
+    return opt
+
+
+def init_variables(model, config, key) -> dict:
+    size = config.data.patch_size
+    return model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+
+
+def load_pretrained(path: str, variables: dict) -> dict:
+    """Replaces params/batch_stats with a converted PyTorch checkpoint (kinpose_jax.convert_torch)."""
+    from kinpose_jax.convert_torch import load_converted
+
+    loaded = load_converted(path)
+    out = dict(variables)
+    for col in ("params", "batch_stats"):
+        if col in loaded and col in variables:
+            out[col] = _merge_checked(variables[col], loaded[col], f"{path}:{col}")
+    return out
+
+
+def _merge_checked(reference, loaded, where: str):
+    flat_ref = flax.traverse_util.flatten_dict(flax.core.unfreeze(reference))
+    flat_new = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
+    for k, v in flat_new.items():
+        if k not in flat_ref:
+            raise ValueError(f"{where}: parameter {'/'.join(k)} does not exist in this model")
+        if tuple(np.shape(v)) != tuple(np.shape(flat_ref[k])):
+            raise ValueError(f"{where}: parameter {'/'.join(k)} has shape {np.shape(v)}, model expects "
+                             f"{np.shape(flat_ref[k])}")
+    flat_ref.update({k: jnp.asarray(v, flat_ref[k].dtype) for k, v in flat_new.items()})
+    return flax.traverse_util.unflatten_dict(flat_ref)
+
+
+def make_train_step(model, tx, loss_name: str, schedule):
+    loss_fn = losses.get_loss(loss_name)
+
+    def train_step(state: TrainState, batch: dict):
+        def loss_of(params):
+            out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                        train=True, mutable=["batch_stats"])
+            # The mean over the *global* batch: jit partitions it, no explicit pmean needed.
+            loss = loss_fn(out["joints"].astype(jnp.float32), batch["joints"], batch["joints_vis"])
+            return loss, new_vars["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+
+    return train_step
+
+
+def create_state(config, model, tx, mesh) -> TrainState:
+    variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
+    if config.model.pretrained:
+        variables = load_pretrained(config.model.pretrained, variables)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
+    return jax.device_put(state, parallel.replicated(mesh))
+
+
+def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None) -> dict:
+    """Runs the evaluation set; prints the table, writes JSON (+ PNG of a few samples)."""
+    predict = jax.jit(evaluation.make_predict_fn(model, config.data.patch_size, config.flip_test, config.loss))
+    acc = evaluation.ErrorAccumulator()
+    vis = None
+    for i, batch in enumerate(data.eval_batches()):
+        if 0 <= config.max_eval_batches <= i:
+            break
+        device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
+        px, per_loss = predict(variables, device_batch)
+        px, per_loss = np.asarray(jax.device_get(px)), np.asarray(jax.device_get(per_loss))
+        pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size)
+        if vis is None and config.num_vis_samples > 0:
+            k = min(config.num_vis_samples, int(np.sum(batch["valid"])))
+            gt_px = input_pipeline.normalized_to_patch_np(batch["joints"][:k], config.data.patch_size)
+            vis = (batch["image"][:k], px[:k], gt_px, pred_cam[:k], gt_cam[:k])
+    results = acc.result()
+    if jax.process_index() == 0:
+        print(reporting.format_table(results, f"Evaluation at step {step} ({int(results['num_samples'])} samples, "
+                                              f"{config.data.eval_set}{', flip test' if config.flip_test else ''})"))
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+        with open(os.path.join(workdir, "eval", f"eval_{step:08d}.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        if vis is not None:
+            reporting.plot_samples(*vis, os.path.join(workdir, "eval", f"samples_{step:08d}.png"))
+        if writer is not None:
+            writer.write(step, "eval", results)
+            reporting.plot_learning_curve(reporting.read_metrics(writer.path),
+                                          os.path.join(workdir, "learning_curve.png"))
+    return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating
+    every ``eval_every_epochs``. Returns the final evaluation results."""
+    mesh = parallel.make_mesh()
+    global_batch = config.per_device_batch_size * jax.device_count()
+    parallel.check_batch_divisible(global_batch)
+    data = input_pipeline.create(config, global_batch)
+    steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else data.steps_per_epoch
+    total_steps = config.num_epochs * steps_per_epoch
+    model = build_pose_net(config.model)
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, schedule)
+    state = create_state(config, model, tx, mesh)
+
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    train_iter = data.train_iterator()
+    latest = manager.latest_step()
+    if latest is not None:
+        state, meta = checkpointing.restore(manager, latest, checkpointing.abstract_like(state), train_iter)
+        log.info("resumed from step %d (%s)", latest, meta)
+        print(f"Resumed from checkpoint at step {latest}")
+
+    train_step = jax.jit(make_train_step(model, tx, config.loss, schedule),
+                         in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+    is_main = jax.process_index() == 0
+    writer = reporting.MetricWriter(workdir, enabled=is_main)
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    meta = {"global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
+            "processes": jax.process_count()}
+
+    def save(step, metrics=None):
+        checkpointing.save(manager, step, state, train_iter, dict(meta, step=step), metrics)
+
+    step = int(jax.device_get(state.step))
+    results = {}
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            end = min((epoch + 1) * steps_per_epoch, total_steps)
+            bar = _progress(config, epoch, step - epoch * steps_per_epoch, steps_per_epoch)
+            t0, images = time.perf_counter(), 0
+            while step < end:
+                batch = next(train_iter)
+                device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
+                state, metrics = train_step(state, device_batch)
+                step += 1
+                images += global_batch
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"training loss became {loss} at step {step} (epoch {epoch}); stopping without saving. "
+                        f"The last good checkpoint in {workdir}/checkpoints is untouched (latest: "
+                        f"{manager.latest_step()}). Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
+                rate = images / max(time.perf_counter() - t0, 1e-9)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+                if step % config.log_every_steps == 0 or step == end:
+                    writer.write(step, "train", {"loss": loss, "lr": float(metrics["lr"]),
+                                                 "grad_norm": float(metrics["grad_norm"]), "images_per_s": rate,
+                                                 "epoch": step / steps_per_epoch})
+                if step % config.checkpoint_every_steps == 0 and step != end:
+                    save(step)
+            if bar is not None:
+                bar.close()
+            epoch_done = step // steps_per_epoch
+            if epoch_done % config.eval_every_epochs == 0 or step >= total_steps:
+                variables = {"params": state.params, "batch_stats": state.batch_stats}
+                results = evaluate(config, model, variables, data, mesh, workdir, step, writer)
+                save(step, {"val_loss": results["val_loss"]})
+            else:
+                save(step)
+    finally:
+        manager.wait_until_finished()
+        writer.close()
+    if not results:  # resumed after the end: evaluate the final state once
+        results = evaluate(config, model, {"params": state.params, "batch_stats": state.batch_stats}, data, mesh,
+                           workdir, step, writer=None)
+    return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "") -> dict:
+    """``--mode=eval``: evaluates ``checkpoint`` (an orbax dir from convert_torch, or "" for the
+    best/latest checkpoint of ``workdir``)."""
+    mesh = parallel.make_mesh()
+    global_batch = config.per_device_batch_size * jax.device_count()
+    data = input_pipeline.create(config, global_batch, train=False)
+    model = build_pose_net(config.model)
+    variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
+    if checkpoint:
+        variables = load_pretrained(checkpoint, variables)
+        step = 0
+    else:
+        manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+        step = checkpointing.best_step(manager) or manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no --checkpoint given")
+        tx = make_optimizer(config, learning_rate_schedule(config, 1))
+        state = create_state(config, model, tx, mesh)
+        state, _ = checkpointing.restore(manager, step, checkpointing.abstract_like(state), None)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        print(f"Evaluating checkpoint step {step} of {workdir}")
+    variables = jax.device_put(variables, parallel.replicated(mesh))
+    return evaluate(config, model, variables, data, mesh, workdir, step, writer=None)
+
+
+def _progress(config, epoch, done, total):
+    if not config.progress_bar or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=True,
+                dynamic_ncols=True)
