@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kinpose_jax import checkpointing, evaluation, input_pipeline, losses, parallel, reporting
+from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, reporting
 from kinpose_jax.models import build_pose_net
 
 log = logging.getLogger("kinpose_jax")
@@ -86,18 +86,26 @@ def _merge_checked(reference, loaded, where: str):
     return flax.traverse_util.unflatten_dict(flat_ref)
 
 
-def make_train_step(model, tx, loss_name: str, schedule):
+def make_loss_fn(model, loss_name: str):
+    """``loss(params, batch_stats, batch) -> (loss, new_batch_stats)`` in training mode."""
     loss_fn = losses.get_loss(loss_name)
 
-    def train_step(state: TrainState, batch: dict):
-        def loss_of(params):
-            out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                        train=True, mutable=["batch_stats"])
-            # The mean over the *global* batch: jit partitions it, no explicit pmean needed.
-            loss = loss_fn(out["joints"].astype(jnp.float32), batch["joints"], batch["joints_vis"])
-            return loss, new_vars["batch_stats"]
+    def loss_of(params, batch_stats, batch):
+        out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                    train=True, mutable=["batch_stats"])
+        # The mean over the *global* batch: jit partitions it, no explicit pmean needed.
+        loss = loss_fn(out["joints"].astype(jnp.float32), batch["joints"], batch["joints_vis"])
+        return loss, new_vars["batch_stats"]
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    return loss_of
+
+
+def make_train_step(model, tx, loss_name: str, schedule):
+    """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update."""
+    loss_of = make_loss_fn(model, loss_name)
+
+    def train_step(state: TrainState, batch: dict):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
@@ -129,7 +137,8 @@ def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writ
         pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size)
         if vis is None and config.num_vis_samples > 0:
             k = min(config.num_vis_samples, int(np.sum(batch["valid"])))
-            gt_px = input_pipeline.normalized_to_patch_np(batch["joints"][:k], config.data.patch_size)
+            gt_px = np.asarray(integral.normalized_to_patch(batch["joints"][:k], config.data.patch_size,
+                                                            config.data.patch_size))
             vis = (batch["image"][:k], px[:k], gt_px, pred_cam[:k], gt_cam[:k])
     results = acc.result()
     if jax.process_index() == 0:
@@ -153,6 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
     parallel.check_batch_divisible(global_batch)
+    from kinpose_jax import input_pipeline
+
     data = input_pipeline.create(config, global_batch)
     steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else data.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
@@ -237,6 +248,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     best/latest checkpoint of ``workdir``)."""
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
+    from kinpose_jax import input_pipeline
+
     data = input_pipeline.create(config, global_batch, train=False)
     model = build_pose_net(config.model)
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
