@@ -24,6 +24,8 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     """Calls ``jax.distributed.initialize`` when asked (arguments) or when the standard
     environment variables are set (``JAX_COORDINATOR_ADDRESS``, cluster auto-detection via
     ``KINPOSE_DISTRIBUTED=1``). Returns True when running multi-process."""
+    if coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("KINPOSE_DISTRIBUTED") == "1":
+        _use_cpu_collectives()
     if coordinator_address:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                    process_id=process_id)
@@ -32,6 +34,19 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         jax.distributed.initialize()
         return True
     return False
+
+
+def _use_cpu_collectives() -> None:
+    """Cross-process collectives on CPU need an implementation (gloo); GPUs/TPUs have their own."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms == "cpu" or (not platforms and not _has_accelerator_plugin()):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def _has_accelerator_plugin() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu"))
 
 
 def make_mesh() -> Mesh:

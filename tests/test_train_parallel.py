@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
@@ -69,7 +71,74 @@ def run_with_devices(code: str, n: int) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_single_and_four_device_steps_agree_integral_and_kinematic():
-    for head in ("integral", "kinematic"):
-        proc = run_with_devices(SCRIPT.replace("HEAD", repr(head)), 4)
-        assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+@pytest.fixture(scope="module")
+def integral_run():
+    return run_with_devices(SCRIPT.replace("HEAD", "'integral'"), 4)
+
+
+@pytest.mark.parametrize("head", ["integral", "kinematic"])
+def test_single_and_four_device_steps_agree(head, integral_run):
+    proc = integral_run if head == "integral" else run_with_devices(SCRIPT.replace("HEAD", repr(head)), 4)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+MULTIHOST = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from kinpose_jax import parallel
+    pid, port = int(sys.argv[1]), sys.argv[2]
+    parallel.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
+    import jax
+    from configs import default
+    from kinpose_jax import train
+    from kinpose_jax.models import build_pose_net
+    assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
+    config = default.get_config()
+    config.model.backbone = "resnet18"
+    config.model.depth_bins = 4
+    config.model.deconv_filters = 16
+    config.model.num_deconv_layers = 1
+    config.data.patch_size = 64
+    model = build_pose_net(config.model)
+    schedule = train.learning_rate_schedule(config, 10)
+    tx = train.make_optimizer(config, schedule)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32),
+             "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
+             "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
+    mesh = parallel.make_mesh()
+    state = train.create_state(config, model, tx, mesh)
+    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule),
+                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+    local = {k: v[pid * 4:(pid + 1) * 4] for k, v in batch.items()}  # this process's half
+    device_batch = parallel.global_batch(mesh, local)
+    losses = []
+    for _ in range(3):
+        state, metrics = step(state, device_batch)
+        losses.append(float(metrics["loss"]))
+    print("LOSSES", " ".join(repr(x) for x in losses))
+""")
+
+
+def test_two_processes_with_jax_distributed_match_one_process(integral_run):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, str(pid), str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    multi = [[float(x) for x in out.split("LOSSES")[1].split()] for out, _ in outs]
+    assert multi[0] == multi[1]
+    single = integral_run
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = [float(x) for x in single.stdout.split("losses [")[1].split("]")[0].split(",")]
+    import numpy as np
+
+    np.testing.assert_allclose(multi[0], reference, rtol=1e-5)
