@@ -162,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
     parallel.check_batch_divisible(global_batch)
-    from kinpose_jax import input_pipeline
+    from kinpose_jax.data import setup as input_pipeline
 
     data = input_pipeline.create(config, global_batch)
     steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else data.steps_per_epoch
@@ -248,7 +248,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     best/latest checkpoint of ``workdir``)."""
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
-    from kinpose_jax import input_pipeline
+    from kinpose_jax.data import setup as input_pipeline
 
     data = input_pipeline.create(config, global_batch, train=False)
     model = build_pose_net(config.model)

@@ -1,0 +1,76 @@
+"""Human3.6M (and MPII) seed caches -> validated ArrayRecord shards for the grain pipeline.
+
+One command from the seed's downloadable caches (README "Prepare Human3.6M"):
+
+    python data_prep/convert_h36m.py --root data --sets train validmin
+
+reads ``data/hm36/HM36_<set>_cache/*.pkl`` (or parses ``data/hm36/annot/*/matlab_meta.txt`` when
+a set has no cache), checks every record and image, and writes ``data/records/hm36_<set>/``
+(shards + dataset_info.json). Re-running is a no-op when up to date and resumes an interrupted
+run. ``--mpii train`` also converts ``data/mpii/mpii_train_cache/*.pkl`` for MPII mixing.
+Exit status 2 with a message naming the record and field on bad input (or use --on_error skip:
+bad records are left out, counted and listed in dataset_info.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kinpose_jax.data import DataError, convert  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--root", default="data", help="data root holding hm36/ (and mpii/) in the seed layout")
+    p.add_argument("--sets", nargs="+", default=["train", "validmin"], help="Human3.6M sets to convert")
+    p.add_argument("--out_dir", default="", help="output folder (default <root>/records)")
+    p.add_argument("--cache", default="", help="cache pickle to read (only with a single --sets entry)")
+    p.add_argument("--image_root", default="",
+                   help="folder holding <folder>/<file>.jpg; cache image paths are re-rooted onto it "
+                        "(default <root>/hm36/images)")
+    p.add_argument("--source", default="auto", choices=["auto", "cache", "annotations"],
+                   help="read the cache, parse annot/*/matlab_meta.txt, or the cache if present")
+    p.add_argument("--sample", type=int, default=None,
+                   help="frames per folder when parsing annotations (default: the set's: train 200, validmin 10, "
+                        "valid 40, *full all)")
+    p.add_argument("--mpii", nargs="*", default=[], help="MPII sets to convert too (e.g. train)")
+    p.add_argument("--mpii_cache", default="", help="MPII cache pickle (only with a single --mpii entry)")
+    p.add_argument("--mpii_image_root", default="", help="MPII images folder (default <root>/mpii/images)")
+    p.add_argument("--records_per_shard", type=int, default=1000)
+    p.add_argument("--on_error", default="raise", choices=["raise", "skip"],
+                   help="stop at the first bad record, or skip bad records (counted in dataset_info.json)")
+    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="processes validating and reading images (0 = in this process)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.cache and len(args.sets) != 1:
+        p.error("--cache needs exactly one --sets entry")
+    if args.mpii_cache and len(args.mpii) != 1:
+        p.error("--mpii_cache needs exactly one --mpii entry")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    common = dict(records_per_shard=args.records_per_shard, on_error=args.on_error, num_workers=args.num_workers,
+                  progress=not args.no_progress)
+    try:
+        for image_set in args.sets:
+            convert.convert_h36m(args.root, image_set, args.out_dir or None, cache=args.cache or None,
+                                 image_root=args.image_root or None, source=args.source, sample=args.sample, **common)
+        for image_set in args.mpii:
+            convert.convert_mpii(args.root, image_set, args.out_dir or None, cache=args.mpii_cache or None,
+                                 image_root=args.mpii_image_root or None, **common)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Convert PyTorch weights (the seed's checkpoints or a torchvision ResNet) to Flax variables.
+
+    python -m kinpose_jax.convert_torch IN.pth[.tar] OUT_DIR [--head integral|direct|kinematic] ...
+
+Inputs understood:
+
+(a) a seed checkpoint: a dict whose ``'network'`` entry is the ``state_dict`` (keys possibly
+    prefixed ``module.`` by DataParallel), with ``backbone.*`` and ``head.*`` keys; a bare
+    ``state_dict`` of the same network works too;
+(b) a plain torchvision ResNet ImageNet ``state_dict`` (``conv1.weight``, ``layer1.0...``,
+    ``fc.*``): only the backbone is imported, the head keeps its initialization and ``fc.*`` is
+    reported as unused.
+
+Layout changes: conv ``OIHW -> HWIO``; ConvTranspose2d ``[in, out, kh, kw] -> [kh, kw, out, in]``
+(Flax ``ConvTranspose(transpose_kernel=True)``, which is exactly torch's transposed conv, i.e. the
+gradient of the conv with that kernel); Linear ``[out, in] -> [in, out]``; BatchNorm
+``weight/bias/running_mean/running_var -> scale/bias/mean/var`` (``num_batches_tracked`` ignored).
+
+The seed's kinematic layer emits 29*18+1 outputs of which it uses 30 (SPEC §6, bug (d)). We assume
+rows 0..28 are the 29 motion parameters (seed order) and the **last** row is the scale, and map
+them onto our head's ``[translation(3), angles(tree.param_names), scale]`` layout: translation rows
+are taken to camera axes (tree output axes, then the head's view rotation), angle rows are picked
+by name (``Head_RotX`` is unused and dropped), and the scale row ``s_seed`` becomes our raw scale
+``box_mm * s_seed - 1`` (our head multiplies bones by ``(1 + s) / box_mm``). This reproduces the
+seed's intended outputs exactly with ``kinematic_view='identity'``; with ``'upright'`` the
+outputs are those rotated by the fixed view.
+
+The result is written as an orbax checkpoint of ``{'params': ..., 'batch_stats': ...}`` in OUT_DIR
+(restore with :func:`load_converted` or ``orbax.checkpoint.StandardCheckpointer().restore``) plus
+``OUT_DIR/kinpose_conversion.json`` (model config and the key report).
+
+torch is imported only inside :func:`load_torch_state_dict`; everything else is numpy + JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+REPORT_FILE = "kinpose_conversion.json"
+SEED_NUM_MOTION = 29
+SEED_LAYOUT_OUTPUTS = (SEED_NUM_MOTION * 18 + 1, SEED_NUM_MOTION + 1)
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What happened to every key. Paths are ``collection/module/.../leaf`` strings."""
+
+    source: str  # 'seed' | 'torchvision'
+    loaded: list[str] = dataclasses.field(default_factory=list)  # torch keys copied
+    missing: list[str] = dataclasses.field(default_factory=list)  # Flax leaves kept at init
+    unexpected: list[str] = dataclasses.field(default_factory=list)  # torch keys with no destination
+    ignored: list[str] = dataclasses.field(default_factory=list)  # torch keys deliberately skipped
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"source: {self.source}; loaded {len(self.loaded)} tensors"]
+        for name in ("missing", "unexpected", "ignored"):
+            keys = getattr(self, name)
+            label = {"missing": "missing (Flax leaves kept at their initialization)",
+                     "unexpected": "unexpected (torch keys with no Flax destination)",
+                     "ignored": "ignored (not needed)"}[name]
+            lines.append(f"{label}: {len(keys)}")
+            counters = [k for k in keys if k.endswith("num_batches_tracked")]
+            lines.extend(f"  {k}" for k in keys if not k.endswith("num_batches_tracked"))
+            if counters:
+                lines.append(f"  {len(counters)} x BatchNorm num_batches_tracked")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_torch_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Reads a ``.pth``/``.pth.tar`` file and returns its (network) state_dict as numpy arrays.
+
+    Uses ``torch.load(weights_only=True)`` unless ``allow_pickle`` (only for trusted files whose
+    checkpoint dict holds other Python objects, e.g. a pickled config).
+    """
+    import torch  # lazy: kinpose_jax must import without torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as err:  # noqa: BLE001 - re-raised with advice
+        if allow_pickle:
+            raise
+        raise RuntimeError(
+            f"torch.load({path!r}, weights_only=True) failed ({err}). If the file is trusted and holds "
+            "arbitrary pickled objects, pass --allow-pickle."
+        ) from err
+    return extract_state_dict(obj)
+
+
+def extract_state_dict(obj: Any) -> dict[str, np.ndarray]:
+    """A seed checkpoint dict (``'network'`` or ``'state_dict'`` entry) or a bare state_dict ->
+    ``{key: numpy array}`` with any ``module.`` prefix removed."""
+    if isinstance(obj, Mapping):
+        for entry in ("network", "state_dict", "model"):
+            if entry in obj and isinstance(obj[entry], Mapping):
+                obj = obj[entry]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError("expected a state_dict or a checkpoint dict with a 'network' entry")
+    out = {}
+    for key, value in obj.items():
+        if not hasattr(value, "shape"):
+            raise ValueError(f"state_dict entry {key!r} is not a tensor ({type(value).__name__})")
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().float().numpy() if value.is_floating_point() else value.cpu().numpy()
+        out[strip_module_prefix(key)] = np.asarray(value)
+    return out
+
+
+def strip_module_prefix(key: str) -> str:
+    """``module.backbone.conv1.weight`` -> ``backbone.conv1.weight`` (DataParallel prefixes)."""
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key
+
+
+def detect_source(state_dict: Mapping[str, Any]) -> str:
+    """'seed' if keys carry ``backbone.``/``head.`` prefixes, 'torchvision' for a bare ResNet."""
+    if any(k.startswith(("backbone.", "head.")) for k in state_dict):
+        return "seed"
+    if "conv1.weight" in state_dict:
+        return "torchvision"
+    raise ValueError(f"unrecognised state_dict: keys start with {sorted({k.split('.')[0] for k in state_dict})}")
+
+
+# ----------------------------------------------------------------------------- inference of the config
+def infer_model_config(state_dict: Mapping[str, np.ndarray], overrides: Mapping[str, Any] | None = None) -> dict:
+    """Model config fields (see :func:`kinpose_jax.models.build_pose_net`) read off the tensors:
+    backbone depth, head type, deconv filters/layers/kernel, depth_bins (= final_layer channels /
+    num_joints). ``overrides`` win (e.g. num_joints, depth_bins, kinematic_tree, kinematic_view)."""
+    from kinpose_jax.models.resnet import RESNET_SPECS
+
+    overrides = dict(overrides or {})
+    sd = {("backbone." + k if not k.startswith(("backbone.", "head.")) else k): v for k, v in state_dict.items()}
+    blocks = [len({m.group(1) for k in sd if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.", k))}) for i in range(1, 5)]
+    bottleneck = any(".conv3." in k for k in sd)
+    cfg: dict[str, Any] = {}
+    for depth, (kind, layers) in RESNET_SPECS.items():
+        if tuple(blocks) == layers and (kind == "bottleneck") == bottleneck:
+            cfg["backbone"] = f"resnet{depth}"
+    if "backbone" not in cfg and "backbone" not in overrides:
+        raise ValueError(f"cannot infer the ResNet depth from blocks per stage {blocks} (bottleneck={bottleneck})")
+    if "head.final_layer.weight" in sd:
+        cfg["head"] = "integral"
+        deconvs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"head\.features\.(\d+)\.weight$", k))
+                         and sd[k].ndim == 4)
+        n_out = sd["head.final_layer.weight"].shape[0]
+        j = int(overrides.get("num_joints", 18))
+        if n_out % j == 0:
+            cfg["depth_bins"] = n_out // j
+        cfg["num_deconv_layers"] = len(deconvs)
+        if deconvs:
+            cfg["deconv_filters"] = int(sd[f"head.features.{deconvs[0]}.weight"].shape[1])
+            cfg["deconv_kernel"] = int(sd[f"head.features.{deconvs[0]}.weight"].shape[-1])
+    elif "head.fc.weight" in sd:
+        n_out = sd["head.fc.weight"].shape[0]
+        j = int(overrides.get("num_joints", 18))
+        cfg["head"] = "direct" if n_out == 3 * j else "kinematic"
+    cfg.update(overrides)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- key mapping
+def torch_module_to_flax(module_path: str) -> tuple[str, ...]:
+    """``backbone.layer1.0.downsample.1`` -> ('backbone', 'layer1_0', 'downsample_1'): numeric
+    components (nn.Sequential indices) are joined to the name before them."""
+    out: list[str] = []
+    for part in module_path.split("."):
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}_{part}"
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, prefix + (k,)))
+        else:
+            flat[prefix + (k,)] = v
+    return flat
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = v
+    return out
+
+
+def _dest(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray] | None:
+    """torch key + tensor -> (Flax path incl. collection, array in Flax layout); None if unknown."""
+    module, _, leaf = key.rpartition(".")
+    path = torch_module_to_flax(module)
+    if leaf == "running_mean":
+        return ("batch_stats",) + path + ("mean",), value
+    if leaf == "running_var":
+        return ("batch_stats",) + path + ("var",), value
+    if leaf == "bias":
+        return ("params",) + path + ("bias",), value
+    if leaf == "weight":
+        if value.ndim == 1:
+            return ("params",) + path + ("scale",), value
+        if value.ndim == 2:
+            return ("params",) + path + ("kernel",), value.T
+        if value.ndim == 4:  # conv OIHW and deconv [in, out, kh, kw] both go to [kh, kw, dim1, dim0]
+            return ("params",) + path + ("kernel",), value.transpose(2, 3, 1, 0)
+    return None
+
+
+def _torch_layout(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Inverse of the layout change in :func:`_dest`, for error messages."""
+    if len(flax_shape) == 4:
+        return tuple(flax_shape[i] for i in (3, 2, 0, 1))
+    return tuple(reversed(flax_shape))
+
+
+def _fmt(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
+def _seed_kinematic_fc(sd: dict, model, report: ConversionReport) -> None:
+    """Replaces the seed's wide kinematic ``head.fc`` by the rows our head uses (see module doc)."""
+    from kinpose_jax.kinematics.presets import seed_motion_permutation
+    from kinpose_jax.models.heads import kinematic_num_outputs, view_matrix
+
+    w, b = sd["head.fc.weight"], sd["head.fc.bias"]
+    tree = model.tree
+    if w.shape[0] == kinematic_num_outputs(tree) or w.shape[0] not in SEED_LAYOUT_OUTPUTS:
+        return
+    try:
+        perm = seed_motion_permutation(tree)
+    except ValueError as err:
+        raise ValueError(f"head.fc has the seed's {w.shape[0]} outputs but the kinematic tree's angles are not "
+                         f"seed motion parameters: {err}") from None
+    axes = np.eye(3)[list(tree.output_axes)]  # tree output coords from model coords
+    rot = view_matrix(tree, model.kinematic_view) @ axes
+    scale_w, scale_b = model.box_mm * w[-1:], model.box_mm * b[-1:] - 1.0
+    sd["head.fc.weight"] = np.concatenate([rot @ w[:3], w[perm], scale_w]).astype(np.float32)
+    sd["head.fc.bias"] = np.concatenate([rot @ b[:3], b[perm], scale_b]).astype(np.float32)
+    unused = sorted(set(range(3, SEED_NUM_MOTION)) - set(int(p) for p in perm))
+    report.notes.append(
+        f"head.fc: seed layout with {w.shape[0]} outputs; used rows 0..{SEED_NUM_MOTION - 1} as motion parameters "
+        f"(unused: {[_seed_name(i) for i in unused]}) and row {w.shape[0] - 1} as the scale; "
+        f"{w.shape[0] - SEED_NUM_MOTION - 1} rows dropped"
+    )
+    if model.kinematic_view != "identity":
+        report.notes.append("kinematic_view is not 'identity': the imported head predicts the seed's joints "
+                            "rotated by the fixed view; use kinematic_view='identity' to reproduce the seed")
+
+
+def _seed_name(i: int) -> str:
+    from kinpose_jax.kinematics.presets import SEED_MOTION_NAMES
+
+    return SEED_MOTION_NAMES[i]
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    model,
+    init_variables: Mapping[str, Any],
+    strict: bool = False,
+) -> tuple[dict, ConversionReport]:
+    """Copies torch tensors into a copy of ``init_variables`` (``{'params', 'batch_stats'}`` of ``model``).
+
+    Args:
+      state_dict: torch keys (``module.`` prefixes allowed) -> arrays, seed or torchvision layout.
+      model: the :class:`~kinpose_jax.models.PoseNet` the variables belong to.
+      init_variables: its initial variables; leaves with no torch counterpart keep these values.
+      strict: raise if any Flax leaf is missing or any torch key is unexpected.
+    Returns:
+      (variables dict with numpy float32 leaves, report).
+    Raises:
+      ValueError naming the torch key, the Flax path and both shapes on a shape mismatch.
+    """
+    sd = {strip_module_prefix(k): np.asarray(v) for k, v in state_dict.items()}
+    source = detect_source(sd)
+    report = ConversionReport(source=source)
+    if source == "torchvision":
+        renamed = {}
+        for k, v in sd.items():
+            if k.startswith("fc."):
+                report.ignored.append(k)
+            else:
+                renamed["backbone." + k] = v
+        sd = renamed
+    target = {(c,) + p: v for c in ("params", "batch_stats") for p, v in _flatten(init_variables.get(c, {})).items()}
+    if getattr(model, "head", None) == "kinematic" and "head.fc.weight" in sd and "head.fc.bias" in sd:
+        _seed_kinematic_fc(sd, model, report)
+    filled: dict[tuple[str, ...], np.ndarray] = {}
+    for key in sorted(sd):
+        value = sd[key]
+        if key.endswith("num_batches_tracked"):
+            report.ignored.append(key)
+            continue
+        dest = _dest(key, value)
+        if dest is None or dest[0] not in target:
+            report.unexpected.append(key)
+            continue
+        path, array = dest
+        want = tuple(np.shape(target[path]))
+        if tuple(array.shape) != want:
+            raise ValueError(
+                f"shape mismatch for torch key {key!r} -> Flax {_fmt(path)!r}: the checkpoint has shape "
+                f"{tuple(value.shape)} but the model expects {_torch_layout(want)} (Flax layout {want}); "
+                "check the model config (backbone, head, num_joints, depth_bins, deconv_filters)"
+            )
+        filled[path] = np.ascontiguousarray(array, dtype=np.float32)
+        report.loaded.append(key)
+    report.missing = sorted(_fmt(p) for p in target if p not in filled)
+    if source == "torchvision":
+        report.notes.append("torchvision ImageNet weights: backbone only; the head keeps its initialization")
+    if strict and (report.missing or report.unexpected):
+        raise ValueError("strict conversion failed:\n" + report.summary())
+    merged = {p: filled.get(p, np.asarray(v, dtype=np.float32)) for p, v in target.items()}
+    variables = _unflatten(merged)
+    variables.setdefault("batch_stats", {})
+    return variables, report
+
+
+# ----------------------------------------------------------------------------- saving / loading
+def save_converted(out_dir: str, variables: Mapping[str, Any], report: ConversionReport | None = None,
+                   model_config: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
+    """Writes ``{'params', 'batch_stats'}`` as an orbax checkpoint at ``out_dir`` (waits for the
+    async save to finish) and the report/config to ``out_dir/kinpose_conversion.json``."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(out_dir, state, force=overwrite)
+    ckptr.wait_until_finished()
+    ckptr.close()
+    meta = {"model": dict(model_config or {}), "report": dataclasses.asdict(report) if report else None}
+    with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
+        json.dump(meta, f, indent=1, default=str)
+    return out_dir
+
+
+def load_converted(ckpt_dir: str, target: Any | None = None) -> dict:
+    """Restores ``{'params', 'batch_stats'}`` written by :func:`save_converted`.
+
+    ``target`` (optional): a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from
+    ``jax.eval_shape(model.init, ...)``) giving shapes, dtypes and shardings to restore into.
+    """
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        if target is not None:
+            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                                  dict(target))
+            return dict(ckptr.restore(os.path.abspath(ckpt_dir), target))
+        return dict(ckptr.restore(os.path.abspath(ckpt_dir)))
+    finally:
+        ckptr.close()
+
+
+def read_conversion_metadata(ckpt_dir: str) -> dict:
+    """The ``model`` config and ``report`` saved next to a converted checkpoint."""
+    with open(os.path.join(ckpt_dir, REPORT_FILE)) as f:
+        return json.load(f)
+
+
+def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None = None, strict: bool = False,
+                 allow_pickle: bool = False, overwrite: bool = False, init_size: int = 64, seed: int = 0):
+    """Load -> infer config -> build and initialise the model -> convert -> save. Returns (config, report)."""
+    from kinpose_jax.models import build_pose_net, init_variables
+
+    sd = load_torch_state_dict(in_path, allow_pickle=allow_pickle)
+    cfg = infer_model_config(sd, overrides)
+    model = build_pose_net(cfg)
+    init = init_variables(model, jax.random.key(seed), init_size)
+    variables, report = convert_state_dict(sd, model, init, strict=strict)
+    save_converted(out_dir, variables, report, cfg, overwrite=overwrite)
+    return cfg, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kinpose_jax.convert_torch", description=__doc__.split("\n\n")[0])
+    p.add_argument("input", help="seed checkpoint (.pth.tar, 'network' entry) or torchvision ResNet state_dict (.pth)")
+    p.add_argument("out_dir", help="output orbax checkpoint directory")
+    p.add_argument("--head", choices=["integral", "direct", "kinematic"], help="default: inferred (integral for torchvision)")
+    p.add_argument("--backbone", help="e.g. resnet50 (default: inferred from the tensors)")
+    p.add_argument("--num-joints", type=int, default=18)
+    p.add_argument("--depth-bins", type=int, help="default: final_layer channels / num_joints")
+    p.add_argument("--deconv-filters", type=int)
+    p.add_argument("--num-deconv-layers", type=int)
+    p.add_argument("--kinematic-tree", default="seed_h36m18")
+    p.add_argument("--kinematic-view", default="upright", choices=["upright", "identity"])
+    p.add_argument("--strict", action="store_true", help="fail on missing or unexpected keys")
+    p.add_argument("--allow-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    overrides = {"num_joints": a.num_joints, "kinematic_tree": a.kinematic_tree, "kinematic_view": a.kinematic_view}
+    for key, val in (("head", a.head), ("backbone", a.backbone), ("deconv_filters", a.deconv_filters),
+                     ("num_deconv_layers", a.num_deconv_layers), ("depth_bins", a.depth_bins)):
+        if val is not None:
+            overrides[key] = val
+    cfg, report = convert_file(a.input, a.out_dir, overrides, strict=a.strict, allow_pickle=a.allow_pickle,
+                               overwrite=a.overwrite)
+    print(f"model config: {json.dumps(cfg)}")
+    print(report.summary())
+    print(f"wrote {os.path.abspath(a.out_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""One training/evaluation sample, exactly as the seed makes it (SPEC §3) — pure numpy + OpenCV.
+
+Pipeline for one record: decode (BGR) -> augmentation draw -> optional horizontal flip of the
+image and labels -> affine warp of the (scaled, rotated) box onto the patch (bilinear) -> BGR to
+RGB -> per-channel gain, clip to [0, 255] -> ``(x - mean) / std`` -> joints through the same
+affine, depth ``z / (box_mm * s) * pw`` -> normalized targets ``x/pw - 0.5, y/ph - 0.5, z/pw``.
+
+Units: image/patch coordinates in pixels, depth in mm until normalized, angles in degrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+#: ImageNet RGB mean / std in 0..255 units (SPEC §3.4).
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """SPEC §3.1 augmentation parameters (the seed's defaults)."""
+
+    scale_factor: float = 0.25  # s = 1 + scale_factor * clip(N(0,1), -1, 1)
+    rotation_factor: float = 30.0  # degrees: r = rotation_factor * clip(N(0,1), -2, 2)
+    rotation_prob: float = 0.6  # probability that r is applied (else 0)
+    flip_prob: float = 0.5  # probability of a horizontal flip
+    color_factor: float = 0.2  # per-channel gain ~ U(1 - f, 1 + f)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """One draw: scale s, rotation r (degrees), flip, RGB gains [3]."""
+
+    scale: float = 1.0
+    rotation: float = 0.0
+    flip: bool = False
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+NO_AUGMENTATION = Augmentation()
+
+
+def draw_augmentation(rng: np.random.Generator, cfg: AugmentConfig) -> Augmentation:
+    """Draws one augmentation in the seed's order: scale normal, rotation normal, rotation coin,
+    flip coin, three gains."""
+    scale = 1.0 + cfg.scale_factor * float(np.clip(rng.standard_normal(), -1.0, 1.0))
+    rot = cfg.rotation_factor * float(np.clip(rng.standard_normal(), -2.0, 2.0))
+    if rng.random() >= cfg.rotation_prob:
+        rot = 0.0
+    flip = bool(rng.random() < cfg.flip_prob)
+    gains = tuple(float(g) for g in rng.uniform(1.0 - cfg.color_factor, 1.0 + cfg.color_factor, 3))
+    return Augmentation(scale, rot, flip, gains)  # type: ignore[arg-type]
+
+
+def record_rng(seed: int, epoch: int, dataset_id: int, index: int, draw: int = 0) -> np.random.Generator:
+    """The per-record generator: a pure function of (seed, epoch, dataset, record index, draw)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, dataset_id, index, draw])))
+
+
+def patch_affine(center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
+                 scale: float = 1.0, rotation: float = 0.0, inverse: bool = False) -> np.ndarray:
+    """[2, 3] affine (float64) taking image px to patch px (SPEC §3.3), or back with ``inverse``.
+
+    The box (centre ``center``, size ``box_size * scale``, rotated ``rotation`` degrees) maps to
+    the whole ``patch_size`` = (pw, ph) patch: centre -> patch centre, the box's rotated "down"
+    half-vector -> (0, ph/2), its "right" half-vector -> (pw/2, 0).
+    """
+    pw, ph = patch_size
+    w, h = box_size[0] * scale, box_size[1] * scale
+    a = np.deg2rad(rotation)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    # columns: right and down half-vectors of the box in the image, and in the patch
+    src = rot @ np.diag([w / 2.0, h / 2.0])
+    dst = np.diag([pw / 2.0, ph / 2.0])
+    c_src, c_dst = np.asarray(center, np.float64), np.array([pw / 2.0, ph / 2.0])
+    lin = dst @ np.linalg.inv(src) if not inverse else src @ np.linalg.inv(dst)
+    c_from, c_to = (c_src, c_dst) if not inverse else (c_dst, c_src)
+    return np.concatenate([lin, (c_to - lin @ c_from)[:, None]], axis=1)
+
+
+def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """[..., 2] points through a [2, 3] affine."""
+    return points @ affine[:, :2].T + affine[:, 2]
+
+
+def flip_joints(joints: np.ndarray, vis: np.ndarray, image_width: int,
+                flip_pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal flip of image-space joints [J, 3]: ``u <- W - u - 1`` and left/right swap
+    (weights swapped alike). Returns new arrays."""
+    joints = np.array(joints, dtype=np.float64, copy=True)
+    vis = np.array(vis, dtype=np.float64, copy=True)
+    joints[:, 0] = image_width - joints[:, 0] - 1.0
+    perm = np.arange(len(joints))
+    for a, b in flip_pairs:
+        perm[a], perm[b] = b, a
+    return joints[perm], vis[perm]
+
+
+def flip_box_center(center: np.ndarray, image_width: int) -> np.ndarray:
+    """Box centre after a horizontal flip: ``center_x <- W - center_x - 1``."""
+    return np.array([image_width - center[0] - 1.0, center[1]], np.float64)
+
+
+def warp_patch(image_bgr: np.ndarray, affine: np.ndarray, patch_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear warp (OpenCV, constant black border) of an HxWx3 uint8 image -> [ph, pw, 3] uint8."""
+    return cv2.warpAffine(image_bgr, affine, (int(patch_size[0]), int(patch_size[1])), flags=cv2.INTER_LINEAR)
+
+
+def normalize_pixels(patch_rgb: np.ndarray, gains: Sequence[float]) -> np.ndarray:
+    """[ph, pw, 3] RGB uint8 -> float32 ``(clip(x * gain, 0, 255) - mean) / std`` (SPEC §3.4).
+
+    Computed as a per-channel 256-entry lookup table (exact in float64, one rounding to float32)."""
+    levels = np.arange(256, dtype=np.float64)[:, None]
+    table = (np.clip(levels * np.asarray(gains, np.float64), 0.0, 255.0) - PIXEL_MEAN.astype(np.float64)) \
+        / PIXEL_STD.astype(np.float64)
+    return cv2.LUT(np.ascontiguousarray(patch_rgb), table.astype(np.float32).reshape(256, 1, 3))
+
+
+def joints_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, patch_width: int,
+                    box_mm: float = 2000.0) -> np.ndarray:
+    """Image joints [J, 3] (u px, v px, relative depth mm) -> patch px, depth in patch-width
+    units ``z / (box_mm * scale) * pw`` (SPEC §3.5)."""
+    out = np.empty_like(np.asarray(joints_img, np.float64))
+    out[:, :2] = apply_affine(np.asarray(joints_img, np.float64)[:, :2], affine)
+    out[:, 2] = np.asarray(joints_img, np.float64)[:, 2] / (box_mm * scale) * patch_width
+    return out
+
+
+def patch_to_normalized(joints_patch: np.ndarray, patch_size: tuple[int, int]) -> np.ndarray:
+    """Patch px -> normalized targets ``x/pw - 0.5, y/ph - 0.5, z/pw``."""
+    pw, ph = patch_size
+    return np.stack([joints_patch[..., 0] / pw - 0.5, joints_patch[..., 1] / ph - 0.5, joints_patch[..., 2] / pw],
+                    axis=-1)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG (or any OpenCV format) bytes -> HxWx3 uint8 BGR, like ``cv2.imread`` in the seed."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ValueError(f"image data cannot be decoded ({len(data)} bytes)")
+    return img
+
+
+def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray, joints_img: np.ndarray,
+                joints_vis: np.ndarray, aug: Augmentation, patch_size: tuple[int, int],
+                flip_pairs: Sequence[tuple[int, int]], box_mm: float = 2000.0) -> dict[str, np.ndarray]:
+    """SPEC §3 for one decoded image.
+
+    Args:
+      image_bgr: HxWx3 uint8 (OpenCV channel order).
+      center: [2] box centre px; box_size: [2] box width, height px.
+      joints_img: [J, 3] u px, v px, depth - pelvis depth mm; joints_vis: [J, 3] weights.
+      aug: the draw (:data:`NO_AUGMENTATION` for evaluation).
+      patch_size: (pw, ph).
+    Returns:
+      image [ph, pw, 3] float32 normalized RGB; joints [J, 3] float32 normalized targets;
+      joints_vis [J, 3] float32 weights; affine [2, 3] float64 (image px -> patch px of the
+      *flipped* image when ``aug.flip``).
+    """
+    width = image_bgr.shape[1]
+    center = np.asarray(center, np.float64)
+    joints, vis = np.asarray(joints_img, np.float64), np.asarray(joints_vis, np.float64)
+    if aug.flip:
+        image_bgr = cv2.flip(image_bgr, 1)  # mirror (as a numpy [:, ::-1] copy, but much faster)
+        center = flip_box_center(center, width)
+        joints, vis = flip_joints(joints, vis, width, flip_pairs)
+    affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+    patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
+    target = patch_to_normalized(joints_to_patch(joints, affine, aug.scale, patch_size[0], box_mm), patch_size)
+    return {
+        "image": normalize_pixels(patch, aug.gains),
+        "joints": target.astype(np.float32),
+        "joints_vis": vis.astype(np.float32),
+        "affine": affine,
+    }
+
+
+# ---------------------------------------------------------------------------------------- decoding
+def normalized_to_image(joints: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: tuple[int, int],
+                        box_mm: float = 2000.0, scale: np.ndarray | float = 1.0,
+                        rotation: np.ndarray | float = 0.0) -> np.ndarray:
+    """Decodes predicted normalized joints back to the image (SPEC §4 "Decoding").
+
+    Args:
+      joints: [B, J, 3] normalized (x, y, z). center: [B, 2] box centre px. box_size: [B, 2]
+        box width, height px. patch_size: (pw, ph). scale / rotation: [B] or scalars — the
+        augmentation used for the patch (evaluation: 1 and 0).
+    Returns:
+      [B, J, 3]: image u px, v px, depth relative to the pelvis in mm (``z * box_mm * scale``).
+    """
+    joints = np.asarray(joints, np.float64)
+    b = joints.shape[0]
+    pw, ph = patch_size
+    center = np.asarray(center, np.float64).reshape(b, 2)
+    box_size = np.asarray(box_size, np.float64).reshape(b, 2)
+    scale = np.broadcast_to(np.asarray(scale, np.float64), (b,))
+    rotation = np.broadcast_to(np.asarray(rotation, np.float64), (b,))
+    px = np.stack([(joints[..., 0] + 0.5) * pw, (joints[..., 1] + 0.5) * ph], axis=-1)
+    out = np.empty_like(joints)
+    for i in range(b):
+        inv = patch_affine(center[i], box_size[i], (pw, ph), scale[i], rotation[i], inverse=True)
+        out[i, :, :2] = apply_affine(px[i], inv)
+    out[..., 2] = joints[..., 2] * box_mm * scale[:, None]
+    return out

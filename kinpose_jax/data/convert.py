@@ -1,0 +1,343 @@
+"""Seed caches (or ``matlab_meta.txt`` annotations) -> validated ArrayRecord shards.
+
+Every record is validated (keys, shapes, finite values, joint set, image present, complete and
+decodable); a bad record raises :class:`~kinpose_jax.data.DataError` naming the record and field,
+or — with ``on_error="skip"`` — is left out, counted and listed in ``dataset_info.json``.
+Images are stored as the original file bytes (no re-encoding).
+
+Idempotent and resumable: shards are written one at a time (temporary file, then rename) and
+recorded in ``.progress.json``; a re-run with the same source and options skips finished shards,
+and returns at once when ``dataset_info.json`` already matches. A changed source (different
+hash) or changed options start the directory afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kinpose_jax import skeleton
+from kinpose_jax.data import DataError, h36m_format, records
+
+PROGRESS_FILE = ".progress.json"
+
+
+def _sha256_files(paths: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.path.basename(os.path.dirname(p)).encode() + b"/" + os.path.basename(p).encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- per record
+def prepare_record(task: tuple) -> tuple:
+    """Validates one raw cache record and reads its image (runs in worker processes).
+
+    ``task`` = (kind "h36m"|"mpii", raw record dict, source index, source description, image
+    root, path components kept when re-rooting). Returns ("ok", source_index, record dict — the
+    :mod:`~kinpose_jax.data.records` fields except ``index``) or ("error", source_index, message)."""
+    kind, raw, source_index, source, image_root, keep = task
+    try:
+        validate = h36m_format.validate_h36m_record if kind == "h36m" else h36m_format.validate_mpii_record
+        rec = validate(raw, source_index, source)
+        path = h36m_format.reroot_image_path(rec["image"], image_root, keep)
+        where = f"{source} record {source_index} field 'image' ({path})"
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise DataError(f"{where}: image file not found (cache path {rec['image']!r} re-rooted onto "
+                            f"{image_root!r}; pass --image_root)") from None
+        except OSError as err:
+            raise DataError(f"{where}: cannot read the image: {err}") from err
+        height, width = h36m_format.check_image_bytes(data, where)
+        out = {k: v for k, v in rec.items() if k != "image"}
+        out.update(image=data, image_path="/".join(os.path.normpath(path).split(os.sep)[-keep:]),
+                   image_size=np.array([width, height], np.int64), source_index=int(source_index), dataset=kind)
+        return ("ok", source_index, out)
+    except DataError as err:
+        return ("error", source_index, str(err))
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class _Runner:
+    """Maps :func:`prepare_record` over tasks in order, in-process or in a spawn pool."""
+
+    def __init__(self, num_workers: int):
+        self.pool = None
+        self.num_workers = num_workers
+        if num_workers > 0:
+            self.pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=_worker_init)
+
+    def map(self, tasks: list) -> list:
+        if self.pool is None:
+            return [prepare_record(t) for t in tasks]
+        return self.pool.map(prepare_record, tasks, chunksize=max(1, len(tasks) // (8 * self.num_workers)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+# ---------------------------------------------------------------------------------------- driver
+def _remove_outputs(dataset_dir: str) -> None:
+    for p in records.shard_paths(dataset_dir):
+        os.remove(p)
+    for f in os.listdir(dataset_dir):
+        if f.endswith(".tmp") or f in (records.INFO_FILE, PROGRESS_FILE):
+            os.remove(os.path.join(dataset_dir, f))
+
+
+def _summaries(kind: str, per_record: list[dict]) -> dict:
+    """Camera data and label statistics for dataset_info.json."""
+    out: dict[str, Any] = {}
+    if kind == "h36m" and per_record:
+        cams: dict[str, dict] = {}
+        reproj, depth = 0.0, 0.0
+        for r in per_record:
+            folder = r["image_path"].split("/")[0]
+            cams.setdefault(folder, {"fl": r["fl"].tolist(), "c_p": r["c_p"].tolist(),
+                                     "image_size": r["image_size"].tolist()})
+            uv = h36m_format.project(r["joints_cam"], r["fl"], r["c_p"])
+            reproj = max(reproj, float(np.abs(uv - r["joints_img"][:, :2]).max()))
+            depth = max(depth, float(np.abs(r["joints_cam"][:, 2] - r["pelvis"][2] - r["joints_img"][:, 2]).max()))
+        out["cameras"] = cams
+        out["max_reprojection_error_px"] = reproj  # cache u,v vs projection of joints_3d_cam
+        out["max_depth_error_mm"] = depth  # cache depth vs joints_3d_cam z - pelvis z
+        out["mean_bone_len_mm"] = float(np.mean([float(r["bone_len"]) for r in per_record]))
+    if per_record:
+        sizes = np.array([r["image_size"] for r in per_record])
+        out["image_size_min"], out["image_size_max"] = sizes.min(0).tolist(), sizes.max(0).tolist()
+        out["box_size_mean_px"] = np.mean([r["box_size"] for r in per_record], axis=0).tolist()
+    return out
+
+
+def convert_records(
+    kind: str,
+    raw_records: Sequence[dict],
+    dataset_dir: str,
+    *,
+    source: str,
+    source_hash: str,
+    image_root: str,
+    records_per_shard: int = 1000,
+    on_error: str = "raise",
+    num_workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Validates ``raw_records`` (seed cache dicts of ``kind`` "h36m" or "mpii") and writes them to
+    ``dataset_dir``. Returns the dataset_info dict. See the module docstring for resuming."""
+    if kind not in ("h36m", "mpii"):
+        raise ValueError(f"kind must be 'h36m' or 'mpii', got {kind!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if not raw_records:
+        raise DataError(f"{source} holds no records")
+    keep = 2 if kind == "h36m" else 1
+    image_root = os.path.abspath(image_root)
+    options = dict(format_version=records.FORMAT_VERSION, kind=kind, source_hash=source_hash, image_root=image_root,
+                   records_per_shard=records_per_shard, on_error=on_error, num_source_records=len(raw_records))
+    fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+    name = os.path.basename(os.path.normpath(dataset_dir))
+    os.makedirs(dataset_dir, exist_ok=True)
+    info_path = os.path.join(dataset_dir, records.INFO_FILE)
+    progress_path = os.path.join(dataset_dir, PROGRESS_FILE)
+
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            info = json.load(f)
+        if info.get("fingerprint") == fingerprint and len(records.shard_paths(dataset_dir)) == info["num_shards"]:
+            log(f"{dataset_dir}: up to date ({info['num_records']} records, {info['num_skipped']} skipped)")
+            return info
+
+    state = {"fingerprint": fingerprint, "shards": {}}
+    if os.path.exists(progress_path):
+        with open(progress_path) as f:
+            old = json.load(f)
+        if old.get("fingerprint") == fingerprint:
+            state = old
+    if state["fingerprint"] != fingerprint or not state["shards"]:
+        _remove_outputs(dataset_dir)
+        state = {"fingerprint": fingerprint, "shards": {}}
+
+    n = len(raw_records)
+    num_shards = math.ceil(n / records_per_shard)
+    done = {int(k): v for k, v in state["shards"].items()
+            if os.path.exists(os.path.join(dataset_dir, records.shard_name(name, int(k), num_shards)))}
+    if done:
+        log(f"{dataset_dir}: resuming, {len(done)}/{num_shards} shards already written")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, initial=sum(min(records_per_shard, n - k * records_per_shard) for k in done),
+                   desc=f"converting {name}", unit="rec", dynamic_ncols=True)
+    runner = _Runner(num_workers)
+    summaries: list[dict] = []
+    t0 = time.perf_counter()
+    try:
+        for k in range(num_shards):
+            lo, hi = k * records_per_shard, min(n, (k + 1) * records_per_shard)
+            if k in done:
+                continue
+            start_index = sum(done[j]["count"] for j in range(k))
+            tasks = [(kind, raw_records[i], i, source, image_root, keep) for i in range(lo, hi)]
+            payloads, skipped = [], []
+            for status, src_index, value in runner.map(tasks):
+                if status == "error":
+                    if on_error == "raise":
+                        raise DataError(value)
+                    skipped.append({"source_index": int(src_index), "error": value})
+                    continue
+                value["index"] = start_index + len(payloads)
+                summaries.append({key: value[key] for key in ("image_path", "image_size", "fl", "c_p", "joints_cam",
+                                                              "joints_img", "pelvis", "bone_len", "box_size")})
+                payloads.append(records.encode_record(value))
+            records.write_shard(os.path.join(dataset_dir, records.shard_name(name, k, num_shards)), payloads)
+            done[k] = {"count": len(payloads), "skipped": skipped}
+            state["shards"] = {str(j): v for j, v in done.items()}
+            records.write_json(progress_path, state)
+            if bar is not None:
+                bar.update(hi - lo)
+    finally:
+        runner.close()
+        if bar is not None:
+            bar.close()
+
+    if len(summaries) != sum(v["count"] for v in done.values()):  # resumed: re-read the finished shards' labels
+        summaries = _read_summaries(dataset_dir)
+    skipped = [s for k in sorted(done) for s in done[k]["skipped"]]
+    count = sum(v["count"] for v in done.values())
+    if count == 0:
+        raise DataError(f"{source}: every record was skipped ({len(skipped)}); first error: {skipped[0]['error']}")
+    info = {
+        "format_version": records.FORMAT_VERSION, "fingerprint": fingerprint, "name": name, "dataset": kind,
+        "source": source, "source_sha256": source_hash, "image_root": image_root,
+        "num_records": count, "num_source_records": n, "num_skipped": len(skipped), "skipped": skipped,
+        "num_shards": num_shards, "shard_counts": [done[k]["count"] for k in range(num_shards)],
+        "records_per_shard": records_per_shard,
+        "joint_set": {"name": "h36m18", "joints": list(skeleton.H36M_JOINT_NAMES),
+                      "flip_pairs": [list(p) for p in skeleton.H36M_FLIP_PAIRS],
+                      "parent_ids": list(skeleton.H36M_PARENT_IDS)},
+        "source_joint_set": "h36m18" if kind == "h36m" else "mpii16 (mapped to h36m18, depth weight 0)",
+        "box_mm": h36m_format.BOX_MM,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    info.update(_summaries(kind, summaries))
+    records.write_json(info_path, info)
+    log(f"{dataset_dir}: wrote {count} records in {num_shards} shards"
+        + (f", skipped {len(skipped)} bad records (listed in {records.INFO_FILE})" if skipped else ""))
+    return info
+
+
+def _read_summaries(dataset_dir: str) -> list[dict]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    out = []
+    for path in records.shard_paths(dataset_dir):
+        reader = ArrayRecordReader(path)
+        try:
+            for i in range(reader.num_records()):
+                out.append(records.decode_record(reader.read([i])[0]))
+        finally:
+            reader.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- entry points
+def dataset_dir_for(out_dir: str, kind: str, image_set: str) -> str:
+    """``<out_dir>/hm36_<set>`` or ``<out_dir>/mpii_<set>``."""
+    return os.path.join(out_dir, f"{'hm36' if kind == 'h36m' else 'mpii'}_{image_set}")
+
+
+def convert_h36m(
+    root: str,
+    image_set: str,
+    out_dir: str | None = None,
+    *,
+    cache: str | None = None,
+    image_root: str | None = None,
+    source: str = "auto",
+    sample: int | None = None,
+    **kwargs,
+) -> dict:
+    """Converts Human3.6M set ``image_set`` (train, validmin, valid, ...) under ``root/hm36``.
+
+    Args:
+      root: data root holding ``hm36/`` in the seed layout (SPEC §2).
+      out_dir: where ``hm36_<set>/`` is written (default ``root/records``).
+      cache: the cache pickle (default: the one in ``hm36/HM36_<set>_cache/``).
+      image_root: folder holding ``<folder>/<file>.jpg`` (default ``root/hm36/images``); cache
+        image paths are re-rooted onto it on their last two components.
+      source: "cache", "annotations" (parse ``annot/*/matlab_meta.txt``) or "auto" (the cache if
+        one exists, else the annotations).
+      sample: frames per folder when parsing annotations (default: the set's, SPEC §2).
+      **kwargs: :func:`convert_records` options (records_per_shard, on_error, num_workers, progress).
+    """
+    hm36 = os.path.join(root, "hm36")
+    out_dir = out_dir or os.path.join(root, "records")
+    image_root = image_root or os.path.join(hm36, "images")
+    if source not in ("auto", "cache", "annotations"):
+        raise ValueError(f"source must be auto, cache or annotations, got {source!r}")
+    if cache is None and source != "annotations":
+        cache = h36m_format.find_cache(hm36, image_set)
+        if cache is None and source == "cache":
+            raise DataError(f"no cache for set {image_set!r} under {hm36}/HM36_{image_set}_cache")
+    if cache is not None and source != "annotations":
+        raw = h36m_format.load_cache(cache)
+        desc, digest = f"cache {cache}", _sha256_files([cache])
+    else:
+        if not os.path.isdir(os.path.join(hm36, "annot")):
+            raise DataError(f"found neither a cache for set {image_set!r} ({hm36}/HM36_{image_set}_cache/*.pkl) nor "
+                            f"annotations ({hm36}/annot/*/matlab_meta.txt); check the data root")
+        subjects = h36m_format.subjects_of_set(image_set)
+        n = sample if sample is not None else h36m_format.SET_SAMPLES.get(image_set, -1)
+        raw = h36m_format.records_from_annotations(hm36, subjects, n)
+        annot = os.path.join(hm36, "annot")
+        metas = [os.path.join(annot, f, "matlab_meta.txt") for f in h36m_format.set_folders(annot, subjects)]
+        desc = f"annotations {annot} (set {image_set}, {n} frames per folder)"
+        digest = hashlib.sha256((_sha256_files(metas) + f"|sample={n}").encode()).hexdigest()
+    return convert_records("h36m", raw, dataset_dir_for(out_dir, "h36m", image_set), source=desc,
+                           source_hash=digest, image_root=image_root, **kwargs)
+
+
+def find_mpii_cache(mpii_dir: str, image_set: str) -> str:
+    """The single ``*.pkl`` in ``mpii/mpii_<set>_cache/``."""
+    folder = os.path.join(mpii_dir, f"mpii_{image_set}_cache")
+    found = sorted(f for f in os.listdir(folder) if f.endswith(".pkl")) if os.path.isdir(folder) else []
+    if len(found) != 1:
+        raise DataError(f"expected one MPII cache (*.pkl) in {folder}, found {found}; pass --cache")
+    return os.path.join(folder, found[0])
+
+
+def convert_mpii(root: str, image_set: str = "train", out_dir: str | None = None, *, cache: str | None = None,
+                 image_root: str | None = None, **kwargs) -> dict:
+    """Converts an MPII cache (``root/mpii/mpii_<set>_cache/*.pkl``) to ``<out_dir>/mpii_<set>/``;
+    joints are mapped to H36M-18 (SPEC §1) with depth weight 0. Image paths are re-rooted onto
+    ``image_root`` (default ``root/mpii/images``) on their file name."""
+    mpii = os.path.join(root, "mpii")
+    out_dir = out_dir or os.path.join(root, "records")
+    cache = cache or find_mpii_cache(mpii, image_set)
+    raw = h36m_format.load_cache(cache)
+    return convert_records("mpii", raw, dataset_dir_for(out_dir, "mpii", image_set), source=f"cache {cache}",
+                           source_hash=_sha256_files([cache]), image_root=image_root or os.path.join(mpii, "images"),
+                           **kwargs)

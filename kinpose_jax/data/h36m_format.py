@@ -1,0 +1,487 @@
+"""The seed's on-disk formats (SPEC §2): cache pickles, ``matlab_meta.txt``, sequence folder names,
+image paths — and validation of every record read from them.
+
+A validated record is a plain dict of float64 numpy arrays (plus the image path):
+
+=================  ===========  ===================================================================
+key                shape        meaning
+=================  ===========  ===================================================================
+``image``          str          image file path (as resolved on this machine)
+``center``         [2]          box centre (u, v), image px
+``box_size``       [2]          box width, height, image px
+``joints_img``     [18, 3]      u px, v px, depth - pelvis depth (mm); H36M-18 order (SPEC §1)
+``joints_vis``     [18, 3]      0/1 loss weights (MPII: depth weight 0)
+``joints_cam``     [18, 3]      camera mm (zeros for MPII)
+``pelvis``         [3]          camera mm (zeros for MPII)
+``fl``             [2]          focal lengths fx, fy px (zeros for MPII)
+``c_p``            [2]          principal point cx, cy px (zeros for MPII)
+``bone_len``       []           total skeleton length mm (0 for MPII)
+=================  ===========  ===================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from kinpose_jax import skeleton
+from kinpose_jax.data import DataError
+
+# ---------------------------------------------------------------------------------------- constants
+H36M_CACHE_KEYS: tuple[str, ...] = (
+    "image", "center_x", "center_y", "width", "height", "flip_pairs", "parent_ids", "joints_3d",
+    "joints_3d_vis", "joints_3d_cam", "pelvis", "fl", "c_p", "bone_len",
+)
+MPII_CACHE_KEYS: tuple[str, ...] = (
+    "image", "center_x", "center_y", "width", "height", "flip_pairs", "joints_3d", "joints_3d_vis",
+)
+#: Subjects of the Human3.6M splits (SPEC §2).
+TRAIN_SUBJECTS: tuple[int, ...] = (1, 5, 6, 7, 8)
+VALID_SUBJECTS: tuple[int, ...] = (9, 11)
+#: Frames sampled per folder by the seed's cache sets (-1 = every frame).
+SET_SAMPLES: dict[str, int] = {"train": 200, "validmin": 10, "valid": 40, "trainfull": -1, "validfull": -1}
+#: Side of the 3D box (mm) centred on the pelvis that defines the image box.
+BOX_MM = 2000.0
+#: The 17 of Human3.6M's 32 mocap joints used by the seed (one-based, H36M-17 order).
+H36M_32_TO_17_ONE_BASED: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 26, 27, 28)
+
+_FOLDER_RE = re.compile(r"^s_(\d+)_act_(\d+)_subact_(\d+)_ca_(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------- names
+def folder_name(subject: int, action: int, subaction: int, camera: int) -> str:
+    """``s_SS_act_AA_subact_BB_ca_CC`` (SPEC §2)."""
+    return f"s_{subject:02d}_act_{action:02d}_subact_{subaction:02d}_ca_{camera:02d}"
+
+
+def parse_folder_name(name: str) -> tuple[int, int, int, int]:
+    """(subject, action, subaction, camera) of a sequence folder name; DataError if malformed."""
+    m = _FOLDER_RE.match(name)
+    if not m:
+        raise DataError(f"folder name {name!r} is not of the form s_SS_act_AA_subact_BB_ca_CC")
+    return tuple(int(g) for g in m.groups())  # type: ignore[return-value]
+
+
+def image_name(folder: str, frame: int) -> str:
+    """Image file name of zero-based ``frame`` in ``folder`` (the file number is frame + 1)."""
+    return f"{folder}_{frame + 1:06d}.jpg"
+
+
+def cache_file_name(image_set: str, sample: int, patch_size: int = 256) -> str:
+    """``HM36_<set>_cache/HM36_<set>_w<W>xh<H>_keypoint_db_sample<N>.pkl`` relative to ``hm36/``."""
+    return os.path.join(f"HM36_{image_set}_cache",
+                        f"HM36_{image_set}_w{patch_size}xh{patch_size}_keypoint_db_sample{sample}.pkl")
+
+
+def find_cache(hm36_dir: str, image_set: str) -> str | None:
+    """The cache pickle of ``image_set`` under ``hm36_dir`` (None if there is none).
+
+    DataError if several candidates exist (pass the one you mean explicitly)."""
+    folder = os.path.join(hm36_dir, f"HM36_{image_set}_cache")
+    if not os.path.isdir(folder):
+        return None
+    pattern = re.compile(rf"^HM36_{re.escape(image_set)}_w\d+xh\d+_keypoint_db_sample-?\d+\.pkl$")
+    found = sorted(f for f in os.listdir(folder) if pattern.match(f))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise DataError(f"several caches for set {image_set!r} in {folder}: {found}; pass one with --cache")
+    return os.path.join(folder, found[0])
+
+
+def reroot_image_path(path: str, image_root: str, keep: int) -> str:
+    """Re-roots an image path written on another machine onto ``image_root``, keeping its last
+    ``keep`` components (2 for Human3.6M ``<folder>/<file>``, 1 for MPII ``<file>``).
+    Both ``/`` and ``\\`` separate components."""
+    parts = [p for p in re.split(r"[\\/]+", str(path)) if p]
+    if len(parts) < keep:
+        raise DataError(f"image path {path!r} has fewer than {keep} path components")
+    return os.path.join(image_root, *parts[-keep:])
+
+
+# ---------------------------------------------------------------------------------------- caches
+class _CacheUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays/scalars (no code runs), and maps
+    numpy 1.x module paths (``numpy.core``) onto numpy 2's (``numpy._core``)."""
+
+    _ALLOWED = {
+        ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"), ("builtins", "slice"),
+        ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"), ("copy_reg", "_reconstructor"),
+        ("copyreg", "_reconstructor"), ("builtins", "object"),
+    }
+
+    def find_class(self, module: str, name: str):
+        module = {"numpy.core.multiarray": "numpy._core.multiarray", "numpy.core.numeric": "numpy._core.numeric",
+                  "__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a cache holds only lists, dicts "
+                                         f"and numpy arrays)")
+        return super().find_class(module, name)
+
+
+def load_cache(path: str) -> list[dict]:
+    """Loads a seed cache: a pickled list of dicts (SPEC §2), including caches written by
+    Python 2.7/3.6 with numpy 1.x. Raises DataError naming the file if it is missing, not a
+    pickle, not a list of dicts, or empty."""
+    data, errors = None, []
+    try:
+        with open(path, "rb") as f:
+            for encoding in ("ASCII", "latin1"):  # latin1: Python 2 pickles of numpy arrays
+                f.seek(0)
+                try:
+                    data = _CacheUnpickler(f, encoding=encoding).load()
+                    break
+                except UnicodeDecodeError as err:
+                    errors.append(err)
+                except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+                    raise DataError(f"cache {path} is not a readable pickle: {type(err).__name__}: {err}") from err
+    except OSError as err:
+        raise DataError(f"cannot read cache {path}: {err}") from err
+    if data is None:
+        raise DataError(f"cache {path} could not be decoded: {errors[-1]}")
+    if not isinstance(data, (list, tuple)):
+        raise DataError(f"cache {path} holds a {type(data).__name__}, expected a list of dicts (one per frame)")
+    if not data:
+        raise DataError(f"cache {path} holds no records (empty list)")
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise DataError(f"cache {path} record {i}: a {type(rec).__name__}, expected a dict")
+    return list(data)
+
+
+# ---------------------------------------------------------------------------------------- validation
+def _where(source: str, index: int, field: str) -> str:
+    return f"{source} record {index} field {field!r}"
+
+
+def _array(rec: dict, key: str, shape: tuple[int, ...], source: str, index: int) -> np.ndarray:
+    value = rec[key]
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{_where(source, index, key)}: not numeric ({type(value).__name__}); "
+                        f"expected shape {shape}") from err
+    if arr.shape != shape:
+        raise DataError(f"{_where(source, index, key)}: shape {arr.shape}, expected {shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[:3].tolist()
+        raise DataError(f"{_where(source, index, key)}: non-finite values (NaN/inf) at {bad}")
+    return arr
+
+
+def _positive(arr: np.ndarray, key: str, source: str, index: int) -> None:
+    if np.any(arr <= 0):
+        raise DataError(f"{_where(source, index, key)}: {arr.tolist()} must be > 0")
+
+
+def _check_keys(rec: dict, required: Sequence[str], source: str, index: int) -> None:
+    missing = [k for k in required if k not in rec]
+    if missing:
+        raise DataError(f"{source} record {index}: missing keys {missing}; a record needs {list(required)} "
+                        f"(has {sorted(map(str, rec))})")
+
+
+def _check_pairs(rec: dict, key: str, expected: Sequence, source: str, index: int) -> None:
+    try:
+        got = np.asarray(rec[key], dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{_where(source, index, key)}: not integer data") from err
+    exp = np.asarray(expected, dtype=np.int64)
+    if key == "flip_pairs":
+        if got.ndim != 2 or got.shape[1] != 2 or {tuple(sorted(p)) for p in got.tolist()} != {
+                tuple(sorted(p)) for p in exp.tolist()}:
+            raise DataError(f"{_where(source, index, key)}: {got.tolist()}, expected the pairs {exp.tolist()} "
+                            f"(a different joint set?)")
+    elif got.shape != exp.shape or not np.array_equal(got, exp):
+        raise DataError(f"{_where(source, index, key)}: {got.tolist()}, expected {exp.tolist()} "
+                        f"(a different joint set?)")
+
+
+def _check_vis(vis: np.ndarray, key: str, source: str, index: int) -> None:
+    if np.any((vis < 0) | (vis > 1)):
+        raise DataError(f"{_where(source, index, key)}: values outside [0, 1] (visibility weights)")
+
+
+def _box(rec: dict, source: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    vals = {}
+    for key in ("center_x", "center_y", "width", "height"):
+        vals[key] = _array(rec, key, (), source, index)
+    size = np.array([vals["width"], vals["height"]])
+    for key in ("width", "height"):
+        _positive(np.asarray(vals[key]), key, source, index)
+    return np.array([vals["center_x"], vals["center_y"]]), size
+
+
+def validate_h36m_record(rec: Any, index: int, source: str) -> dict:
+    """Checks one Human3.6M cache record (SPEC §2) and returns the validated record (module
+    docstring; ``image`` is the path as written in the cache). DataError names the record and
+    field otherwise."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{source} record {index}: a {type(rec).__name__}, expected a dict")
+    _check_keys(rec, H36M_CACHE_KEYS, source, index)
+    j = skeleton.H36M_NUM_JOINTS
+    if not isinstance(rec["image"], (str, bytes)):
+        raise DataError(f"{_where(source, index, 'image')}: a {type(rec['image']).__name__}, expected a path")
+    center, size = _box(rec, source, index)
+    _check_pairs(rec, "flip_pairs", skeleton.H36M_FLIP_PAIRS, source, index)
+    _check_pairs(rec, "parent_ids", skeleton.H36M_PARENT_IDS, source, index)
+    out = {
+        "image": rec["image"].decode() if isinstance(rec["image"], bytes) else rec["image"],
+        "center": center, "box_size": size,
+        "joints_img": _array(rec, "joints_3d", (j, 3), source, index),
+        "joints_vis": _array(rec, "joints_3d_vis", (j, 3), source, index),
+        "joints_cam": _array(rec, "joints_3d_cam", (j, 3), source, index),
+        "pelvis": _array(rec, "pelvis", (3,), source, index),
+        "fl": _array(rec, "fl", (2,), source, index),
+        "c_p": _array(rec, "c_p", (2,), source, index),
+        "bone_len": _array(rec, "bone_len", (), source, index),
+    }
+    _check_vis(out["joints_vis"], "joints_3d_vis", source, index)
+    _positive(out["fl"], "fl", source, index)
+    _positive(out["pelvis"][2:], "pelvis", source, index)
+    _positive(out["bone_len"], "bone_len", source, index)
+    return out
+
+
+def validate_mpii_record(rec: Any, index: int, source: str) -> dict:
+    """Checks one MPII cache record (16 joints, SPEC §1-§2) and returns it in the validated
+    H36M-18 layout: joints mapped with ``MPII_TO_H36M`` (unmapped joints weight 0), depth
+    weights 0, camera fields zero."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{source} record {index}: a {type(rec).__name__}, expected a dict")
+    _check_keys(rec, MPII_CACHE_KEYS, source, index)
+    if not isinstance(rec["image"], (str, bytes)):
+        raise DataError(f"{_where(source, index, 'image')}: a {type(rec['image']).__name__}, expected a path")
+    center, size = _box(rec, source, index)
+    _check_pairs(rec, "flip_pairs", skeleton.MPII_FLIP_PAIRS, source, index)
+    n = skeleton.MPII_NUM_JOINTS
+    joints = _array(rec, "joints_3d", (n, 3), source, index)
+    vis = _array(rec, "joints_3d_vis", (n, 3), source, index)
+    _check_vis(vis, "joints_3d_vis", source, index)
+    j = skeleton.H36M_NUM_JOINTS
+    joints18, vis18 = np.zeros((j, 3)), np.zeros((j, 3))
+    for dst, src in enumerate(skeleton.MPII_TO_H36M):
+        if src >= 0:
+            joints18[dst], vis18[dst] = joints[src], vis[src]
+    joints18[:, 2] = 0.0
+    vis18[:, 2] = 0.0  # 2D labels only: never train depth on MPII
+    return {
+        "image": rec["image"].decode() if isinstance(rec["image"], bytes) else rec["image"],
+        "center": center, "box_size": size, "joints_img": joints18, "joints_vis": vis18,
+        "joints_cam": np.zeros((j, 3)), "pelvis": np.zeros(3), "fl": np.zeros(2), "c_p": np.zeros(2),
+        "bone_len": np.zeros(()),
+    }
+
+
+# ---------------------------------------------------------------------------------------- images
+def check_image_bytes(data: bytes, where: str) -> tuple[int, int]:
+    """Checks that ``data`` is a complete, decodable colour image; returns (height, width).
+
+    JPEG data must end with the end-of-image marker (a truncated file still half-decodes in
+    OpenCV, so decoding alone does not catch it). DataError names ``where`` otherwise."""
+    import cv2
+
+    if not data:
+        raise DataError(f"{where}: empty image file")
+    if data[:2] == b"\xff\xd8":
+        tail = data.rstrip(b"\x00\r\n \t")
+        if tail[-2:] != b"\xff\xd9":
+            raise DataError(f"{where}: JPEG data is truncated (no end-of-image marker; {len(data)} bytes)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None or img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
+        raise DataError(f"{where}: image data cannot be decoded ({len(data)} bytes, starts {data[:4]!r})")
+    return int(img.shape[0]), int(img.shape[1])
+
+
+# ---------------------------------------------------------------------------------------- matlab_meta
+@dataclasses.dataclass(frozen=True)
+class MetaSequence:
+    """One parsed ``matlab_meta.txt`` (SPEC §2).
+
+    Attributes:
+      image_size: (W, H) px.
+      rotation: [3, 3] world -> camera rotation R (``X_cam = R (X_world - T)``), i.e. the file's
+        nine numbers read row-major and transposed.
+      position: [3] camera position T, world mm.
+      focal: [2] fx, fy px. center: [2] cx, cy px. radial: [3] k1..k3. tangential: [2] p1, p2.
+      joint_ids: [17] one-based indices into the 32 mocap joints.
+      joints_world: [F, 32, 3] world mm, one row per frame.
+    """
+
+    image_size: tuple[int, int]
+    rotation: np.ndarray
+    position: np.ndarray
+    focal: np.ndarray
+    center: np.ndarray
+    radial: np.ndarray
+    tangential: np.ndarray
+    joint_ids: np.ndarray
+    joints_world: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.joints_world.shape[0])
+
+
+def _numbers(line: str, count: int, path: str, lineno: int, what: str) -> np.ndarray:
+    tokens = line.split()
+    if len(tokens) < count:
+        raise DataError(f"{path} line {lineno + 1} ({what}): {len(tokens)} fields, expected a tag and {count} "
+                        f"numbers")
+    try:
+        vals = np.asarray([float(t) for t in tokens[-count:]], dtype=np.float64)
+    except ValueError as err:
+        raise DataError(f"{path} line {lineno + 1} ({what}): expected {count} numbers at the end: {err}") from err
+    if not np.all(np.isfinite(vals)):
+        raise DataError(f"{path} line {lineno + 1} ({what}): non-finite values")
+    return vals
+
+
+def parse_matlab_meta(path: str) -> MetaSequence:
+    """Parses ``annot/<folder>/matlab_meta.txt`` (SPEC §2). DataError names the line at fault."""
+    try:
+        with open(path) as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if len(lines) < 9:
+        raise DataError(f"{path}: {len(lines)} non-empty lines, expected at least 9 header lines")
+    count = _numbers(lines[0], 1, path, 0, "frame count")[0]
+    if count != int(count) or count < 0:
+        raise DataError(f"{path} line 1 (frame count): {count} is not a non-negative integer")
+    count = int(count)
+    size = _numbers(lines[1], 2, path, 1, "image size W H")
+    rot = _numbers(lines[2], 9, path, 2, "rotation").reshape(3, 3).T
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4):
+        raise DataError(f"{path} line 3 (rotation): not a rotation matrix")
+    ids = _numbers(lines[8], 17, path, 8, "joint indices")
+    if np.any(ids != np.round(ids)) or np.any(ids < 1) or np.any(ids > 32):
+        raise DataError(f"{path} line 9 (joint indices): expected 17 one-based indices in 1..32")
+    frames = lines[9:]
+    if len(frames) != count:
+        raise DataError(f"{path}: {len(frames)} frame lines, but line 1 announces {count} frames")
+    joints = np.stack([_numbers(ln, 96, path, 9 + k, f"frame {k} joints") for k, ln in enumerate(frames)]) \
+        if frames else np.zeros((0, 96))
+    return MetaSequence(
+        image_size=(int(size[0]), int(size[1])), rotation=rot,
+        position=_numbers(lines[3], 3, path, 3, "camera position"),
+        focal=_numbers(lines[4], 2, path, 4, "focal length"), center=_numbers(lines[5], 2, path, 5, "principal point"),
+        radial=_numbers(lines[6], 3, path, 6, "radial distortion"),
+        tangential=_numbers(lines[7], 2, path, 7, "tangential distortion"),
+        joint_ids=ids.astype(np.int64), joints_world=joints.reshape(-1, 32, 3),
+    )
+
+
+def format_matlab_meta(meta: MetaSequence) -> str:
+    """Writes ``meta`` in the text layout :func:`parse_matlab_meta` reads (rotation stored
+    transposed, as the real files do; %.12f for the rotation, %.6f elsewhere)."""
+    f6 = lambda vals: " ".join(f"{v:.6f}" for v in np.asarray(vals).reshape(-1))  # noqa: E731
+    f12 = lambda vals: " ".join(f"{v:.12f}" for v in np.asarray(vals).reshape(-1))  # noqa: E731
+    lines = [
+        f"{meta.num_frames}",
+        f"img_size {meta.image_size[0]} {meta.image_size[1]}",
+        f"R {f12(np.asarray(meta.rotation).T)}",
+        f"T {f6(meta.position)}",
+        f"f {f6(meta.focal)}",
+        f"c {f6(meta.center)}",
+        f"k {f6(meta.radial)}",
+        f"p {f6(meta.tangential)}",
+        "joint_ids " + " ".join(str(int(i)) for i in meta.joint_ids),
+    ]
+    lines += [f"frame_{k + 1} {f6(j)}" for k, j in enumerate(np.asarray(meta.joints_world))]
+    return "\n".join(lines) + "\n"
+
+
+def sample_frames(num_frames: int, sample: int) -> np.ndarray:
+    """Zero-based frame indices of a cache set taking ``sample`` frames per folder (evenly
+    spaced, first frame included; -1 or sample >= num_frames: every frame)."""
+    if sample < 0 or sample >= num_frames:
+        return np.arange(num_frames)
+    if sample == 0:
+        return np.zeros(0, np.int64)
+    return (np.arange(sample) * num_frames) // sample
+
+
+def project(points_cam: np.ndarray, focal: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Pinhole projection without distortion: [..., 3] camera mm -> [..., 2] px."""
+    return points_cam[..., :2] / points_cam[..., 2:3] * focal + center
+
+
+def meta_frame_record(meta: MetaSequence, frame: int, image_path: str) -> dict:
+    """The cache record (SPEC §2 keys, float64) of zero-based ``frame`` of a parsed sequence:
+    17 selected joints + thorax (mean of shoulders), world -> camera, projection, 2000 mm box."""
+    world17 = meta.joints_world[frame][meta.joint_ids - 1]
+    world = np.concatenate([world17, world17[[11, 14]].mean(axis=0, keepdims=True)], axis=0)
+    cam = (meta.rotation @ (world - meta.position).T).T
+    pelvis = cam[0].copy()
+    uv = project(cam, meta.focal, meta.center)
+    joints_img = np.concatenate([uv, (cam[:, 2] - pelvis[2])[:, None]], axis=1)
+    half = BOX_MM / 2
+    corners = project(np.stack([pelvis + [-half, -half, 0.0], pelvis + [half, half, 0.0]]), meta.focal, meta.center)
+    bone_len = sum(float(np.linalg.norm(cam[a] - cam[b])) for a, b in skeleton.H36M_BONES)
+    return {
+        "image": image_path,
+        "center_x": float(corners[:, 0].mean()), "center_y": float(corners[:, 1].mean()),
+        "width": float(corners[1, 0] - corners[0, 0]), "height": float(corners[1, 1] - corners[0, 1]),
+        "flip_pairs": np.asarray(skeleton.H36M_FLIP_PAIRS, dtype=np.int64),
+        "parent_ids": np.asarray(skeleton.H36M_PARENT_IDS, dtype=np.int64),
+        "joints_3d": joints_img, "joints_3d_vis": np.ones((skeleton.H36M_NUM_JOINTS, 3)),
+        "joints_3d_cam": cam, "pelvis": pelvis, "fl": meta.focal.copy(), "c_p": meta.center.copy(),
+        "bone_len": bone_len,
+    }
+
+
+def set_folders(annot_dir: str, subjects: Iterable[int]) -> list[str]:
+    """Sequence folders under ``annot_dir`` whose subject is in ``subjects``, sorted."""
+    subjects = set(subjects)
+    if not os.path.isdir(annot_dir):
+        raise DataError(f"annotation folder {annot_dir} does not exist")
+    out = []
+    for name in sorted(os.listdir(annot_dir)):
+        if os.path.isdir(os.path.join(annot_dir, name)) and _FOLDER_RE.match(name):
+            if parse_folder_name(name)[0] in subjects:
+                out.append(name)
+    return out
+
+
+def records_from_annotations(hm36_dir: str, subjects: Iterable[int], sample: int) -> list[dict]:
+    """Builds the cache records of a set from ``hm36_dir/annot/*/matlab_meta.txt`` (when no cache
+    exists): ``sample`` frames per folder of the given subjects. Image paths are
+    ``images/<folder>/<folder>_%06d.jpg`` relative to ``hm36_dir``."""
+    annot = os.path.join(hm36_dir, "annot")
+    folders = set_folders(annot, subjects)
+    if not folders:
+        raise DataError(f"no sequence folders of subjects {sorted(set(subjects))} under {annot}")
+    records = []
+    for folder in folders:
+        meta = parse_matlab_meta(os.path.join(annot, folder, "matlab_meta.txt"))
+        for frame in sample_frames(meta.num_frames, sample):
+            path = os.path.join("images", folder, image_name(folder, int(frame)))
+            records.append(meta_frame_record(meta, int(frame), path))
+    return records
+
+
+def subjects_of_set(image_set: str) -> tuple[int, ...]:
+    """Subjects of a seed cache set name (``train*`` -> 1,5,6,7,8; ``valid*`` -> 9,11)."""
+    if image_set.startswith("train"):
+        return TRAIN_SUBJECTS
+    if image_set.startswith("valid"):
+        return VALID_SUBJECTS
+    raise DataError(f"unknown Human3.6M set {image_set!r}: expected train*, valid* (e.g. train, validmin)")
+
+
+def write_cache(path: str, records: list[dict]) -> None:
+    """Pickles ``records`` like the seed's caches (a list of dicts, protocol 3), atomically."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(records, f, protocol=3)
+    os.replace(tmp, path)

@@ -1,0 +1,389 @@
+"""grain input pipelines over converted shards: training (augmented, shuffled, endless) and
+evaluation (no augmentation, one pass, padded to full batches with a validity mask).
+
+Structure: ``MapDataset.range`` over this process's stream positions -> ``.map`` (plan the
+position: epoch, dataset, record; read it; SPEC §3 sample with a per-record RNG) -> ``.batch``
+(per-process batch) -> ``.to_iter_dataset`` (reader threads) -> ``.mp_prefetch`` (worker
+processes). Everything is a pure function of (seed, position), so
+
+* the same seed gives the same batches, whatever the worker or thread count;
+* the iterator's ``get_state()`` / ``set_state()`` (or grain's orbax ``PyGrainCheckpointHandler``)
+  resume exactly where a run stopped (same number of workers required);
+* a global batch is the same whatever the number of processes: process ``p`` of ``P`` gets
+  rows ``[p * B/P, (p+1) * B/P)`` of every global batch of ``B`` (feed them to
+  ``jax.make_array_from_process_local_data`` along a batch-sharded mesh axis).
+
+Epochs (training). Human3.6M only: an epoch is a fresh permutation of the records, cut to
+``steps_per_epoch = len // B`` full batches (the ``len % B`` left-over records differ per epoch).
+Mixed with MPII (``mpii_fraction = f > 0``), as the seed does (``mpii_hm36`` datasets): every
+epoch holds *all* MPII records plus ``round(n_mpii * (1 - f) / f)`` Human3.6M records drawn
+without replacement from a fresh permutation (f = 0.5 is the seed: as many H36M as MPII
+records), the union shuffled; a batch therefore holds a fraction f of MPII in expectation.
+
+Batch layout (numpy, leading axis = per-process batch ``B/P``):
+
+* ``image`` [B, P, P, 3] float32, normalized RGB (NHWC); ``joints`` [B, 18, 3] float32 normalized
+  targets (SPEC §3.5); ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 =
+  real sample, 0 = evaluation padding, always 1 in training).
+* evaluation adds ``center`` [B, 2] px, ``box_size`` [B, 2] (width, height) px, ``fl`` [B, 2],
+  ``c_p`` [B, 2] px, ``pelvis`` [B, 3] mm, ``joints_cam`` [B, 18, 3] mm, ``image_index`` [B] int32
+  (record index; -1 for padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+
+from kinpose_jax import skeleton
+from kinpose_jax.data import DataError, records
+from kinpose_jax.data import augment as aug_lib
+
+H36M, MPII = 0, 1  # dataset ids (part of the per-record RNG key)
+TRAIN_KEYS = ("image", "joints", "joints_vis", "valid")
+EVAL_KEYS = TRAIN_KEYS + ("center", "box_size", "fl", "c_p", "pelvis", "joints_cam", "image_index")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipelines read. Units: px, mm, degrees.
+
+    Attributes:
+      records_dir: folder holding ``hm36_<set>/`` (and ``mpii_<set>/``) from the converter.
+      train_set / eval_set: Human3.6M set names (``hm36_<set>`` directories).
+      mpii_set: MPII set mixed into training when ``mpii_fraction > 0``.
+      mpii_fraction: expected fraction of MPII samples per training batch (0 = H36M only,
+        0.5 = the seed's mixing); must be < 1.
+      patch_size: square network input, px.
+      global_batch_size: images per step over all processes.
+      seed: data order and augmentation seed.
+      augment: SPEC §3 augmentation in training (evaluation never augments).
+      aug: augmentation parameters (:class:`~kinpose_jax.data.augment.AugmentConfig`).
+      worker_count: grain worker processes (0 = in this process).
+      worker_buffer_size: batches each worker prepares ahead.
+      read_threads: threads per process preparing batches concurrently.
+      box_mm: side of the 3D box (mm) the patch shows (SPEC §2-§3).
+      process_index / process_count: this host's slice of every global batch (None = from JAX).
+    """
+
+    records_dir: str
+    train_set: str = "train"
+    eval_set: str = "validmin"
+    mpii_set: str = "train"
+    mpii_fraction: float = 0.0
+    patch_size: int = 256
+    global_batch_size: int = 32
+    seed: int = 0
+    augment: bool = True
+    aug: aug_lib.AugmentConfig = aug_lib.AugmentConfig()
+    worker_count: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 2
+    box_mm: float = 2000.0
+    process_index: int | None = None
+    process_count: int | None = None
+
+    def process(self) -> tuple[int, int]:
+        """(index, count) of this process."""
+        if self.process_index is not None and self.process_count is not None:
+            return self.process_index, self.process_count
+        import jax
+
+        return jax.process_index(), jax.process_count()
+
+    def local_batch_size(self) -> int:
+        _, count = self.process()
+        if self.global_batch_size < 1 or self.global_batch_size % count:
+            raise ValueError(f"global_batch_size {self.global_batch_size} must be a positive multiple of the "
+                             f"{count} processes")
+        return self.global_batch_size // count
+
+
+def config_from_ml_collections(config, global_batch_size: int, **overrides) -> PipelineConfig:
+    """:class:`PipelineConfig` from the training ConfigDict (``configs/default.py``: ``config.seed``
+    and the ``config.data`` fields)."""
+    d = config.data
+    records_dir = d.records_dir or os.path.join(d.root, "records")
+    kwargs = dict(
+        records_dir=records_dir, train_set=d.train_set, eval_set=d.eval_set, mpii_fraction=float(d.mpii_fraction),
+        patch_size=int(d.patch_size), global_batch_size=int(global_batch_size), seed=int(config.seed),
+        augment=bool(d.augment), worker_count=int(d.worker_count), worker_buffer_size=int(d.worker_buffer_size),
+        aug=aug_lib.AugmentConfig(scale_factor=float(d.scale_factor), rotation_factor=float(d.rotation_factor),
+                                  rotation_prob=float(d.rotation_prob), flip_prob=float(d.flip_prob),
+                                  color_factor=float(d.color_factor)),
+    )
+    if "box_mm" in config.get("model", {}):
+        kwargs["box_mm"] = float(config.model.box_mm)
+    kwargs.update(overrides)
+    return PipelineConfig(**kwargs)
+
+
+def dataset_dir(records_dir: str, kind: str, image_set: str) -> str:
+    return os.path.join(records_dir, f"{'hm36' if kind == 'h36m' else 'mpii'}_{image_set}")
+
+
+# ---------------------------------------------------------------------------------------- plans
+def _permutation(seed: int, epoch: int, salt: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, salt, 7]).permutation(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """Which record each global stream position reads (pure; see the module docstring)."""
+
+    num_h36m: int
+    num_mpii: int
+    mpii_fraction: float
+    seed: int
+    global_batch_size: int
+
+    @property
+    def h36m_per_epoch(self) -> int:
+        if self.mpii_fraction <= 0 or self.num_mpii == 0:
+            return self.num_h36m
+        return max(1, int(round(self.num_mpii * (1.0 - self.mpii_fraction) / self.mpii_fraction)))
+
+    @property
+    def mpii_per_epoch(self) -> int:
+        return self.num_mpii if self.mpii_fraction > 0 else 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return (self.h36m_per_epoch + self.mpii_per_epoch) // self.global_batch_size
+
+    def epoch_entries(self, epoch: int) -> np.ndarray:
+        """[steps_per_epoch * B, 3] int64 rows (dataset id, record index, draw) of one epoch."""
+        k = self.h36m_per_epoch
+        reps = math.ceil(k / self.num_h36m)
+        h_idx = np.concatenate([_permutation(self.seed, epoch, 100 + r, self.num_h36m) for r in range(reps)])[:k]
+        rows = [np.stack([np.full(k, H36M), h_idx, np.arange(k) // self.num_h36m], axis=1)]
+        if self.mpii_per_epoch:
+            rows.append(np.stack([np.full(self.num_mpii, MPII), np.arange(self.num_mpii),
+                                  np.zeros(self.num_mpii, np.int64)], axis=1))
+        entries = np.concatenate(rows).astype(np.int64)
+        order = _permutation(self.seed, epoch, 1, len(entries))
+        return entries[order][: self.steps_per_epoch * self.global_batch_size]
+
+
+def _global_position(local: int, local_batch: int, global_batch: int, process_index: int) -> int:
+    """Position in the global stream of this process's ``local``-th element."""
+    return (local // local_batch) * global_batch + process_index * local_batch + local % local_batch
+
+
+# ---------------------------------------------------------------------------------------- transforms
+class _Sources:
+    """Lazily opened record sources (picklable: reopened in each worker process)."""
+
+    def __init__(self, dirs: dict[int, str]):
+        self.dirs = dirs
+        self._open: dict[int, records.ShardedRecords] = {}
+
+    def __getstate__(self):
+        return {"dirs": self.dirs, "_open": {}}
+
+    def get(self, dataset_id: int) -> records.ShardedRecords:
+        src = self._open.get(dataset_id)
+        if src is None:
+            src = self._open[dataset_id] = records.ShardedRecords(self.dirs[dataset_id])
+        return src
+
+
+def _sample(rec: dict, aug: aug_lib.Augmentation, cfg: PipelineConfig, where: str) -> dict[str, np.ndarray]:
+    try:
+        image = aug_lib.decode_image(rec["image"])
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from err
+    size = (cfg.patch_size, cfg.patch_size)
+    return aug_lib.make_sample(image, rec["center"], rec["box_size"], rec["joints_img"], rec["joints_vis"], aug, size,
+                               skeleton.H36M_FLIP_PAIRS, cfg.box_mm)
+
+
+class TrainTransform:
+    """Local stream position -> one augmented training sample (dict of numpy arrays)."""
+
+    def __init__(self, cfg: PipelineConfig, plan: TrainPlan, sources: _Sources):
+        self.cfg, self.plan, self.sources = cfg, plan, sources
+        self.local_batch = cfg.local_batch_size()
+        self.process_index = cfg.process()[0]
+        self._epoch_cache: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_epoch_cache"] = None
+        return state
+
+    def entry(self, local: int) -> tuple[int, int, int, int]:
+        """(epoch, dataset id, record index, draw) of local stream position ``local``."""
+        pos = _global_position(local, self.local_batch, self.cfg.global_batch_size, self.process_index)
+        per_epoch = self.plan.steps_per_epoch * self.cfg.global_batch_size
+        epoch, k = divmod(pos, per_epoch)
+        cache = self._epoch_cache
+        if cache is None or cache[0] != epoch:
+            cache = (epoch, self.plan.epoch_entries(epoch))
+            self._epoch_cache = cache
+        dataset_id, index, draw = (int(v) for v in cache[1][k])
+        return epoch, dataset_id, index, draw
+
+    def __call__(self, local: int) -> dict[str, np.ndarray]:
+        epoch, dataset_id, index, draw = self.entry(local)
+        rec = self.sources.get(dataset_id)[index]
+        if self.cfg.augment:
+            aug = aug_lib.draw_augmentation(aug_lib.record_rng(self.cfg.seed, epoch, dataset_id, index, draw),
+                                            self.cfg.aug)
+        else:
+            aug = aug_lib.NO_AUGMENTATION
+        name = self.sources.dirs[dataset_id]
+        out = _sample(rec, aug, self.cfg, f"{name} record {index}")
+        return {"image": out["image"], "joints": out["joints"], "joints_vis": out["joints_vis"],
+                "valid": np.float32(1.0)}
+
+
+class EvalTransform:
+    """Local position -> one un-augmented evaluation sample with camera data; padding positions
+    (beyond the dataset) repeat record 0 with ``valid`` 0 and ``image_index`` -1."""
+
+    def __init__(self, cfg: PipelineConfig, sources: _Sources, num_records: int):
+        self.cfg, self.sources, self.num_records = cfg, sources, num_records
+        self.local_batch = cfg.local_batch_size()
+        self.process_index = cfg.process()[0]
+
+    def __call__(self, local: int) -> dict[str, np.ndarray]:
+        pos = _global_position(local, self.local_batch, self.cfg.global_batch_size, self.process_index)
+        valid = pos < self.num_records
+        index = pos if valid else 0
+        rec = self.sources.get(H36M)[index]
+        out = _sample(rec, aug_lib.NO_AUGMENTATION, self.cfg, f"{self.sources.dirs[H36M]} record {index}")
+        f32 = lambda k: np.asarray(rec[k], np.float32)  # noqa: E731
+        return {
+            "image": out["image"], "joints": out["joints"], "joints_vis": out["joints_vis"] * np.float32(valid),
+            "valid": np.float32(valid), "center": f32("center"), "box_size": f32("box_size"), "fl": f32("fl"),
+            "c_p": f32("c_p"), "pelvis": f32("pelvis"), "joints_cam": f32("joints_cam"),
+            "image_index": np.int32(rec["index"] if valid else -1),
+        }
+
+
+# ---------------------------------------------------------------------------------------- iterators
+def _ensure_absl_flags() -> None:
+    """grain's worker processes read absl flags; mark them parsed outside ``absl.app.run``."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one OpenCV thread per worker process: no oversubscription
+
+
+def _to_iterator(ds, cfg: PipelineConfig):
+    import grain
+
+    ds = ds.batch(cfg.local_batch_size(), drop_remainder=True)
+    threads = max(0, int(cfg.read_threads))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 1)))
+    if cfg.worker_count > 0:
+        _ensure_absl_flags()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count,
+                                                         per_worker_buffer_size=cfg.worker_buffer_size),
+                            worker_init_fn=_worker_init)
+    return iter(ds)
+
+
+def _h36m_source(cfg: PipelineConfig, image_set: str) -> str:
+    path = dataset_dir(cfg.records_dir, "h36m", image_set)
+    records.load_info(path)  # clear error if not converted
+    return path
+
+
+def train_plan(cfg: PipelineConfig) -> tuple[TrainPlan, _Sources]:
+    if not 0.0 <= cfg.mpii_fraction < 1.0:
+        raise ValueError(f"mpii_fraction must be in [0, 1), got {cfg.mpii_fraction}")
+    dirs = {H36M: _h36m_source(cfg, cfg.train_set)}
+    num_mpii = 0
+    if cfg.mpii_fraction > 0:
+        dirs[MPII] = dataset_dir(cfg.records_dir, "mpii", cfg.mpii_set)
+        num_mpii = records.load_info(dirs[MPII])["num_records"]
+    num_h36m = records.load_info(dirs[H36M])["num_records"]
+    plan = TrainPlan(num_h36m, num_mpii, cfg.mpii_fraction, cfg.seed, cfg.global_batch_size)
+    if plan.steps_per_epoch < 1:
+        raise ValueError(f"an epoch of {plan.h36m_per_epoch + plan.mpii_per_epoch} samples is shorter than one global "
+                         f"batch of {cfg.global_batch_size}")
+    return plan, _Sources(dirs)
+
+
+def make_train_dataset(cfg: PipelineConfig, num_epochs: int | None = None):
+    """The training ``MapDataset`` of per-process batches (before iteration), and its plan."""
+    import grain
+
+    plan, sources = train_plan(cfg)
+    local = cfg.local_batch_size()
+    length = sys.maxsize if num_epochs is None else num_epochs * plan.steps_per_epoch * local
+    return grain.MapDataset.range(length).map(TrainTransform(cfg, plan, sources)), plan
+
+
+def make_train_iterator(cfg: PipelineConfig, num_epochs: int | None = None):
+    """Endless (or ``num_epochs``) iterator of training batches (module docstring). The returned
+    grain ``DatasetIterator`` has ``get_state()`` / ``set_state()`` for exact resumption."""
+    ds, _ = make_train_dataset(cfg, num_epochs)
+    return _to_iterator(ds, cfg)
+
+
+def eval_num_batches(num_records: int, global_batch_size: int) -> int:
+    return math.ceil(num_records / global_batch_size)
+
+
+def make_eval_iterator(cfg: PipelineConfig, image_set: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over ``image_set`` (default ``cfg.eval_set``) without augmentation, in record
+    order, the last batch padded (``valid`` 0): every record appears exactly once as valid."""
+    import grain
+
+    path = _h36m_source(cfg, image_set or cfg.eval_set)
+    n = records.load_info(path)["num_records"]
+    sources = _Sources({H36M: path})
+    length = eval_num_batches(n, cfg.global_batch_size) * cfg.local_batch_size()
+    ds = grain.MapDataset.range(length).map(EvalTransform(cfg, sources, n))
+    return _to_iterator(ds, cfg)
+
+
+class DataPipeline:
+    """What a training driver needs: ``steps_per_epoch``, ``train_iterator()`` (checkpointable),
+    ``eval_batches()`` (a fresh one-pass iterator per call), ``num_eval_records``."""
+
+    def __init__(self, cfg: PipelineConfig, train: bool = True):
+        self.cfg = cfg
+        self.plan = train_plan(cfg)[0] if train else None
+        self.num_eval_records = records.load_info(_h36m_source(cfg, cfg.eval_set))["num_records"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.plan is None:
+            raise ValueError("this pipeline was built for evaluation only")
+        return self.plan.steps_per_epoch
+
+    @property
+    def eval_steps(self) -> int:
+        return eval_num_batches(self.num_eval_records, self.cfg.global_batch_size)
+
+    def train_iterator(self):
+        return make_train_iterator(self.cfg)
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        it = make_eval_iterator(self.cfg)
+        try:
+            yield from it
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+
+def describe(batch: dict[str, Any]) -> str:
+    """One line per field: shape and dtype (for logs)."""
+    return "\n".join(f"{k}: {tuple(np.shape(v))} {np.asarray(v).dtype}" for k, v in batch.items())

@@ -1,0 +1,231 @@
+"""A synthetic Human3.6M in the seed's exact on-disk layout (SPEC §2), deterministic by seed.
+
+``generate(root)`` writes under ``root/hm36/``::
+
+    annot/<folder>/matlab_meta.txt                       camera + per-frame 32-joint world mocap (mm)
+    images/<folder>/<folder>_%06d.jpg                    rendered frames
+    HM36_train_cache/HM36_train_w256xh256_keypoint_db_sample<N>.pkl
+    HM36_validmin_cache/HM36_validmin_w256xh256_keypoint_db_sample<N>.pkl
+    synthetic.json                                       the generator's parameters (idempotence)
+
+Poses: the symmetric H36M kinematic tree (:func:`kinpose_jax.kinematics.presets.h36m18`, human
+joint ranges, mean bone lengths) with angles uniform within the joint limits damped towards zero,
+a random heading (rotation about the vertical axis) and small tilts, a per-subject bone-length
+scale ~ N(1, 0.05), feet on the floor. Four cameras around the capture area with Human3.6M-like
+intrinsics (fx ~ 1145 px at 1000 px width, scaled to ``image_size``) and extrinsics (3.8-4.8 m
+away, 1.3-1.8 m high); no lens distortion. The cache records are computed from the written
+``matlab_meta.txt`` by the same code that converts real annotations; the images are rendered
+with OpenCV's projection (see :mod:`~kinpose_jax.data.render`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+
+from kinpose_jax.data import h36m_format, render
+
+GENERATOR_VERSION = 1
+#: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
+_FOCAL_1000 = np.array([1145.0, 1144.0])
+#: World <- model axes: model x (left) -> world x, model y (up) -> world z, model z (forward) -> world -y.
+_MODEL_TO_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+def make_cameras(seed: int, image_size: int) -> list[render.Camera]:
+    """Four cameras around the origin (one per quadrant), looking at the capture area's centre."""
+    rng = np.random.default_rng([seed, 7919])
+    s = image_size / 1000.0
+    cams = []
+    for k in range(4):
+        az = np.deg2rad(45.0 + 90.0 * k + rng.uniform(-10, 10))
+        dist, height = rng.uniform(3800, 4800), rng.uniform(1300, 1800)
+        pos = np.array([dist * np.cos(az), dist * np.sin(az), height])
+        target = np.array([rng.uniform(-150, 150), rng.uniform(-150, 150), rng.uniform(850, 1050)])
+        focal = _FOCAL_1000 * s * (1.0 + rng.uniform(-0.01, 0.01, 2))
+        center = np.array([image_size / 2.0, image_size / 2.0]) + rng.uniform(-3, 3, 2) * s
+        cams.append(render.look_at_camera(pos, target, focal, center, (image_size, image_size)))
+    return cams
+
+
+def sample_pose_params(rng: np.random.Generator, num: int, tree, damping: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Random in-range poses: (angles [num, tree.num_dofs] radians, floor position [num, 2] mm).
+
+    Limited angles are uniform within ``damping`` x the joint limits; the root gets a uniform
+    heading about the vertical axis and tilts of at most 8 degrees."""
+    limits = tree.limits_array
+    finite = np.all(np.isfinite(limits), axis=1)
+    lo = np.where(finite, damping * limits[:, 0], 0.0)
+    hi = np.where(finite, damping * limits[:, 1], 0.0)
+    angles = rng.uniform(lo, hi, (num, tree.num_dofs))
+    names = tree.param_names
+    tilt = np.deg2rad(8.0)
+    angles[:, names.index("Root_RotZ")] = rng.uniform(-tilt, tilt, num)
+    angles[:, names.index("Root_RotX")] = rng.uniform(-tilt, tilt, num)
+    angles[:, names.index("Root_RotY")] = rng.uniform(-np.pi, np.pi, num)  # heading about the vertical
+    return angles, rng.uniform(-600, 600, (num, 2))
+
+
+def poses_to_world(tree, angles: np.ndarray, scales: np.ndarray, floor_xy: np.ndarray) -> np.ndarray:
+    """World joints [N, 18, 3] mm (world z up) by forward kinematics (one batched call), feet on
+    the floor (lowest ankle 90 mm up) at ``floor_xy`` [N, 2]; ``scales`` [N] bone-length scales."""
+    import jax
+    import jax.numpy as jnp
+
+    from kinpose_jax import kinematics
+
+    fk = jax.jit(lambda a, s: kinematics.forward_kinematics(tree, a, scale=s).joints)
+    model = np.asarray(fk(jnp.asarray(angles, jnp.float32), jnp.asarray(scales, jnp.float32)), np.float64)
+    world = model @ _MODEL_TO_WORLD.T
+    ankle_z = world[:, [3, 6], 2].min(axis=1)
+    place = np.concatenate([floor_xy, (90.0 - ankle_z)[:, None]], axis=1)
+    return world + place[:, None, :]
+
+
+def _mocap32(joints18: np.ndarray) -> np.ndarray:
+    """32-joint mocap rows [F, 32, 3]: the 17 used joints at their one-based slots, the rest filled
+    with the pelvis (those slots are unused by the seed)."""
+    out = np.repeat(joints18[:, :1], 32, axis=1)
+    out[:, np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED) - 1] = joints18[:, :17]
+    return out
+
+
+def _folders(split_subjects, count):
+    out = []
+    n = len(split_subjects)
+    for i in range(count):
+        subject = split_subjects[i % n]
+        action = 2 + (i // n) % 15
+        subaction = 1 + (i // (n * 15)) % 2
+        out.append((subject, action, subaction, 1 + i % 4))
+    return out
+
+
+def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, valid_folders: int = 4,
+             valid_frames_per_folder: int = 16, image_size: int = 320, seed: int = 0, jpeg_quality: int = 90,
+             damping: float = 0.6, force: bool = False, log=print) -> dict:
+    """Writes the synthetic set under ``root/hm36`` (layout in the module docstring).
+
+    Idempotent: returns the stored parameters at once when ``root/hm36/synthetic.json`` matches
+    the arguments (and ``force`` is False); otherwise (re)writes everything. Deterministic: the
+    same arguments give byte-identical files. Returns a summary dict (parameters, counts, paths).
+    """
+    params = dict(version=GENERATOR_VERSION, train_folders=train_folders, frames_per_folder=frames_per_folder,
+                  valid_folders=valid_folders, valid_frames_per_folder=valid_frames_per_folder,
+                  image_size=image_size, seed=seed, jpeg_quality=jpeg_quality, damping=damping)
+    for key in ("train_folders", "frames_per_folder", "valid_folders", "valid_frames_per_folder"):
+        if params[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {params[key]}")
+    if image_size < 64:
+        raise ValueError(f"image_size must be >= 64 px, got {image_size}")
+    hm36 = os.path.join(os.path.abspath(root), "hm36")
+    marker = os.path.join(hm36, "synthetic.json")
+    caches = {
+        "train": os.path.join(hm36, h36m_format.cache_file_name("train", frames_per_folder)),
+        "validmin": os.path.join(hm36, h36m_format.cache_file_name("validmin", valid_frames_per_folder)),
+    }
+    if not force and os.path.exists(marker):
+        with open(marker) as f:
+            stored = json.load(f)
+        if stored.get("params") == params and all(os.path.exists(p) for p in caches.values()):
+            log(f"synthetic Human3.6M already in {hm36}")
+            return stored
+    t0 = time.perf_counter()
+    if os.path.exists(marker):
+        os.remove(marker)
+    cameras = make_cameras(seed, image_size)
+    splits = {"train": (_folders(h36m_format.TRAIN_SUBJECTS, train_folders), frames_per_folder),
+              "validmin": (_folders(h36m_format.VALID_SUBJECTS, valid_folders), valid_frames_per_folder)}
+    from kinpose_jax import kinematics
+
+    tree = kinematics.presets.h36m18()
+    jobs, angles, scales, floor = [], [], [], []
+    for split, (folders, frames) in splits.items():
+        for subject, action, subaction, camera_id in folders:
+            rng = np.random.default_rng([seed, subject, action, subaction])  # the "mocap" of this sequence
+            a, xy = sample_pose_params(rng, frames, tree, damping)
+            jobs.append((split, h36m_format.folder_name(subject, action, subaction, camera_id), camera_id, subject))
+            angles.append(a)
+            floor.append(xy)
+            scales.append(np.full(frames, subject_scale(seed, subject)))
+    world = poses_to_world(tree, np.concatenate(angles), np.concatenate(scales), np.concatenate(floor))
+    cache_records: dict[str, list] = {split: [] for split in splits}
+    start = 0
+    for (split, folder, camera_id, subject), a in zip(jobs, angles):
+        joints = world[start:start + len(a)]
+        start += len(a)
+        cache_records[split] += _write_folder(hm36, folder, cameras[camera_id - 1], joints,
+                                              subject_scale(seed, subject), params)
+    counts = {}
+    for split, recs in cache_records.items():
+        h36m_format.write_cache(caches[split], recs)
+        counts[split] = len(recs)
+    summary = {"params": params, "counts": counts, "caches": caches, "root": hm36,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    with open(marker, "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    log(f"synthetic Human3.6M written to {hm36}: {counts} frames in {summary['seconds']} s")
+    return summary
+
+
+def subject_scale(seed: int, subject: int) -> float:
+    """Bone-length scale of a synthetic subject ~ N(1, 0.05), clipped to [0.85, 1.15]."""
+    return float(np.clip(np.random.default_rng([seed, 104729, subject]).normal(1.0, 0.05), 0.85, 1.15))
+
+
+def _write_folder(hm36: str, folder: str, camera: render.Camera, joints: np.ndarray, scale: float,
+                  params: dict) -> list[dict]:
+    """Writes one sequence folder (annotation + images) for world joints [F, 18, 3]; returns its
+    cache records."""
+    seed = params["seed"]
+    frames = len(joints)
+    meta = h36m_format.MetaSequence(
+        image_size=camera.image_size, rotation=camera.rotation, position=camera.position, focal=camera.focal,
+        center=camera.center, radial=np.zeros(3), tangential=np.zeros(2),
+        joint_ids=np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED), joints_world=_mocap32(joints))
+    annot_dir = os.path.join(hm36, "annot", folder)
+    os.makedirs(annot_dir, exist_ok=True)
+    meta_path = os.path.join(annot_dir, "matlab_meta.txt")
+    with open(meta_path, "w") as f:
+        f.write(h36m_format.format_matlab_meta(meta))
+    parsed = h36m_format.parse_matlab_meta(meta_path)  # labels come from the file, as for real data
+    image_dir = os.path.join(hm36, "images", folder)
+    os.makedirs(image_dir, exist_ok=True)
+    view_rng = np.random.default_rng([seed, *h36m_format.parse_folder_name(folder)])  # backdrop + pixel noise
+    backdrop = render.background(view_rng, camera)
+    records = []
+    world18 = np.concatenate([parsed.joints_world[:, parsed.joint_ids - 1],
+                              parsed.joints_world[:, parsed.joint_ids[[11, 14]] - 1].mean(axis=1, keepdims=True)], 1)
+    for frame in range(frames):
+        noise = view_rng.standard_normal(backdrop.shape, dtype=np.float32) * 3.0
+        noisy = np.clip(backdrop + noise, 0, 255).astype(np.uint8)
+        image = render.render_person(noisy, world18[frame], camera, scale, with_maps=False)[0]
+        name = h36m_format.image_name(folder, frame)
+        path = os.path.join(image_dir, name)
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, params["jpeg_quality"]])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {path}")
+        with open(path, "wb") as f:
+            f.write(buf.tobytes())
+        records.append(h36m_format.meta_frame_record(parsed, frame, path))
+    return records
+
+
+def render_frame_maps(root: str, folder: str, frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-renders frame ``frame`` of ``folder`` from its ``matlab_meta.txt`` (for checks):
+    returns (image without noise, part map [H, W], z-buffer [H, W] mm) of the person drawn on
+    a black backdrop."""
+    hm36 = os.path.join(root, "hm36")
+    meta = h36m_format.parse_matlab_meta(os.path.join(hm36, "annot", folder, "matlab_meta.txt"))
+    with open(os.path.join(hm36, "synthetic.json")) as f:
+        seed = json.load(f)["params"]["seed"]
+    subject = h36m_format.parse_folder_name(folder)[0]
+    w, h = meta.image_size
+    camera = render.Camera(meta.rotation, meta.position, meta.focal, meta.center, (w, h))
+    world17 = meta.joints_world[frame, meta.joint_ids - 1]
+    world = np.concatenate([world17, world17[[11, 14]].mean(0, keepdims=True)], 0)
+    return render.render_person(np.zeros((h, w, 3), np.uint8), world, camera, subject_scale(seed, subject))

@@ -1,0 +1,185 @@
+"""Pose heads on top of a backbone feature map [B, h, w, C] (NHWC).
+
+* :class:`IntegralHead` — deconvolutions + 1x1 conv to volumetric heatmaps [B, H, W, J*D]
+  (channel ``j*D + d``, the same channel order as the seed's [B, J*D, H, W]).
+* :class:`DirectHead` — global average pool + linear to joints [B, J, 3] (normalized).
+* :class:`KinematicHead` — global average pool + linear to (translation, joint angles, scale),
+  then forward kinematics of a :class:`~kinpose_jax.kinematics.KinematicTree` to joints [B, J, 3].
+
+Normalized units (SPEC §3/§4): x = u/W - 0.5, y = v/H - 0.5 (fractions of the 256 px patch, which
+covers a 2000 mm box around the pelvis) and z = (depth - pelvis depth) / 2000 mm. All three are
+therefore about ``1 / box_mm`` per mm, so the kinematic head converts mm to normalized units by
+dividing by ``box_mm`` (default 2000).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kinpose_jax.kinematics import KinematicTree, forward_kinematics, rest_pose
+from kinpose_jax.models.deconv import DECONV_PADDING, TorchConvTranspose
+from kinpose_jax.models.resnet import PointwiseConv, make_norm
+
+#: The seed's init for deconv / final conv weights: N(0, 0.001), zero bias.
+head_init = nn.initializers.normal(stddev=0.001)
+
+
+def torch_deconv_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit padding for Flax ``nn.ConvTranspose(transpose_kernel=True)`` that reproduces torch's
+    ``ConvTranspose2d`` (stride 2, padding p, output_padding op): ``(k-1-p, k-1-p+op)`` on the
+    dilated input. (The head uses the faster, equivalent :class:`TorchConvTranspose`.)"""
+    if kernel not in DECONV_PADDING:
+        raise ValueError(f"unsupported deconv kernel {kernel}; choose one of {sorted(DECONV_PADDING)}")
+    p, op = DECONV_PADDING[kernel]
+    lo, hi = kernel - 1 - p, kernel - 1 - p + op
+    return ((lo, hi), (lo, hi))
+
+
+class IntegralHead(nn.Module):
+    """features [B,h,w,C] -> heatmaps [B, h*2^L, w*2^L, J*D] float32 (L = num_deconv_layers).
+
+    Torch equivalent (seed): ``features = Sequential(*[ConvTranspose2d(k=4, s=2, p=1, bias=False),
+    BatchNorm2d, ReLU] * L)``, ``final_layer = Conv2d(1x1, bias=True)``; Flax module names are
+    ``features_{3i}`` (deconv), ``features_{3i+1}`` (BN) and ``final_layer`` to mirror them.
+    The deconv kernel is stored like ``nn.ConvTranspose(transpose_kernel=True)``: [kh, kw, out, in]
+    (torch's [in, out, kh, kw] permuted); it runs as 4 phase convolutions (see
+    :mod:`kinpose_jax.models.deconv`), which XLA:CPU differentiates much faster.
+    """
+
+    num_joints: int = 18
+    depth_bins: int = 64
+    filters: int = 256
+    num_layers: int = 3
+    kernel: int = 4
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        norm = make_norm(train, self.dtype, self.bn_axis_name)
+        for i in range(self.num_layers):
+            x = TorchConvTranspose(self.filters, self.kernel, self.dtype, jnp.float32, head_init,
+                                   name=f"features_{3 * i}")(x)
+            x = nn.relu(norm(name=f"features_{3 * i + 1}")(x))
+        x = PointwiseConv(self.num_joints * self.depth_bins, use_bias=True, dtype=self.dtype, param_dtype=jnp.float32,
+                          kernel_init=head_init, name="final_layer")(x)
+        return x.astype(jnp.float32)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """[B, h, w, C] -> [B, C] (mean over space, accumulated in fp32)."""
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+class DirectHead(nn.Module):
+    """features [B,h,w,C] -> joints [B, J, 3] normalized (avg pool -> ``fc``). Torch: ``head.fc``."""
+
+    num_joints: int = 18
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        y = nn.Dense(self.num_joints * 3, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=head_init,
+                     name="fc")(global_avg_pool(x).astype(self.dtype))
+        return y.astype(jnp.float32).reshape(y.shape[0], self.num_joints, 3)
+
+
+def upright_view_matrix(tree: KinematicTree) -> np.ndarray:
+    """[3, 3] rotation taking the tree's output axes to camera axes (x right, y down, z away
+    from the camera) so that the rest pose stands upright and faces the camera.
+
+    Derived from the rest pose: person's left (``l_hip - r_hip``) -> +x, up (``neck - pelvis``)
+    -> -y, forward (left x up) -> -z. Raises ValueError if the tree lacks these joints, or if its
+    nose (when present) points backwards (a mirrored tree: use ``kinematic_view='identity'``).
+    """
+    needed = ("l_hip", "r_hip", "neck", "pelvis")
+    missing = [n for n in needed if n not in tree.joint_names]
+    if missing:
+        raise ValueError(
+            f"kinematic_view='upright' needs output joints {needed}; tree lacks {missing}. "
+            "Use kinematic_view='identity' for this tree."
+        )
+    with jax.ensure_compile_time_eval():
+        rest = np.asarray(rest_pose(tree), dtype=np.float64)
+    pos = {n: rest[tree.joint_index(n)] for n in needed + (("nose",) if "nose" in tree.joint_names else ())}
+    left = pos["l_hip"] - pos["r_hip"]
+    left /= np.linalg.norm(left)
+    up = pos["neck"] - pos["pelvis"]
+    up -= up.dot(left) * left
+    up /= np.linalg.norm(up)
+    fwd = np.cross(left, up)
+    if "nose" in pos and (pos["nose"] - pos["neck"]).dot(fwd) < 0:
+        raise ValueError("the tree's nose points backwards (left x up): it looks mirrored; use kinematic_view='identity'")
+    src = np.stack([left, up, fwd], axis=1)  # columns: tree axes of left, up, forward
+    dst = np.asarray([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]]).T  # camera axes of left, up, forward
+    return dst @ src.T
+
+
+def view_matrix(tree: KinematicTree, view: str) -> np.ndarray:
+    """``'upright'`` -> :func:`upright_view_matrix`; ``'identity'`` -> the tree's output axes as they are."""
+    if view == "upright":
+        return upright_view_matrix(tree)
+    if view == "identity":
+        return np.eye(3)
+    raise ValueError(f"unknown kinematic_view {view!r}; choose 'upright' or 'identity'")
+
+
+def kinematic_num_outputs(tree: KinematicTree) -> int:
+    """Linear outputs of :class:`KinematicHead`: 3 translation + ``tree.num_dofs`` angles + 1 scale."""
+    return 3 + tree.num_dofs + 1
+
+
+def decode_kinematic(
+    raw: jax.Array, tree: KinematicTree, view: np.ndarray, box_mm: float = 2000.0
+) -> dict[str, jax.Array]:
+    """Turns the head's linear outputs into joints (pure function).
+
+    Args:
+      raw: [B, 3 + num_dofs + 1] = translation (normalized units, camera axes), angles (radians,
+        ``tree.param_names`` order), raw scale ``s``.
+      tree: skeleton with offsets in mm.
+      view: [3, 3] rotation from the tree's output axes to camera axes (see :func:`view_matrix`).
+      box_mm: mm covered by the normalized unit (the patch's box side).
+    Returns:
+      dict with ``joints`` [B, J, 3] normalized = translation + view @ FK(angles, scale),
+      ``translation`` [B, 3], ``angles`` [B, num_dofs], ``scale`` [B] = (1 + s) / box_mm, the factor
+      applied to the mm offsets (so s = 0 means the tree's own bone lengths).
+    """
+    raw = raw.astype(jnp.float32)
+    n = kinematic_num_outputs(tree)
+    if raw.shape[-1] != n:
+        raise ValueError(f"kinematic head output must be [..., {n}] (3 + num_dofs + 1), got shape {raw.shape}")
+    translation = raw[..., :3]
+    angles = raw[..., 3:3 + tree.num_dofs]
+    scale = (1.0 + raw[..., -1]) / box_mm
+    local = forward_kinematics(tree, angles, scale=scale).joints
+    joints = translation[..., None, :] + jnp.einsum("ij,...kj->...ki", jnp.asarray(view, jnp.float32), local)
+    return dict(joints=joints, translation=translation, angles=angles, scale=scale)
+
+
+class KinematicHead(nn.Module):
+    """features [B,h,w,C] -> dict(joints [B,J,3] normalized, translation, angles, scale).
+
+    avg pool -> ``fc`` (3 + num_dofs + 1 outputs, exactly what is used) -> :func:`decode_kinematic`.
+    The kernel starts at zero and the bias at zero, so the first output is the tree's rest pose at
+    its own bone lengths (mm / box_mm), pelvis at the patch centre, upright and facing the camera
+    (with ``view='upright'``), far from the gimbal lock of the root's z-x-y angles.
+    """
+
+    tree: KinematicTree
+    view: str = "upright"
+    box_mm: float = 2000.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+        del train
+        raw = nn.Dense(kinematic_num_outputs(self.tree), dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=nn.initializers.zeros, name="fc")(global_avg_pool(x).astype(self.dtype))
+        return decode_kinematic(raw, self.tree, view_matrix(self.tree, self.view), self.box_mm)

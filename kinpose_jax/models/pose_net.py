@@ -1,0 +1,132 @@
+"""The full network: ResNet backbone + one pose head, and its construction from a config."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kinpose_jax import integral
+from kinpose_jax.kinematics import KinematicTree, get_tree
+from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
+from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
+
+HEADS = ("integral", "direct", "kinematic")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class PoseNet(nn.Module):
+    """images [B, H, W, 3] (normalized pixels, SPEC §3) -> dict of outputs.
+
+    Always ``joints`` [B, J, 3] float32 in normalized units (SPEC §3/§4). The integral head adds
+    ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3 deconv layers; channel ``j*D + d``); the
+    kinematic head adds ``translation`` [B,3], ``angles`` [B,num_dofs] (rad) and ``scale`` [B].
+
+    Parameters are float32 whatever ``dtype`` (the compute dtype) is; BatchNorm statistics are
+    float32 and live in the ``batch_stats`` collection (call with ``mutable=['batch_stats']`` when
+    ``train=True``).
+    """
+
+    backbone_depth: int = 50
+    head: str = "integral"
+    num_joints: int = 18
+    depth_bins: int = 64
+    deconv_filters: int = 256
+    num_deconv_layers: int = 3
+    deconv_kernel: int = 4
+    tree: KinematicTree | None = None
+    kinematic_view: str = "upright"
+    box_mm: float = 2000.0
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
+        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, name="backbone")(images, train)
+        if self.head == "integral":
+            heatmaps = IntegralHead(
+                self.num_joints, self.depth_bins, self.deconv_filters, self.num_deconv_layers, self.deconv_kernel,
+                self.dtype, self.bn_axis_name, name="head",
+            )(feats, train)
+            joints = integral.softargmax_3d(heatmaps, self.num_joints, self.depth_bins, layout="NHWC")
+            return dict(joints=joints.astype(jnp.float32), heatmaps=heatmaps)
+        if self.head == "direct":
+            return dict(joints=DirectHead(self.num_joints, self.dtype, name="head")(feats, train))
+        if self.head == "kinematic":
+            if self.tree is None:
+                raise ValueError("head='kinematic' needs a kinematic tree")
+            if self.tree.num_joints != self.num_joints:
+                raise ValueError(
+                    f"kinematic tree has {self.tree.num_joints} output joints but num_joints={self.num_joints}"
+                )
+            return KinematicHead(self.tree, self.kinematic_view, self.box_mm, self.dtype, name="head")(feats, train)
+        raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    getter = getattr(cfg, "get", None)
+    return getter(key, default) if getter is not None else getattr(cfg, key, default)
+
+
+def parse_backbone(name: str | int) -> int:
+    """``'resnet50'`` / ``'50'`` / ``50`` -> 50."""
+    s = str(name).lower().removeprefix("resnet")
+    if not s.isdigit() or int(s) not in RESNET_SPECS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {['resnet%d' % d for d in sorted(RESNET_SPECS)]}")
+    return int(s)
+
+
+def build_pose_net(model_config: Any) -> PoseNet:
+    """Builds :class:`PoseNet` from ``config.model`` (an ml_collections ConfigDict or a dict).
+
+    Fields read (default):
+      backbone ('resnet50'): resnet18/34/50/101/152.
+      head ('integral'): 'integral' | 'direct' | 'kinematic'.
+      num_joints (18): J.
+      depth_bins (64): D, integral head only.
+      deconv_filters (256), num_deconv_layers (3), deconv_kernel (4): integral head only.
+      kinematic_tree ('seed_h36m18'): preset name (kinpose_jax.kinematics.presets) or a
+        KinematicTree, kinematic head only.
+      kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
+        (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
+      box_mm (2000.0): mm per normalized unit (side of the 3D box the patch covers).
+      dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
+      bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
+    """
+    dtype_name = str(_get(model_config, "dtype", "float32"))
+    if dtype_name not in DTYPES:
+        raise ValueError(f"unknown model dtype {dtype_name!r}; choose one of {sorted(DTYPES)}")
+    head = str(_get(model_config, "head", "integral"))
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    tree = None
+    if head == "kinematic":
+        tree = _get(model_config, "kinematic_tree", "seed_h36m18")
+        tree = get_tree(tree) if isinstance(tree, str) else tree
+    return PoseNet(
+        backbone_depth=parse_backbone(_get(model_config, "backbone", "resnet50")),
+        head=head,
+        num_joints=int(_get(model_config, "num_joints", 18)),
+        depth_bins=int(_get(model_config, "depth_bins", 64)),
+        deconv_filters=int(_get(model_config, "deconv_filters", 256)),
+        num_deconv_layers=int(_get(model_config, "num_deconv_layers", 3)),
+        deconv_kernel=int(_get(model_config, "deconv_kernel", 4)),
+        tree=tree,
+        kinematic_view=str(_get(model_config, "kinematic_view", "upright")),
+        box_mm=float(_get(model_config, "box_mm", 2000.0)),
+        dtype=DTYPES[dtype_name],
+        bn_axis_name=_get(model_config, "bn_axis_name", None),
+    )
+
+
+def init_variables(model: PoseNet, rng: jax.Array, image_size: int | tuple[int, int] = 256) -> dict:
+    """Initial ``{'params', 'batch_stats'}`` for ``model`` (one dummy image of the given size)."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    variables = model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False)
+    return dict(variables)

@@ -1,0 +1,190 @@
+"""ResNet-18/34/50/101/152 backbone (torchvision layout: v1.5, stride in the 3x3 conv), NHWC.
+
+Module names follow torchvision's parameter names so a torch ``state_dict`` maps onto the Flax
+tree mechanically (see :mod:`kinpose_jax.convert_torch`): ``conv1``, ``bn1``, ``layer{i}_{j}`` with
+``conv1..3``, ``bn1..3`` and ``downsample_0`` (1x1 conv) / ``downsample_1`` (BN).
+
+All paddings are explicit and symmetric like torch's (``'SAME'`` would pad stride-2 convs
+asymmetrically and break parity with torch). 1x1 convolutions run as matmuls
+(:class:`PointwiseConv`, same parameters as ``nn.Conv``), which XLA:CPU differentiates faster.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+#: depth -> (block type, blocks per stage)
+RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+#: torchvision's conv init: kaiming normal, fan_out, ReLU gain.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+#: torch's BatchNorm momentum 0.1 (weight of the new batch) is Flax's momentum 0.9 (weight of the old value).
+TORCH_BN_MOMENTUM = 0.9
+TORCH_BN_EPS = 1e-5
+
+
+def resnet_out_channels(depth: int) -> int:
+    """Channels of the last feature map (512 for basic blocks, 2048 for bottlenecks)."""
+    block, _ = _spec(depth)
+    return 512 if block == "basic" else 2048
+
+
+def _spec(depth: int) -> tuple[str, tuple[int, int, int, int]]:
+    if depth not in RESNET_SPECS:
+        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_SPECS)}")
+    return RESNET_SPECS[depth]
+
+
+class PointwiseConv(nn.Module):
+    """1x1 convolution computed as a matmul (XLA:CPU differentiates a dot about 2x faster than a
+    1x1 conv). Same parameters as ``nn.Conv(features, (1, 1))``: ``kernel`` [1, 1, C_in, features]
+    and optional ``bias``. x [B, H, W, C_in] -> [B, ceil(H/s), ceil(W/s), features]."""
+
+    features: int
+    strides: tuple[int, int] = (1, 1)
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+        sy, sx = self.strides
+        if (sy, sx) != (1, 1):
+            x = x[:, ::sy, ::sx, :]
+        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
+def make_conv(dtype: Any):
+    """Bias-free conv with torchvision init, fp32 params, compute in ``dtype``; 1x1 kernels
+    (padding 'VALID') run as :class:`PointwiseConv` (identical parameters and results)."""
+
+    def conv(features, kernel_size, strides=(1, 1), padding="VALID", name=None):
+        if tuple(kernel_size) == (1, 1) and padding == "VALID":
+            return PointwiseConv(features, tuple(strides), False, dtype, jnp.float32, conv_init, name=name)
+        return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype,
+                       param_dtype=jnp.float32, kernel_init=conv_init, name=name)
+
+    return conv
+
+
+def make_norm(train: bool, dtype: Any, axis_name: str | None):
+    """BatchNorm matching torch (momentum 0.1, eps 1e-5); fp32 params and statistics.
+
+    ``axis_name``: when set, batch statistics are averaged over that pmap/shard_map axis
+    (cross-device "sync BN"); leave ``None`` outside such a mapped context.
+    """
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=TORCH_BN_MOMENTUM,
+        epsilon=TORCH_BN_EPS,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        axis_name=axis_name if train else None,
+    )
+
+
+def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    p = k // 2
+    return ((p, p), (p, p))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34). x [B,H,W,C_in] -> [B,H/stride,W/stride,features]."""
+
+    features: int
+    stride: int = 1
+    downsample: bool = False
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv, norm = make_conv(self.dtype), make_norm(train, self.dtype, self.bn_axis_name)
+        s = (self.stride, self.stride)
+        y = conv(self.features, (3, 3), s, padding=_pad(3), name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = norm(name="bn2")(y)
+        if self.downsample:
+            x = conv(self.features, (1, 1), s, padding="VALID", name="downsample_0")(x)
+            x = norm(name="downsample_1")(x)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 (x4 channels) (ResNet-50/101/152).
+
+    x [B,H,W,C_in] -> [B,H/stride,W/stride,4*features].
+    """
+
+    features: int
+    stride: int = 1
+    downsample: bool = False
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv, norm = make_conv(self.dtype), make_norm(train, self.dtype, self.bn_axis_name)
+        s = (self.stride, self.stride)
+        y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), s, padding=_pad(3), name="conv2")(y)
+        y = nn.relu(norm(name="bn2")(y))
+        y = conv(4 * self.features, (1, 1), padding="VALID", name="conv3")(y)
+        y = norm(name="bn3")(y)
+        if self.downsample:
+            x = conv(4 * self.features, (1, 1), s, padding="VALID", name="downsample_0")(x)
+            x = norm(name="downsample_1")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk without pooling/classifier.
+
+    images [B,H,W,3] (normalized pixels) -> features [B,H/32,W/32,C] with C =
+    :func:`resnet_out_channels` (``dtype`` compute, fp32 params).
+    """
+
+    depth: int = 50
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        block_type, layers = _spec(self.depth)
+        block_cls = BasicBlock if block_type == "basic" else Bottleneck
+        expansion = 1 if block_type == "basic" else 4
+        conv, norm = make_conv(self.dtype), make_norm(train, self.dtype, self.bn_axis_name)
+        x = x.astype(self.dtype)
+        x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        in_ch = 64
+        for i, n_blocks in enumerate(layers):
+            width = 64 * 2**i
+            for j in range(n_blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                down = j == 0 and (stride != 1 or in_ch != width * expansion)
+                x = block_cls(width, stride, down, self.dtype, self.bn_axis_name, name=f"layer{i + 1}_{j}")(x, train)
+                in_ch = width * expansion
+        return x

@@ -1,0 +1,249 @@
+"""PyTorch -> Flax conversion: numerical parity with the independent torch reference
+(tests/torch_pose_reference.py) through the whole file path (torch.save -> convert -> orbax ->
+restore -> apply), and the error / report cases."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kinpose_jax import convert_torch as C  # noqa: E402
+from kinpose_jax.kinematics import presets  # noqa: E402
+from kinpose_jax.models import ResNet, build_pose_net, init_variables  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+import torch_pose_reference as ref  # noqa: E402
+
+TOL = 1e-4
+SIZE = 64
+
+
+def nchw_to_nhwc(x: torch.Tensor) -> jnp.ndarray:
+    return jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+
+
+def save_seed_checkpoint(model: torch.nn.Module, path, prefix: str = "module.") -> str:
+    """Like the seed: a dict whose 'network' entry is the (DataParallel-prefixed) state_dict."""
+    sd = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 3, "network": sd, "optimizer": {"lr": 1e-3}}, str(path))
+    return str(path)
+
+
+def run_converted(ckpt_dir: str, x: torch.Tensor) -> dict:
+    meta = C.read_conversion_metadata(ckpt_dir)
+    model = build_pose_net(meta["model"])
+    variables = C.load_converted(ckpt_dir)
+    return model.apply(variables, nchw_to_nhwc(x), train=False)
+
+
+CASES = [
+    (18, "integral", None), (18, "direct", None), (18, "kinematic", "seed_h36m18"),
+    (50, "integral", None), (50, "direct", None), (50, "kinematic", "h36m18"),
+]
+
+
+@pytest.mark.parametrize("depth,head,tree", CASES, ids=[f"resnet{d}-{h}" for d, h, _ in CASES])
+def test_converted_seed_checkpoint_matches_torch(tmp_path, depth, head, tree):
+    torch.manual_seed(depth)
+    tree_obj = presets.get_tree(tree) if tree else None
+    tm = ref.randomize(ref.build(depth, head, depth_bins=8, filters=32, tree=tree_obj, view=tree or "identity"),
+                       seed=depth)
+    path = save_seed_checkpoint(tm, tmp_path / "seed.pth.tar")
+    overrides = dict(depth_bins=8, kinematic_tree=tree or "seed_h36m18", kinematic_view="upright")
+    cfg, report = C.convert_file(path, str(tmp_path / "ckpt"), overrides)
+    assert cfg["backbone"] == f"resnet{depth}" and cfg["head"] == head  # inferred from the tensors
+    assert report.missing == [] and report.unexpected == []
+    assert all(k.endswith("num_batches_tracked") for k in report.ignored)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = tm(x)
+    got = run_converted(str(tmp_path / "ckpt"), x)
+    wj = want["joints"].numpy()
+    assert wj.std() > 0.02 and np.abs(wj[0] - wj[1]).max() > 1e-3  # the comparison is not trivial
+    np.testing.assert_allclose(np.asarray(got["joints"]), wj, atol=TOL)
+    if head == "integral":
+        np.testing.assert_allclose(np.asarray(got["heatmaps"]).transpose(0, 3, 1, 2), want["heatmaps"].numpy(),
+                                   atol=TOL)
+
+
+def _tiny_integral(seed=0, depth=18):
+    torch.manual_seed(seed)
+    return ref.randomize(ref.build(depth, "integral", depth_bins=8, filters=32), seed=seed)
+
+
+def _model_and_init(**cfg):
+    model = build_pose_net(dict(dict(backbone="resnet18", head="integral", depth_bins=8, deconv_filters=32), **cfg))
+    return model, init_variables(model, jax.random.key(0), SIZE)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tm = _tiny_integral()
+    sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+    model, init = _model_and_init()
+    return tm, sd, model, init
+
+
+def test_train_mode_matches_torch_and_updates_batch_stats_like_torch(tiny):
+    tm, sd, model, init = tiny
+    variables, _ = C.convert_state_dict(sd, model, init)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    tm_train = copy.deepcopy(tm).train()
+    with torch.no_grad():
+        want = tm_train(x)
+    got, new = model.apply(variables, nchw_to_nhwc(x), train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(got["heatmaps"]).transpose(0, 3, 1, 2), want["heatmaps"].numpy(), atol=TOL)
+    # running mean: torch momentum 0.1 == Flax momentum 0.9
+    bn_t, bn_old = tm_train.backbone.layer2[0].bn1, sd["backbone.layer2.0.bn1.running_var"]
+    stats = new["batch_stats"]["backbone"]["layer2_0"]["bn1"]
+    np.testing.assert_allclose(np.asarray(stats["mean"]), bn_t.running_mean.numpy(), atol=1e-5)
+    # running var: torch accumulates the unbiased batch variance, Flax the biased one (n = B*H*W)
+    n = 2 * (SIZE // 8) ** 2
+    unbiased = (bn_t.running_var.numpy() - 0.9 * bn_old) / 0.1
+    np.testing.assert_allclose(np.asarray(stats["var"]), 0.9 * bn_old + 0.1 * unbiased * (n - 1) / n, rtol=1e-4)
+
+
+def test_seed_kinematic_layer_uses_motion_rows_and_last_row_as_scale(tmp_path):
+    """A seed head.fc with 29*18+1 outputs: rows 0..28 are the motion, the last row is the scale."""
+    torch.manual_seed(5)
+    tm = ref.build(18, "seed_kinematic")
+    ref.randomize(tm, seed=5, out_std=0.3)
+    with torch.no_grad():  # a realistic scale output (~1/2000 normalized per mm) in the last row
+        tm.head.fc.weight[-1].mul_(1 / 4000.0)
+        tm.head.fc.bias[-1] = 1 / 2000.0
+    path = save_seed_checkpoint(tm, tmp_path / "kin.pth.tar", prefix="")
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = tm(x)["joints"].numpy()
+    assert np.abs(want).max() > 0.1 and np.abs(want[0] - want[1]).max() > 1e-3
+    for view in ("identity", "upright"):
+        out = tmp_path / view
+        cfg, report = C.convert_file(path, str(out), dict(head="kinematic", kinematic_tree="seed_h36m18",
+                                                          kinematic_view=view))
+        assert report.missing == [] and report.unexpected == []
+        assert any("29 motion" in n or "motion parameters" in n for n in report.notes)
+        assert any("Head_RotX" in n for n in report.notes)
+        got = np.asarray(run_converted(str(out), x)["joints"])
+        expected = want if view == "identity" else want @ ref.UPRIGHT_VIEWS["seed_h36m18"].numpy().T
+        np.testing.assert_allclose(got, expected, atol=TOL)
+
+
+def test_plain_torchvision_state_dict_imports_the_backbone_only(tmp_path):
+    torch.manual_seed(2)
+    net = ref.TorchResNet(18, with_fc=True)
+    wrapper = ref.TorchPoseNet(net, ref.DirectHead(512, 18))
+    ref.randomize(wrapper, seed=2)
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), str(path))  # keys: conv1.weight, layer1.0..., fc.weight
+    sd = C.load_torch_state_dict(str(path))
+    assert C.detect_source(sd) == "torchvision"
+    model, init = _model_and_init()
+    variables, report = C.convert_state_dict(sd, model, init)
+    assert {"fc.weight", "fc.bias"} <= set(report.ignored)
+    assert report.unexpected == []
+    assert report.missing and all(re.match(r"(params|batch_stats)/head/", k) for k in report.missing)
+    assert any("head keeps its initialization" in n for n in report.notes)
+    np.testing.assert_array_equal(variables["params"]["head"]["final_layer"]["kernel"],
+                                  init["params"]["head"]["final_layer"]["kernel"])
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = net(x).numpy().transpose(0, 2, 3, 1)
+    bb = {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]}
+    got = ResNet(18).apply(bb, nchw_to_nhwc(x), False)
+    np.testing.assert_allclose(np.asarray(got), want, atol=TOL)
+
+
+def test_shape_mismatch_names_key_and_both_shapes(tiny):
+    _, sd, model, init = tiny
+    bad = dict(sd)
+    bad["backbone.layer1.0.conv1.weight"] = np.zeros((64, 64, 3, 1), np.float32)
+    with pytest.raises(ValueError) as err:
+        C.convert_state_dict(bad, model, init)
+    msg = str(err.value)
+    assert "backbone.layer1.0.conv1.weight" in msg and "params/backbone/layer1_0/conv1/kernel" in msg
+    assert "has shape (64, 64, 3, 1)" in msg and "expects (64, 64, 3, 3)" in msg and "(3, 3, 64, 64)" in msg
+
+
+def test_missing_and_unexpected_keys_are_listed(tiny):
+    _, sd, model, init = tiny
+    partial = {"module." + k: v for k, v in sd.items() if k != "backbone.layer1.0.bn1.running_var"}
+    partial["module.head.extra.weight"] = np.zeros((3, 3), np.float32)
+    variables, report = C.convert_state_dict(partial, model, init)
+    assert report.missing == ["batch_stats/backbone/layer1_0/bn1/var"]
+    assert report.unexpected == ["head.extra.weight"]  # "module." stripped
+    np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["layer1_0"]["bn1"]["var"], 1.0)
+    np.testing.assert_array_equal(variables["params"]["backbone"]["conv1"]["kernel"],
+                                  sd["backbone.conv1.weight"].transpose(2, 3, 1, 0))
+    summary = report.summary()
+    assert "batch_stats/backbone/layer1_0/bn1/var" in summary and "head.extra.weight" in summary
+    with pytest.raises(ValueError, match="strict conversion failed"):
+        C.convert_state_dict(partial, model, init, strict=True)
+
+
+def test_wrong_config_fails_on_shapes(tiny):
+    _, sd, _, _ = tiny
+    model, init = _model_and_init(depth_bins=16)
+    with pytest.raises(ValueError, match=r"'head\.final_layer\.bias'.*has shape \(144,\) but the model expects \(288,\)"):
+        C.convert_state_dict(sd, model, init)
+
+
+def test_infer_model_config():
+    sd50 = {k: v.numpy() for k, v in ref.TorchResNet(50).state_dict().items()}
+    assert C.infer_model_config(sd50)["backbone"] == "resnet50"
+    sd18 = {"backbone." + k: v.numpy() for k, v in ref.TorchResNet(18).state_dict().items()}
+    sd18["head.fc.weight"], sd18["head.fc.bias"] = np.zeros((54, 512)), np.zeros(54)
+    assert C.infer_model_config(sd18) == {"backbone": "resnet18", "head": "direct"}
+    sd18.pop("head.fc.weight")
+    sd18["head.final_layer.weight"] = np.zeros((18 * 16, 64, 1, 1))
+    assert C.infer_model_config(sd18)["depth_bins"] == 16
+    assert C.infer_model_config(sd18, {"num_joints": 16})["depth_bins"] == 18
+    sd18.pop("head.final_layer.weight")
+    sd18["head.fc.weight"] = np.zeros((523, 512))
+    assert C.infer_model_config(sd18, {"kinematic_tree": "seed_h36m18"})["head"] == "kinematic"
+    with pytest.raises(ValueError, match="cannot infer the ResNet depth"):
+        C.infer_model_config({"backbone.conv1.weight": np.zeros(1), "backbone.layer1.0.conv1.weight": np.zeros(1)})
+
+
+class _NotATensor:
+    pass
+
+
+def test_pickled_objects_need_explicit_permission(tmp_path):
+    path = tmp_path / "pickled.pth.tar"
+    torch.save({"network": {"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}, "config": _NotATensor()}, str(path))
+    with pytest.raises(RuntimeError, match="--allow-pickle"):
+        C.load_torch_state_dict(str(path))
+    sd = C.load_torch_state_dict(str(path), allow_pickle=True)
+    assert list(sd) == ["backbone.conv1.weight"]
+
+
+def test_command_line(tmp_path, capsys, tiny):
+    tm = tiny[0]
+    path = save_seed_checkpoint(tm, tmp_path / "seed.pth.tar")
+    out = tmp_path / "out"
+    assert C.main([path, str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "missing (Flax leaves kept at their initialization): 0" in text and "resnet18" in text
+    meta = json.loads((out / C.REPORT_FILE).read_text())
+    assert meta["model"]["head"] == "integral" and meta["model"]["deconv_filters"] == 32
+    assert meta["model"]["depth_bins"] == 8  # 144 final channels / 18 joints
+    restored = C.load_converted(str(out))
+    np.testing.assert_array_equal(np.asarray(restored["params"]["head"]["final_layer"]["bias"]),
+                                  tm.head.final_layer.bias.detach().numpy())
+    # restore into an abstract target (what a training driver does)
+    model = build_pose_net(meta["model"])
+    target = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), SIZE))
+    typed = C.load_converted(str(out), target)
+    assert jax.tree.structure(typed) == jax.tree.structure(target)
+    with pytest.raises(Exception):
+        C.main([path, str(out)])  # refuses to overwrite without --overwrite

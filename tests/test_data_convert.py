@@ -1,0 +1,247 @@
+"""Synthetic generator -> converter: layout, determinism, idempotence, resuming, labels against
+the renders, and every kind of bad input giving a clear error or a counted skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from kinpose_jax.data import DataError, convert, h36m_format, records, render, synthetic
+from tests.test_data_fixtures import SMALL, synthetic_root
+
+QUIET = dict(progress=False, log=lambda *_: None)
+
+
+def test_layout_matches_the_seed():
+    hm36 = os.path.join(synthetic_root(), "hm36")
+    folders = sorted(os.listdir(os.path.join(hm36, "annot")))
+    assert folders == ["s_01_act_02_subact_01_ca_01", "s_05_act_02_subact_01_ca_02", "s_09_act_02_subact_01_ca_01"]
+    for f in folders:
+        meta = h36m_format.parse_matlab_meta(os.path.join(hm36, "annot", f, "matlab_meta.txt"))
+        assert meta.image_size == (SMALL["image_size"], SMALL["image_size"])
+        for k in range(meta.num_frames):
+            assert os.path.exists(os.path.join(hm36, "images", f, f"{f}_{k + 1:06d}.jpg"))
+    train = h36m_format.load_cache(os.path.join(hm36, "HM36_train_cache",
+                                                "HM36_train_w256xh256_keypoint_db_sample8.pkl"))
+    valid = h36m_format.load_cache(h36m_format.find_cache(hm36, "validmin"))
+    assert len(train) == 16 and len(valid) == 6
+    assert set(train[0]) == set(h36m_format.H36M_CACHE_KEYS)
+    for i, rec in enumerate(train + valid):
+        h36m_format.validate_h36m_record(rec, i, "synthetic")
+    # the person fills a reasonable part of the 2000 mm box: skeleton ~ 4 m of bones
+    assert 3600 < np.mean([r["bone_len"] for r in train]) < 4700
+
+
+def test_generator_is_deterministic_and_idempotent(tmp_path):
+    kw = dict(SMALL, train_folders=1, frames_per_folder=3, valid_folders=1, valid_frames_per_folder=2)
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    synthetic.generate(a, log=lambda *_: None, **kw)
+    synthetic.generate(b, log=lambda *_: None, **kw)
+    synthetic.generate(c, log=lambda *_: None, **dict(kw, seed=kw["seed"] + 1))
+    rel = os.path.join("hm36", "images", "s_01_act_02_subact_01_ca_01", "s_01_act_02_subact_01_ca_01_000002.jpg")
+    meta = os.path.join("hm36", "annot", "s_01_act_02_subact_01_ca_01", "matlab_meta.txt")
+    for p in (rel, meta):
+        assert open(os.path.join(a, p), "rb").read() == open(os.path.join(b, p), "rb").read()
+        assert open(os.path.join(a, p), "rb").read() != open(os.path.join(c, p), "rb").read()
+    mtime = os.path.getmtime(os.path.join(a, rel))
+    messages = []
+    synthetic.generate(a, log=messages.append, **kw)
+    assert "already" in messages[0] and os.path.getmtime(os.path.join(a, rel)) == mtime
+
+
+def test_converted_records_match_the_cache_and_the_annotations(tmp_path):
+    root = synthetic_root()
+    src = h36m_format.load_cache(h36m_format.find_cache(os.path.join(root, "hm36"), "train"))
+    shards = records.ShardedRecords(os.path.join(root, "records", "hm36_train"))
+    assert len(shards) == len(src)
+    info = shards.info
+    assert info["num_records"] == 16 and info["num_shards"] == 4 and info["num_skipped"] == 0
+    assert info["max_reprojection_error_px"] < 1e-6 and set(info["cameras"]) == {
+        "s_01_act_02_subact_01_ca_01", "s_05_act_02_subact_01_ca_02"}
+    for i in range(len(src)):
+        rec = shards[i]
+        assert rec["index"] == i and rec["source_index"] == i and rec["dataset"] == "h36m"
+        np.testing.assert_array_equal(rec["joints_img"], src[i]["joints_3d"])
+        np.testing.assert_array_equal(rec["joints_cam"], src[i]["joints_3d_cam"])
+        np.testing.assert_array_equal(rec["center"], [src[i]["center_x"], src[i]["center_y"]])
+        with open(src[i]["image"], "rb") as f:
+            assert rec["image"] == f.read()  # the JPEG as stored, not re-encoded
+    # the annotation path (no cache) yields the same labels
+    convert.convert_h36m(root, "train", str(tmp_path), source="annotations", sample=-1, **QUIET)
+    ann = records.ShardedRecords(str(tmp_path / "hm36_train"))
+    by_path = {ann[i]["image_path"]: ann[i] for i in range(len(ann))}
+    assert len(by_path) == len(shards)
+    for i in range(len(shards)):
+        a = shards[i]
+        b = by_path[a["image_path"]]
+        for key in ("joints_img", "joints_cam", "center", "box_size", "pelvis", "fl", "c_p", "bone_len"):
+            np.testing.assert_allclose(a[key], b[key], atol=1e-9, err_msg=key)
+
+
+def test_projected_joints_land_on_the_rendered_limbs():
+    """Labels (from matlab_meta via the converter's camera code) against the renderer's own
+    part map (drawn with cv2.projectPoints): each joint's pixel shows one of the parts the
+    joint belongs to, or a part drawn over it whose primitive lies at most a body radius
+    (150 mm, primitives are depth-sorted by their centres) behind the joint (occlusion)."""
+    root = synthetic_root()
+    shards = records.ShardedRecords(os.path.join(root, "records", "hm36_train"))
+    direct = total = 0
+    wrong_convention = 0
+    for i in range(0, len(shards), 2):
+        rec = shards[i]
+        folder, name = rec["image_path"].split("/")
+        frame = int(name.rsplit("_", 1)[1].split(".")[0]) - 1
+        _, parts, zbuf = synthetic.render_frame_maps(root, folder, frame)
+        h, w = parts.shape
+        for j in range(17):
+            u, v = np.round(rec["joints_img"][j, :2]).astype(int)
+            assert 0 <= u < w and 0 <= v < h
+            depth = rec["joints_cam"][j, 2]
+            total += 1
+            if parts[v, u] in render.JOINT_PARTS[j]:
+                direct += 1
+            else:
+                assert parts[v, u] != 0 and zbuf[v, u] < depth + 150.0, (i, j, parts[v, u])
+        # negative control: with the rotation *not* transposed after reading, labels miss the limbs
+        meta = h36m_format.parse_matlab_meta(os.path.join(root, "hm36", "annot", folder, "matlab_meta.txt"))
+        world = meta.joints_world[frame, meta.joint_ids - 1]
+        cam = (meta.rotation.T @ (world - meta.position).T).T
+        uv = h36m_format.project(cam, meta.focal, meta.center)
+        for j in range(17):
+            u, v = np.round(uv[j]).astype(int)
+            wrong_convention += int(0 <= u < w and 0 <= v < h and parts[v, u] in render.JOINT_PARTS[j])
+    assert direct / total > 0.75, direct / total  # the rest are occluded by nearer limbs
+    assert wrong_convention / total < 0.25, wrong_convention / total
+
+
+def test_convert_is_idempotent_and_resumes(tmp_path):
+    root = synthetic_root()
+    out = str(tmp_path)
+    info = convert.convert_h36m(root, "train", out, records_per_shard=3, **QUIET)
+    ds = os.path.join(out, "hm36_train")
+    paths = records.shard_paths(ds)
+    assert len(paths) == 6 and info["shard_counts"] == [3, 3, 3, 3, 3, 1]
+    mtimes = {p: os.path.getmtime(p) for p in paths}
+    before = [records.ShardedRecords(ds)[i] for i in range(16)]
+    msgs = []
+    convert.convert_h36m(root, "train", out, records_per_shard=3, progress=False, log=msgs.append)
+    assert "up to date" in msgs[0]
+    assert {p: os.path.getmtime(p) for p in paths} == mtimes
+    # interrupted run: the last two shards and the info never got written
+    os.remove(paths[-1])
+    os.remove(paths[-2])
+    os.remove(os.path.join(ds, records.INFO_FILE))
+    msgs = []
+    convert.convert_h36m(root, "train", out, records_per_shard=3, progress=False, log=msgs.append)
+    assert "resuming, 4/6" in msgs[0]
+    assert all(os.path.getmtime(p) == mtimes[p] for p in paths[:4])
+    after = records.ShardedRecords(ds)
+    for i in range(16):
+        for key in ("joints_img", "image", "index", "source_index"):
+            np.testing.assert_array_equal(before[i][key], after[i][key])
+    # a changed option starts afresh (no stale shards left behind)
+    convert.convert_h36m(root, "train", out, records_per_shard=8, **QUIET)
+    assert len(records.shard_paths(ds)) == 2
+
+
+def _bad_setup(tmp_path, n=6):
+    """A cache of ``n`` train records with their images copied under tmp_path/images."""
+    root = synthetic_root()
+    src = h36m_format.load_cache(h36m_format.find_cache(os.path.join(root, "hm36"), "train"))[:n]
+    images = tmp_path / "images"
+    for rec in src:
+        folder, name = rec["image"].split(os.sep)[-2:]
+        os.makedirs(images / folder, exist_ok=True)
+        shutil.copy(rec["image"], images / folder / name)
+    return src, str(images)
+
+
+def _image_file(images, rec):
+    return os.path.join(images, *rec["image"].split(os.sep)[-2:])
+
+
+BAD_CASES = {
+    "truncated_jpeg": (lambda recs, images: _truncate(_image_file(images, recs[2])),
+                       r"record 2 field 'image' .*JPEG data is truncated"),
+    "missing_image": (lambda recs, images: os.remove(_image_file(images, recs[2])),
+                      r"record 2 field 'image' .*image file not found"),
+    "nan_joints": (lambda recs, images: recs[2]["joints_3d"].__setitem__((5, 0), np.nan),
+                   r"record 2 field 'joints_3d': non-finite values"),
+    "wrong_shape": (lambda recs, images: recs[2].__setitem__("joints_3d_cam", np.zeros((18, 2))),
+                    r"record 2 field 'joints_3d_cam': shape \(18, 2\), expected \(18, 3\)"),
+    "wrong_keys": (lambda recs, images: recs[2].pop("fl"), r"record 2: missing keys \['fl'\]"),
+}
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) * 2 // 3])
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_inputs_raise_or_are_counted(tmp_path, case):
+    recs, images = _bad_setup(tmp_path)
+    mutate, pattern = BAD_CASES[case]
+    mutate(recs, images)
+    cache = str(tmp_path / "cache.pkl")
+    h36m_format.write_cache(cache, recs)
+    with pytest.raises(DataError, match=pattern):
+        convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images, **QUIET)
+    info = convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images,
+                                on_error="skip", records_per_shard=4, **QUIET)
+    assert info["num_records"] == 5 and info["num_skipped"] == 1
+    assert info["skipped"][0]["source_index"] == 2 and "record 2" in info["skipped"][0]["error"]
+    stored = json.load(open(tmp_path / "out" / "hm36_train" / records.INFO_FILE))
+    assert stored["num_skipped"] == 1
+    shards = records.ShardedRecords(str(tmp_path / "out" / "hm36_train"))
+    assert [shards[i]["source_index"] for i in range(len(shards))] == [0, 1, 3, 4, 5]
+    assert [shards[i]["index"] for i in range(len(shards))] == [0, 1, 2, 3, 4]
+
+
+def test_empty_cache_and_missing_dataset(tmp_path):
+    cache = str(tmp_path / "empty.pkl")
+    h36m_format.write_cache(cache, [])
+    with pytest.raises(DataError, match="holds no records"):
+        convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, **QUIET)
+    with pytest.raises(DataError, match="found neither a cache for set .train. .* nor annotations"):
+        convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), **QUIET)
+    with pytest.raises(DataError, match="not a converted dataset"):
+        records.ShardedRecords(str(tmp_path / "nothing"))
+
+
+def test_mpii_cache_converts_to_h36m_layout(tmp_path):
+    """An MPII-style cache (16 joints, 2D) made from synthetic frames: joints mapped to H36M-18,
+    depth weights 0, the missing torso/nose weight 0."""
+    from kinpose_jax import skeleton
+
+    recs, images = _bad_setup(tmp_path, n=4)
+    flat = tmp_path / "mpii_images"
+    os.makedirs(flat)
+    h36m_to_mpii = {m: h for h, m in enumerate(skeleton.MPII_TO_H36M) if m >= 0}
+    mpii = []
+    for rec in recs:
+        name = os.path.basename(rec["image"])
+        shutil.copy(_image_file(images, rec), flat / name)
+        joints = np.zeros((16, 3))
+        for m in range(16):
+            joints[m, :2] = rec["joints_3d"][h36m_to_mpii[m], :2] if m in h36m_to_mpii else rec["joints_3d"][10, :2]
+        vis = np.concatenate([np.ones((16, 2)), np.zeros((16, 1))], axis=1)
+        mpii.append({"image": "/elsewhere/mpii/images/" + name, "center_x": rec["center_x"],
+                     "center_y": rec["center_y"], "width": rec["width"], "height": rec["height"],
+                     "flip_pairs": np.array(skeleton.MPII_FLIP_PAIRS), "joints_3d": joints, "joints_3d_vis": vis})
+    cache = tmp_path / "mpii" / "mpii_train_cache" / "mpii_train.pkl"
+    h36m_format.write_cache(str(cache), mpii)
+    info = convert.convert_mpii(str(tmp_path), "train", str(tmp_path / "out"), image_root=str(flat), **QUIET)
+    assert info["num_records"] == 4 and info["dataset"] == "mpii"
+    shards = records.ShardedRecords(str(tmp_path / "out" / "mpii_train"))
+    for i, rec in enumerate(recs):
+        got = shards[i]
+        assert got["dataset"] == "mpii"
+        mapped = [j for j in range(18) if skeleton.MPII_TO_H36M[j] >= 0]
+        np.testing.assert_array_equal(got["joints_img"][mapped, :2], rec["joints_3d"][mapped, :2])
+        assert np.all(got["joints_vis"][:, 2] == 0) and np.all(got["joints_vis"][[7, 9]] == 0)

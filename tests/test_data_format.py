@@ -1,0 +1,188 @@
+"""Seed formats: caches written by old Python/numpy, matlab_meta.txt, record validation errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from kinpose_jax import skeleton
+from kinpose_jax.data import DataError, h36m_format
+
+
+def _record(rng=None) -> dict:
+    rng = rng or np.random.default_rng(0)
+    cam = rng.uniform(-500, 500, (18, 3)) + [0, 0, 5000]
+    return {
+        "image": "/old/machine/hm36/images/s_01_act_02_subact_01_ca_01/s_01_act_02_subact_01_ca_01_000001.jpg",
+        "center_x": 500.0, "center_y": 480.0, "width": 450.0, "height": 452.0,
+        "flip_pairs": np.array(skeleton.H36M_FLIP_PAIRS), "parent_ids": np.array(skeleton.H36M_PARENT_IDS),
+        "joints_3d": rng.uniform(0, 900, (18, 3)), "joints_3d_vis": np.ones((18, 3)), "joints_3d_cam": cam,
+        "pelvis": cam[0].copy(), "fl": np.array([1145.0, 1144.0]), "c_p": np.array([512.0, 515.0]),
+        "bone_len": 4100.0,
+    }
+
+
+def _old_pickle(obj, protocol: int) -> bytes:
+    """A pickle as numpy 1.x wrote it: arrays reference ``numpy.core.multiarray``."""
+    blob = pickle.dumps(obj, protocol=protocol)
+    assert b"numpy._core" in blob
+    return blob.replace(b"numpy._core", b"numpy.core")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_loads_caches_written_with_numpy1(tmp_path, protocol):
+    recs = [_record(np.random.default_rng(i)) for i in range(3)]
+    path = tmp_path / "cache.pkl"
+    path.write_bytes(_old_pickle(recs, protocol))
+    loaded = h36m_format.load_cache(str(path))
+    assert len(loaded) == 3
+    for a, b in zip(recs, loaded):
+        np.testing.assert_array_equal(a["joints_3d_cam"], b["joints_3d_cam"])
+        assert a["image"] == b["image"]
+        out = h36m_format.validate_h36m_record(b, 0, "cache")
+        np.testing.assert_array_equal(out["joints_img"], a["joints_3d"])
+
+
+def test_cache_refuses_code_and_reports_bad_files(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps([Evil()]))
+    with pytest.raises(DataError, match="refusing to load"):
+        h36m_format.load_cache(str(evil))
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(pickle.dumps([]))
+    with pytest.raises(DataError, match="holds no records"):
+        h36m_format.load_cache(str(empty))
+    notlist = tmp_path / "dict.pkl"
+    notlist.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(DataError, match="expected a list of dicts"):
+        h36m_format.load_cache(str(notlist))
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"not a pickle at all")
+    with pytest.raises(DataError, match="not a readable pickle"):
+        h36m_format.load_cache(str(garbage))
+    with pytest.raises(DataError, match="cannot read cache"):
+        h36m_format.load_cache(str(tmp_path / "missing.pkl"))
+
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda r: r.pop("joints_3d_cam"), r"record 7: missing keys \['joints_3d_cam'\]"),
+    (lambda r: r.__setitem__("joints_3d", np.zeros((17, 3))), r"record 7 field 'joints_3d': shape \(17, 3\), "
+                                                               r"expected \(18, 3\)"),
+    (lambda r: r["joints_3d"].__setitem__((4, 1), np.nan), r"record 7 field 'joints_3d': non-finite"),
+    (lambda r: r.__setitem__("pelvis", np.zeros(2)), r"record 7 field 'pelvis': shape"),
+    (lambda r: r.__setitem__("width", -3.0), r"record 7 field 'width'.*must be > 0"),
+    (lambda r: r.__setitem__("center_x", float("inf")), r"record 7 field 'center_x': non-finite"),
+    (lambda r: r.__setitem__("flip_pairs", np.array([[0, 1]])), r"record 7 field 'flip_pairs'"),
+    (lambda r: r.__setitem__("joints_3d_vis", np.full((18, 3), 2.0)), r"record 7 field 'joints_3d_vis'.*\[0, 1\]"),
+    (lambda r: r.__setitem__("fl", np.array([0.0, 1.0])), r"record 7 field 'fl'.*must be > 0"),
+    (lambda r: r.__setitem__("image", 42), r"record 7 field 'image'"),
+])
+def test_validation_names_record_and_field(mutate, pattern):
+    rec = _record()
+    mutate(rec)
+    with pytest.raises(DataError, match=pattern):
+        h36m_format.validate_h36m_record(rec, 7, "cache X")
+
+
+def test_mpii_record_maps_to_h36m_with_zero_depth_weight():
+    rng = np.random.default_rng(1)
+    joints = np.concatenate([rng.uniform(0, 500, (16, 2)), np.zeros((16, 1))], axis=1)
+    vis = np.concatenate([np.ones((16, 2)), np.zeros((16, 1))], axis=1)
+    vis[9] = 0  # head top unlabelled
+    rec = {"image": "a/b.jpg", "center_x": 1.0, "center_y": 2.0, "width": 3.0, "height": 4.0,
+           "flip_pairs": np.array(skeleton.MPII_FLIP_PAIRS), "joints_3d": joints, "joints_3d_vis": vis}
+    out = h36m_format.validate_mpii_record(rec, 0, "mpii")
+    for h36m_j, mpii_j in enumerate(skeleton.MPII_TO_H36M):
+        if mpii_j < 0:
+            assert np.all(out["joints_vis"][h36m_j] == 0)
+        else:
+            np.testing.assert_array_equal(out["joints_img"][h36m_j, :2], joints[mpii_j, :2])
+            np.testing.assert_array_equal(out["joints_vis"][h36m_j, :2], vis[mpii_j, :2])
+    assert np.all(out["joints_vis"][:, 2] == 0)
+    assert out["joints_img"].shape == (18, 3)
+    rec["joints_3d"] = joints[:15]
+    with pytest.raises(DataError, match=r"record 0 field 'joints_3d': shape \(15, 3\), expected \(16, 3\)"):
+        h36m_format.validate_mpii_record(rec, 0, "mpii")
+
+
+def _meta(num_frames=3) -> h36m_format.MetaSequence:
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    return h36m_format.MetaSequence(
+        image_size=(1000, 1002), rotation=q, position=np.array([1000.0, -4000.0, 1500.0]),
+        focal=np.array([1145.5, 1144.2]), center=np.array([512.3, 515.1]), radial=np.array([-0.2, 0.2, -0.003]),
+        tangential=np.array([-0.001, 0.002]), joint_ids=np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED),
+        joints_world=rng.uniform(-1000, 1000, (num_frames, 32, 3)))
+
+
+def test_matlab_meta_roundtrip_and_camera_convention(tmp_path):
+    meta = _meta()
+    path = tmp_path / "matlab_meta.txt"
+    path.write_text(h36m_format.format_matlab_meta(meta))
+    lines = path.read_text().splitlines()
+    # line 2 holds R transposed, row-major (SPEC §2): its first three numbers are R's first column
+    np.testing.assert_allclose([float(v) for v in lines[2].split()[1:4]], meta.rotation[:, 0], atol=1e-6)
+    got = h36m_format.parse_matlab_meta(str(path))
+    np.testing.assert_allclose(got.rotation, meta.rotation, atol=1e-6)
+    np.testing.assert_allclose(got.joints_world, meta.joints_world, atol=1e-6)
+    assert got.image_size == (1000, 1002) and got.num_frames == 3
+    # an independent projection of frame 1's left wrist (mocap joint 20, one-based)
+    p = meta.joints_world[1, 19]
+    cam = meta.rotation @ (p - meta.position)
+    rec = h36m_format.meta_frame_record(got, 1, "x.jpg")
+    np.testing.assert_allclose(rec["joints_3d_cam"][13], cam, atol=1e-3)
+    np.testing.assert_allclose(rec["joints_3d"][13, :2], cam[:2] / cam[2] * meta.focal + meta.center, atol=1e-3)
+    np.testing.assert_allclose(rec["joints_3d_cam"][17], rec["joints_3d_cam"][[11, 14]].mean(0))  # thorax
+    assert rec["joints_3d"][0, 2] == 0.0
+    # the 2000 mm box around the pelvis: its width in px is 2000 * fx / depth
+    z = rec["pelvis"][2]
+    np.testing.assert_allclose(rec["width"], 2000 * meta.focal[0] / z, rtol=1e-9)
+    np.testing.assert_allclose([rec["center_x"], rec["center_y"]], rec["joints_3d"][0, :2], atol=1e-9)
+
+
+def test_matlab_meta_errors_name_the_line(tmp_path):
+    text = h36m_format.format_matlab_meta(_meta(3)).splitlines()
+    bad = tmp_path / "m.txt"
+    bad.write_text("\n".join(text[:-1]) + "\n")
+    with pytest.raises(DataError, match="2 frame lines, but line 1 announces 3"):
+        h36m_format.parse_matlab_meta(str(bad))
+    broken = list(text)
+    broken[10] = broken[10].rsplit(" ", 1)[0] + " nan_or_text"
+    bad.write_text("\n".join(broken))
+    with pytest.raises(DataError, match=r"line 11 \(frame 1 joints\)"):
+        h36m_format.parse_matlab_meta(str(bad))
+
+
+def test_names_and_rerooting():
+    assert h36m_format.folder_name(9, 2, 1, 4) == "s_09_act_02_subact_01_ca_04"
+    assert h36m_format.parse_folder_name("s_11_act_16_subact_02_ca_03") == (11, 16, 2, 3)
+    with pytest.raises(DataError):
+        h36m_format.parse_folder_name("s_11_act_16")
+    assert h36m_format.image_name("f", 0) == "f_000001.jpg"
+    windows = r"D:\data\hm36\images\fold\f_000001.jpg"
+    assert h36m_format.reroot_image_path(windows, "/new", 2) == "/new/fold/f_000001.jpg"
+    assert h36m_format.reroot_image_path("/x/mpii/images/abc.jpg", "/m", 1) == "/m/abc.jpg"
+    np.testing.assert_array_equal(h36m_format.sample_frames(10, 5), [0, 2, 4, 6, 8])
+    np.testing.assert_array_equal(h36m_format.sample_frames(3, -1), [0, 1, 2])
+
+
+def test_image_checks():
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.full((20, 30, 3), 90, np.uint8))
+    data = buf.tobytes()
+    assert h36m_format.check_image_bytes(data, "img") == (20, 30)
+    with pytest.raises(DataError, match="img: JPEG data is truncated"):
+        h36m_format.check_image_bytes(data[: len(data) // 2], "img")
+    with pytest.raises(DataError, match="img: empty image file"):
+        h36m_format.check_image_bytes(b"", "img")
+    with pytest.raises(DataError, match="img: image data cannot be decoded"):
+        h36m_format.check_image_bytes(b"\x89PNG garbage" * 10, "img")

@@ -1,0 +1,316 @@
+"""SPEC §3 samples against an independent numpy/OpenCV implementation written here; the grain
+pipeline's determinism, resumption, epochs, MPII mixing, evaluation padding and multi-process
+layout; decoding predictions back to the image."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from kinpose_jax import skeleton
+from kinpose_jax.data import augment, pipeline, records
+from tests.test_data_fixtures import synthetic_root
+
+MEAN = np.array([123.675, 116.28, 103.53])
+STD = np.array([58.395, 57.12, 57.375])
+
+
+# ------------------------------------------------------------------ independent reference of SPEC §3
+def reference_sample(img_bgr, cx, cy, bw, bh, joints, vis, scale, rot_deg, flip, gains, patch):
+    """SPEC §3 steps 2-5 written from the text: three point correspondences solved by
+    cv2.getAffineTransform, like the seed; returns (image [P, P, 3], targets [J, 3], weights)."""
+    joints = np.array(joints, np.float64)
+    vis = np.array(vis, np.float64)
+    img = img_bgr
+    width = img.shape[1]
+    if flip:
+        img = img[:, ::-1, :].copy()
+        cx = width - cx - 1
+        joints[:, 0] = width - joints[:, 0] - 1
+        for a, b in skeleton.H36M_FLIP_PAIRS:
+            joints[[a, b]] = joints[[b, a]]
+            vis[[a, b]] = vis[[b, a]]
+    t = math.radians(rot_deg)
+
+    def rotate(x, y):
+        return np.array([x * math.cos(t) - y * math.sin(t), x * math.sin(t) + y * math.cos(t)])
+
+    c = np.array([cx, cy])
+    src = np.float32([c, c + rotate(0, bh * scale / 2), c + rotate(bw * scale / 2, 0)])
+    dst = np.float32([[patch / 2, patch / 2], [patch / 2, patch], [patch, patch / 2]])
+    trans = cv2.getAffineTransform(src, dst)
+    warped = cv2.warpAffine(img, trans, (patch, patch), flags=cv2.INTER_LINEAR)
+    rgb = warped[:, :, ::-1].astype(np.float64)
+    for ch in range(3):
+        rgb[:, :, ch] = (np.clip(rgb[:, :, ch] * gains[ch], 0, 255) - MEAN[ch]) / STD[ch]
+    out = np.zeros_like(joints)
+    for j in range(len(joints)):
+        u, v = trans @ np.array([joints[j, 0], joints[j, 1], 1.0])
+        z = joints[j, 2] / (2000.0 * scale) * patch
+        out[j] = [u / patch - 0.5, v / patch - 0.5, z / patch]
+    return rgb, out, vis
+
+
+def _shards(name="hm36_train"):
+    return records.ShardedRecords(os.path.join(synthetic_root(), "records", name))
+
+
+AUGS = [
+    augment.Augmentation(1.0, 0.0, False, (1.0, 1.0, 1.0)),
+    augment.Augmentation(1.2, 25.0, False, (0.85, 1.1, 1.19)),
+    augment.Augmentation(0.8, -47.5, True, (1.2, 0.8, 1.0)),
+    augment.Augmentation(1.05, 0.0, True, (1.0, 0.95, 1.15)),
+]
+
+
+@pytest.mark.parametrize("aug", AUGS)
+def test_sample_matches_independent_reference(aug):
+    shards = _shards()
+    for i in (0, 5, 11):
+        rec = shards[i]
+        img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
+        got = augment.make_sample(augment.decode_image(rec["image"]), rec["center"], rec["box_size"],
+                                  rec["joints_img"], rec["joints_vis"], aug, (96, 96), skeleton.H36M_FLIP_PAIRS)
+        ref_img, ref_joints, ref_vis = reference_sample(
+            img, rec["center"][0], rec["center"][1], rec["box_size"][0], rec["box_size"][1], rec["joints_img"],
+            rec["joints_vis"], aug.scale, aug.rotation, aug.flip, aug.gains, 96)
+        assert got["image"].shape == (96, 96, 3) and got["image"].dtype == np.float32
+        np.testing.assert_allclose(got["joints"], ref_joints, atol=2e-5)
+        np.testing.assert_array_equal(got["joints_vis"], ref_vis)
+        diff = np.abs(got["image"] - ref_img)
+        # float32 vs float64 affine coefficients may move OpenCV's fixed-point sample by one step
+        assert diff.mean() < 2e-3 and diff.max() < 0.1, (diff.mean(), diff.max())
+
+
+def test_flip_twice_is_identity():
+    rec = _shards()[3]
+    width = int(rec["image_size"][0])
+    j, v = augment.flip_joints(rec["joints_img"], rec["joints_vis"], width, skeleton.H36M_FLIP_PAIRS)
+    assert not np.allclose(j, rec["joints_img"])
+    j2, v2 = augment.flip_joints(j, v, width, skeleton.H36M_FLIP_PAIRS)
+    np.testing.assert_array_equal(j2, rec["joints_img"])
+    np.testing.assert_array_equal(v2, rec["joints_vis"])
+    # a flipped sample of the mirrored image (with mirrored labels) is the plain sample
+    img = augment.decode_image(rec["image"])
+    mirrored = np.ascontiguousarray(img[:, ::-1])
+    c2 = augment.flip_box_center(rec["center"], width)
+    aug = augment.Augmentation(1.1, 12.0, False, (1.0, 1.0, 1.0))
+    plain = augment.make_sample(img, rec["center"], rec["box_size"], rec["joints_img"], rec["joints_vis"], aug,
+                                (64, 64), skeleton.H36M_FLIP_PAIRS)
+    twice = augment.make_sample(mirrored, c2, rec["box_size"], j, v, augment.Augmentation(1.1, 12.0, True),
+                                (64, 64), skeleton.H36M_FLIP_PAIRS)
+    np.testing.assert_array_equal(plain["image"], twice["image"])
+    np.testing.assert_allclose(plain["joints"], twice["joints"], atol=1e-9)
+    np.testing.assert_array_equal(plain["joints_vis"], twice["joints_vis"])
+
+
+def test_augmentation_draws_follow_spec():
+    cfg = augment.AugmentConfig()
+    draws = [augment.draw_augmentation(augment.record_rng(0, 0, 0, i), cfg) for i in range(3000)]
+    s = np.array([d.scale for d in draws])
+    r = np.array([d.rotation for d in draws])
+    g = np.array([d.gains for d in draws])
+    f = np.array([d.flip for d in draws])
+    assert s.min() >= 0.75 and s.max() <= 1.25 and np.mean(np.isclose(s, 1.25)) > 0.1  # clipped N(0,1) * 0.25
+    assert abs(np.mean(r == 0) - 0.4) < 0.04 and np.abs(r).max() <= 60.0
+    assert abs(np.std(r[r != 0]) - 30 * 0.98) < 2.5  # std of clip(N, -2, 2) is ~0.98
+    assert abs(f.mean() - 0.5) < 0.04
+    assert g.min() >= 0.8 and g.max() <= 1.2 and abs(g.mean() - 1.0) < 0.01
+    # a pure function of (seed, epoch, dataset, index, draw)
+    a = augment.draw_augmentation(augment.record_rng(1, 2, 0, 5), cfg)
+    assert a == augment.draw_augmentation(augment.record_rng(1, 2, 0, 5), cfg)
+    assert a != augment.draw_augmentation(augment.record_rng(1, 3, 0, 5), cfg)
+
+
+# ------------------------------------------------------------------ pipeline
+def _cfg(**kw):
+    base = dict(records_dir=os.path.join(synthetic_root(), "records"), patch_size=48, global_batch_size=4,
+                process_index=0, process_count=1, seed=5, read_threads=2)
+    base.update(kw)
+    return pipeline.PipelineConfig(**base)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x) and len(a) == len(b)
+
+
+def test_pipeline_batches_are_the_spec_samples():
+    cfg = _cfg()
+    plan, _ = pipeline.train_plan(cfg)
+    shards = _shards()
+    batches = _take(pipeline.make_train_iterator(cfg), plan.steps_per_epoch + 1)  # into the 2nd epoch
+    assert set(batches[0]) == set(pipeline.TRAIN_KEYS)
+    assert batches[0]["image"].shape == (4, 48, 48, 3) and batches[0]["joints"].shape == (4, 18, 3)
+    for step in (0, plan.steps_per_epoch):
+        epoch = step // plan.steps_per_epoch
+        entries = plan.epoch_entries(epoch)
+        for row in range(4):
+            ds, idx, draw = entries[(step % plan.steps_per_epoch) * 4 + row]
+            rec = shards[idx]
+            aug = augment.draw_augmentation(augment.record_rng(cfg.seed, epoch, int(ds), int(idx), int(draw)),
+                                            cfg.aug)
+            img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR)
+            ref_img, ref_joints, ref_vis = reference_sample(
+                img, *rec["center"], *rec["box_size"], rec["joints_img"], rec["joints_vis"], aug.scale, aug.rotation,
+                aug.flip, aug.gains, 48)
+            np.testing.assert_allclose(batches[step]["joints"][row], ref_joints, atol=2e-5)
+            np.testing.assert_array_equal(batches[step]["joints_vis"][row], ref_vis)
+            assert np.abs(batches[step]["image"][row] - ref_img).mean() < 2e-3
+    assert np.all(batches[0]["valid"] == 1)
+
+
+def test_epochs_are_permutations_and_steps():
+    cfg = _cfg(global_batch_size=3)
+    plan, _ = pipeline.train_plan(cfg)
+    assert plan.steps_per_epoch == 16 // 3
+    e0, e1 = plan.epoch_entries(0), plan.epoch_entries(1)
+    assert len(e0) == 15 and len(set(e0[:, 1].tolist())) == 15 and set(e0[:, 0].tolist()) == {pipeline.H36M}
+    assert not np.array_equal(e0, e1)
+
+
+def test_mpii_mixing_like_the_seed():
+    plan = pipeline.TrainPlan(num_h36m=100, num_mpii=30, mpii_fraction=0.5, seed=0, global_batch_size=6)
+    assert plan.h36m_per_epoch == 30 and plan.steps_per_epoch == 10
+    e = plan.epoch_entries(0)
+    mpii = e[e[:, 0] == pipeline.MPII]
+    h36m = e[e[:, 0] == pipeline.H36M]
+    assert sorted(mpii[:, 1].tolist()) == list(range(30))  # every MPII record once
+    assert len(set(h36m[:, 1].tolist())) == 30  # H36M drawn without replacement
+    assert set(plan.epoch_entries(1)[:, 1][plan.epoch_entries(1)[:, 0] == 0].tolist()) != set(h36m[:, 1].tolist())
+    quarter = pipeline.TrainPlan(num_h36m=100, num_mpii=30, mpii_fraction=0.25, seed=0, global_batch_size=6)
+    assert quarter.h36m_per_epoch == 90
+    many = pipeline.TrainPlan(num_h36m=10, num_mpii=30, mpii_fraction=0.5, seed=0, global_batch_size=6)
+    e = many.epoch_entries(0)
+    h = e[e[:, 0] == pipeline.H36M]
+    assert len(h) == 30 and set(h[:, 2].tolist()) == {0, 1, 2}  # wrapped: each copy gets its own draw
+
+
+def test_same_seed_same_batches_and_resume():
+    cfg = _cfg()
+    a = _take(pipeline.make_train_iterator(cfg), 6)
+    assert _same(a, _take(pipeline.make_train_iterator(cfg), 6))
+    assert not _same(a, _take(pipeline.make_train_iterator(_cfg(seed=6)), 6))
+    assert _same(a, _take(pipeline.make_train_iterator(_cfg(read_threads=0)), 6))
+    it = pipeline.make_train_iterator(cfg)
+    _take(it, 2)
+    state = it.get_state()
+    fresh = pipeline.make_train_iterator(cfg)
+    fresh.set_state(state)
+    assert _same(a[2:], _take(fresh, 4))
+
+
+def test_resume_through_orbax_handler(tmp_path):
+    import grain.python as pygrain
+    from etils import epath
+
+    cfg = _cfg()
+    ref = _take(pipeline.make_train_iterator(cfg), 5)
+    it = pipeline.make_train_iterator(cfg)
+    _take(it, 3)
+    handler = pygrain.PyGrainCheckpointHandler()
+    handler.save(epath.Path(tmp_path), item=it)
+    restored = handler.restore(epath.Path(tmp_path), item=pipeline.make_train_iterator(cfg))
+    assert _same(ref[3:], _take(restored, 2))
+
+
+def test_worker_processes_give_the_same_batches_and_resume():
+    ref = _take(pipeline.make_train_iterator(_cfg()), 5)
+    cfg = _cfg(worker_count=2, worker_buffer_size=1)
+    it = pipeline.make_train_iterator(cfg)
+    try:
+        got = _take(it, 2)
+        state = it.get_state()
+        got += _take(it, 3)
+    finally:
+        it.close()
+    assert _same(ref, got)
+    it = pipeline.make_train_iterator(cfg)
+    try:
+        it.set_state(state)
+        assert _same(ref[2:], _take(it, 3))
+    finally:
+        it.close()
+
+
+def test_process_slices_make_the_global_batch():
+    full = _take(pipeline.make_train_iterator(_cfg()), 3)
+    parts = [_take(pipeline.make_train_iterator(_cfg(process_index=p, process_count=2)), 3) for p in (0, 1)]
+    for step in range(3):
+        for k in full[step]:
+            np.testing.assert_array_equal(np.concatenate([parts[0][step][k], parts[1][step][k]]), full[step][k])
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        _cfg(process_count=3).local_batch_size()
+
+
+def test_eval_padding_counts_every_sample_once():
+    cfg = _cfg(global_batch_size=4)
+    batches = list(pipeline.make_eval_iterator(cfg))
+    n = len(_shards("hm36_validmin"))
+    assert n == 6 and len(batches) == 2
+    assert set(batches[0]) == set(pipeline.EVAL_KEYS)
+    valid = np.concatenate([b["valid"] for b in batches])
+    index = np.concatenate([b["image_index"] for b in batches])
+    assert valid.tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+    assert index.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
+    assert np.all(batches[1]["joints_vis"][2:] == 0)
+    # across 2 processes the union is the same, each sample valid exactly once
+    seen = []
+    for p in (0, 1):
+        for b in pipeline.make_eval_iterator(_cfg(global_batch_size=4, process_index=p, process_count=2)):
+            seen += b["image_index"][b["valid"] > 0].tolist()
+    assert sorted(seen) == list(range(6))
+
+
+def test_decode_inverts_the_targets():
+    """normalized_to_image undoes SPEC §3.5 + the affine: with and without augmentation."""
+    cfg = _cfg(global_batch_size=4)
+    batch = next(pipeline.make_eval_iterator(cfg))
+    shards = _shards("hm36_validmin")
+    decoded = augment.normalized_to_image(batch["joints"], batch["center"], batch["box_size"], (48, 48))
+    for row in range(4):
+        np.testing.assert_allclose(decoded[row], shards[row]["joints_img"], atol=1e-3)
+    rec = shards[2]
+    aug = augment.Augmentation(1.15, -20.0, False)
+    s = augment.make_sample(augment.decode_image(rec["image"]), rec["center"], rec["box_size"], rec["joints_img"],
+                            rec["joints_vis"], aug, (48, 48), skeleton.H36M_FLIP_PAIRS)
+    back = augment.normalized_to_image(s["joints"][None], rec["center"][None], rec["box_size"][None], (48, 48),
+                                       scale=1.15, rotation=-20.0)
+    np.testing.assert_allclose(back[0], rec["joints_img"], atol=1e-3)
+
+
+def test_missing_records_give_a_clear_error(tmp_path):
+    from kinpose_jax.data import DataError
+
+    with pytest.raises(DataError, match="convert_h36m.py"):
+        pipeline.make_train_iterator(_cfg(records_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="mpii_fraction"):
+        pipeline.train_plan(_cfg(mpii_fraction=1.0))
+
+
+def test_setup_from_the_training_config(tmp_path):
+    """configs/default.py fields -> synthetic data generated, converted, pipelines built."""
+    from configs import default
+    from kinpose_jax.data import setup
+
+    c = default.get_config()
+    c.data.root = str(tmp_path)
+    c.data.synthetic = True
+    c.data.synthetic_train_folders, c.data.synthetic_frames_per_folder, c.data.synthetic_image_size = 1, 5, 96
+    c.data.patch_size = 32
+    c.data.flip_prob = 0.0
+    c.progress_bar = False
+    data = setup.create(c, 4)
+    assert data.steps_per_epoch == 1 and data.num_eval_records == 64 and data.eval_steps == 16
+    batch = next(data.train_iterator())
+    assert batch["image"].shape == (4, 32, 32, 3)
+    cfg = pipeline.config_from_ml_collections(c, 4)
+    assert cfg.aug.flip_prob == 0.0 and cfg.seed == c.seed and cfg.records_dir == os.path.join(str(tmp_path), "records")
+    assert sum(b["valid"].sum() for b in data.eval_batches()) == 64

@@ -1,0 +1,221 @@
+"""Tests of kinpose_jax.models: shapes, dtypes, deconv equivalence with torch, kinematic head,
+mixed precision and cross-device BatchNorm. Weight-conversion parity lives in test_convert_torch.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import flax.linen as nn  # noqa: E402
+
+from kinpose_jax.kinematics import forward_kinematics, presets  # noqa: E402
+from kinpose_jax.models import (  # noqa: E402
+    TorchConvTranspose, build_pose_net, decode_kinematic, init_variables, kinematic_num_outputs, torch_deconv_padding,
+    view_matrix,
+)
+
+sys.path.insert(0, os.path.dirname(__file__))
+import torch_pose_reference as ref  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H36M = {n: i for i, n in enumerate(presets.seed_h36m18().joint_names)}
+
+
+def small_config(**kw) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(
+        backbone="resnet18", head="integral", num_joints=18, depth_bins=8, deconv_filters=32, num_deconv_layers=3,
+        kinematic_tree="seed_h36m18", kinematic_view="upright", dtype="float32",
+    ))
+    cfg.update(kw)
+    return cfg
+
+
+def images(b=2, size=64, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(b, size, size, 3)), jnp.float32)
+
+
+def test_importing_models_does_not_import_torch():
+    code = ("import sys, kinpose_jax.models, kinpose_jax.convert_torch; "
+            "bad = [m for m in ('torch', 'tensorflow') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("kernel", [4, 3, 2])
+def test_transposed_convs_equal_torch_conv_transpose2d(kernel):
+    """Torch's ConvTranspose2d (weight [in, out, kh, kw]) == Flax nn.ConvTranspose(transpose_kernel=True)
+    with the kernel permuted to [kh, kw, out, in] and padding (k-1-p, k-1-p+output_padding)
+    == our phase-decomposed TorchConvTranspose with the same kernel (what the head uses)."""
+    p, op = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[kernel]
+    g = torch.Generator().manual_seed(kernel)
+    tconv = torch.nn.ConvTranspose2d(5, 3, kernel, 2, p, output_padding=op, bias=False)
+    with torch.no_grad():
+        tconv.weight.copy_(torch.randn(tconv.weight.shape, generator=g))
+    x = torch.randn(2, 5, 6, 7, generator=g)
+    want = tconv(x).detach().numpy().transpose(0, 2, 3, 1)
+    assert want.shape[1:3] == (12, 14)
+    params = {"params": {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 1, 0)}}
+    xj = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+    flax_layer = nn.ConvTranspose(3, (kernel, kernel), (2, 2), padding=torch_deconv_padding(kernel), use_bias=False,
+                                  transpose_kernel=True)
+    np.testing.assert_allclose(np.asarray(flax_layer.apply(params, xj)), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(TorchConvTranspose(3, kernel).apply(params, xj)), want, atol=1e-5)
+    # gradients agree too
+    gx = torch.autograd.grad((tconv(x.requires_grad_()) ** 2).sum(), x)[0].numpy().transpose(0, 2, 3, 1)
+    ours = jax.grad(lambda a: jnp.sum(TorchConvTranspose(3, kernel).apply(params, a) ** 2))(xj)
+    np.testing.assert_allclose(np.asarray(ours), gx, atol=1e-4)
+    # the same kernel without the spatial flip / in-out swap is *not* torch's operation
+    naive = nn.ConvTranspose(3, (kernel, kernel), (2, 2), padding=torch_deconv_padding(kernel), use_bias=False)
+    bad = naive.apply({"params": {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 0, 1)}}, xj)
+    assert np.abs(np.asarray(bad) - want).max() > 1e-2
+
+
+@pytest.mark.parametrize("head", ["integral", "direct", "kinematic"])
+def test_output_shapes_and_dtypes(head):
+    model = build_pose_net(small_config(head=head))
+    v = init_variables(model, jax.random.key(0), 64)
+    out = model.apply(v, images(), train=False)
+    assert out["joints"].shape == (2, 18, 3) and out["joints"].dtype == jnp.float32
+    assert set(v["params"]) == {"backbone", "head"}
+    if head == "integral":
+        assert out["heatmaps"].shape == (2, 16, 16, 18 * 8)
+        assert v["params"]["head"]["features_0"]["kernel"].shape == (4, 4, 32, 512)
+    if head == "kinematic":
+        tree = presets.seed_h36m18()
+        assert v["params"]["head"]["fc"]["kernel"].shape == (512, 3 + tree.num_dofs + 1)
+        assert out["angles"].shape == (2, tree.num_dofs) and out["scale"].shape == (2,)
+
+
+def test_build_errors_are_explicit():
+    with pytest.raises(ValueError, match="unknown head 'heat'"):
+        build_pose_net(small_config(head="heat"))
+    with pytest.raises(ValueError, match="unknown backbone 'resnet42'"):
+        build_pose_net(small_config(backbone="resnet42"))
+    with pytest.raises(ValueError, match="unknown model dtype 'float8'"):
+        build_pose_net(small_config(dtype="float8"))
+    model = build_pose_net(small_config(head="kinematic", num_joints=17))
+    with pytest.raises(ValueError, match="18 output joints but num_joints=17"):
+        init_variables(model, jax.random.key(0), 64)
+    with pytest.raises(ValueError, match=r"images must be \[B, H, W, 3\]"):
+        build_pose_net(small_config()).init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)))
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_fp32_params_and_stats():
+    m32, m16 = build_pose_net(small_config()), build_pose_net(small_config(dtype="bfloat16"))
+    v = init_variables(m16, jax.random.key(1), 64)
+    leaves = jax.tree.leaves(v)
+    assert leaves and all(x.dtype == jnp.float32 for x in leaves)
+    x = images()
+    # convolutions really run in bf16
+    jaxpr = str(jax.make_jaxpr(lambda a: m16.apply(v, a, train=False))(x))
+    assert "conv_general_dilated" in jaxpr and "bf16[" in jaxpr
+    assert "bf16[" not in str(jax.make_jaxpr(lambda a: m32.apply(v, a, train=False))(x))
+    # and give nearly the fp32 answer with the same (fp32) params
+    out16 = m16.apply(v, x, train=False)
+    assert out16["joints"].dtype == jnp.float32 and out16["heatmaps"].dtype == jnp.float32
+    j32 = m32.apply(v, x, train=False)["joints"]
+    assert float(jnp.abs(out16["joints"] - j32).max()) < 0.02
+
+    def loss(params):
+        o, new = m16.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                           mutable=["batch_stats"])
+        return jnp.mean(o["joints"] ** 2), new
+
+    grads, new = jax.jit(jax.grad(loss, has_aux=True))(v["params"])
+    assert all(gr.dtype == jnp.float32 for gr in jax.tree.leaves(grads))
+    assert float(sum(jnp.abs(gr).sum() for gr in jax.tree.leaves(grads))) > 0
+    assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(new["batch_stats"]))
+
+
+def _rest_pose_reference(tree_name: str) -> np.ndarray:
+    tree = presets.get_tree(tree_name)
+    local = ref.generic_fk(ref.tree_spec(tree), torch.zeros(1, tree.num_dofs, dtype=torch.float64),
+                           torch.full((1,), 1 / 2000.0, dtype=torch.float64))
+    return (local @ ref.UPRIGHT_VIEWS[tree_name].double().T)[0].numpy()
+
+
+@pytest.mark.parametrize("tree_name", ["seed_h36m18", "h36m18"])
+def test_kinematic_head_starts_at_upright_rest_pose(tree_name):
+    model = build_pose_net(small_config(head="kinematic", kinematic_tree=tree_name))
+    v = init_variables(model, jax.random.key(0), 64)
+    out = model.apply(v, images(seed=3), train=False)
+    want = _rest_pose_reference(tree_name)
+    np.testing.assert_allclose(np.asarray(out["joints"]), np.broadcast_to(want, (2, 18, 3)), atol=1e-6)
+    j = want
+    # camera axes: x right, y down (image), z away from the camera
+    assert j[H36M["head"], 1] < j[H36M["neck"], 1] < j[H36M["pelvis"], 1] < j[H36M["r_ankle"], 1]
+    assert j[H36M["l_hip"], 0] > j[H36M["r_hip"], 0] and j[H36M["l_shoulder"], 0] > j[H36M["r_shoulder"], 0]
+    assert j[H36M["nose"], 2] < j[H36M["neck"], 2]  # faces the camera
+    height = j[H36M["r_ankle"], 1] - j[H36M["head"], 1]
+    assert 0.3 < height < 1.0  # about 0.6 (seed) / 0.8 (h36m18) of the 2000 mm box
+    np.testing.assert_allclose(np.asarray(out["translation"]), 0.0)
+
+
+@pytest.mark.parametrize("tree_name,view", [("seed_h36m18", "upright"), ("h36m18", "upright"),
+                                            ("h36m18", "identity")])
+def test_decode_kinematic_matches_torch_loop_fk(tree_name, view):
+    tree = presets.get_tree(tree_name)
+    raw = np.random.default_rng(0).normal(size=(4, kinematic_num_outputs(tree))) * 0.7
+    got = decode_kinematic(jnp.asarray(raw, jnp.float32), tree, view_matrix(tree, view))
+    r = torch.as_tensor(raw)
+    local = ref.generic_fk(ref.tree_spec(tree), r[:, 3:-1], (1 + r[:, -1]) / 2000.0)
+    v = ref.UPRIGHT_VIEWS[tree_name if view == "upright" else "identity"].double()
+    want = (r[:, None, :3] + local @ v.T).numpy()
+    np.testing.assert_allclose(np.asarray(got["joints"]), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["scale"]), (1 + raw[:, -1]) / 2000.0, rtol=1e-6)
+
+
+def test_seed_tree_reproduces_spec_chains_with_bugs_fixed():
+    """presets.seed_h36m18 + seed_motion_to_fk_inputs == the SPEC §6 chains written out in torch."""
+    rng = np.random.default_rng(1)
+    motion = rng.normal(size=(4, 29)) * 0.6
+    scale = rng.uniform(0.5, 1.5, size=4)
+    tree = presets.seed_h36m18()
+    t, angles = presets.seed_motion_to_fk_inputs(jnp.asarray(motion, jnp.float32), tree)
+    got = forward_kinematics(tree, angles, translation=t, scale=jnp.asarray(scale, jnp.float32)).joints
+    want = ref.seed_chain_fk(torch.as_tensor(motion), torch.as_tensor(scale)).numpy()
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-3)  # mm scale, fp32
+    # bug (a) fixed: the global translation moves the pelvis
+    np.testing.assert_allclose(np.asarray(got)[:, 0], motion[:, [0, 2, 1]], atol=1e-5)
+
+
+def test_batchnorm_statistics_average_across_devices():
+    """bn_axis_name: pmap over 2 host devices with 1 image each gives the statistics of the 2-image batch."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, PartitionSpec as P
+        from kinpose_jax.models import build_pose_net, init_variables
+        assert jax.local_device_count() == 2
+        cfg = dict(backbone="resnet18", head="direct", dtype="float32")
+        single = build_pose_net(cfg)
+        synced = build_pose_net(dict(cfg, bn_axis_name="devices"))
+        v = init_variables(single, jax.random.key(0), 64)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+        f = lambda m: (lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))
+        want_out, want = jax.jit(f(single))(v, x)
+        mesh = Mesh(np.asarray(jax.local_devices()), ("devices",))
+        mapped = lambda m, stats_spec: jax.jit(jax.shard_map(
+            f(m), mesh=mesh, in_specs=(P(), P("devices")), out_specs=(P("devices"), stats_spec), check_vma=False))
+        got_out, got = mapped(synced, P())(v, x)
+        # without the axis name each device normalises with its own image's statistics
+        lone_out, lone = mapped(single, P("devices"))(v, x)
+        err = max(float((jnp.abs(a - b) / (1 + jnp.abs(b))).max())
+                  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+        assert err < 1e-5, err
+        np.testing.assert_allclose(np.asarray(got_out["joints"]), np.asarray(want_out["joints"]), atol=1e-4)
+        out_err = float(jnp.abs(lone_out["joints"] - want_out["joints"]).max())
+        assert out_err > 1e-3, out_err
+        print("ok", err, out_err)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
