@@ -13,16 +13,17 @@ def get_config():
     c.data.root = "data/synthetic"
     c.data.synthetic = True
     c.data.patch_size = 128
+    c.data.synthetic_train_folders = 16
     c.model.backbone = "resnet18"
     c.model.depth_bins = 16
     c.model.deconv_filters = 64
     c.model.num_deconv_layers = 2
     c.model.kinematic_tree = "h36m18"
-    c.num_epochs = 6
+    c.num_epochs = 15
     c.per_device_batch_size = 16
     c.optim.learning_rate = 1e-3
-    c.optim.lr_decay_epochs = (4, 5)
-    c.log_every_steps = 5
-    c.checkpoint_every_steps = 50
-    c.eval_every_epochs = 2
+    c.optim.lr_decay_epochs = (11, 14)
+    c.log_every_steps = 10
+    c.checkpoint_every_steps = 100
+    c.eval_every_epochs = 5
     return c

@@ -13,25 +13,10 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, ml_collections
     from jax.sharding import Mesh
     assert jax.device_count() == 4, jax.devices()
-    from configs import default
     from kinpose_jax import parallel, train
-    from kinpose_jax.models import build_pose_net
+    from tests.tiny_problem import tiny_problem
 
-    config = default.get_config()
-    config.model.backbone = "resnet18"
-    config.model.head = HEAD
-    config.model.depth_bins = 4
-    config.model.deconv_filters = 16
-    config.model.num_deconv_layers = 1
-    config.model.kinematic_tree = "h36m18"
-    config.data.patch_size = 64
-    model = build_pose_net(config.model)
-    schedule = train.learning_rate_schedule(config, 10)
-    tx = train.make_optimizer(config, schedule)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32),
-             "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
-             "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
+    config, model, tx, schedule, batch = tiny_problem(HEAD)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
@@ -89,23 +74,10 @@ MULTIHOST = textwrap.dedent("""
     pid, port = int(sys.argv[1]), sys.argv[2]
     parallel.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
     import jax
-    from configs import default
     from kinpose_jax import train
-    from kinpose_jax.models import build_pose_net
+    from tests.tiny_problem import tiny_problem
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
-    config = default.get_config()
-    config.model.backbone = "resnet18"
-    config.model.depth_bins = 4
-    config.model.deconv_filters = 16
-    config.model.num_deconv_layers = 1
-    config.data.patch_size = 64
-    model = build_pose_net(config.model)
-    schedule = train.learning_rate_schedule(config, 10)
-    tx = train.make_optimizer(config, schedule)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32),
-             "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
-             "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
+    config, model, tx, schedule, batch = tiny_problem("integral")
     mesh = parallel.make_mesh()
     state = train.create_state(config, model, tx, mesh)
     step = jax.jit(train.make_train_step(model, tx, config.loss, schedule),
