@@ -348,3 +348,23 @@ def test_fit_recovers_scale_and_respects_limits():
     got = np.asarray(fit.angles)
     assert np.all(got >= lim[:, 0] - 1e-6) and np.all(got <= lim[:, 1] + 1e-6)
     assert float(np.max(fit.residual)) < 1.0
+
+
+def test_large_batches_run_in_chunks_with_the_same_values_and_gradients():
+    tree = presets.seed_h36m18()
+    rng = np.random.default_rng(11)
+    n = 5000  # above the 4096-sample chunk, not a multiple of it
+    a = rng.normal(size=(n, tree.num_dofs)).astype(np.float32)
+    t = rng.normal(size=(n, 3)).astype(np.float32)
+    s = rng.uniform(0.5, 1.5, size=n).astype(np.float32)
+    whole = kin.forward_kinematics(tree, a, t, s).joints
+    parts = np.concatenate([np.asarray(kin.forward_kinematics(tree, a[i:i + 1000], t[i:i + 1000], s[i:i + 1000]).joints)
+                            for i in range(0, n, 1000)])
+    np.testing.assert_allclose(np.asarray(whole), parts, rtol=1e-5, atol=1e-3)
+    expected = ref.to_numpy(ref.seed_fk(torch.from_numpy(np.concatenate([t, np.zeros((n, 26), np.float32)], 1)),
+                                        torch.ones(n)))
+    rest = np.asarray(kin.forward_kinematics(tree, np.zeros_like(a), t).joints)
+    np.testing.assert_allclose(rest, expected, atol=1e-3)
+    g_whole = jax.grad(lambda x: jnp.sum(kin.forward_kinematics(tree, x, t, s).joints ** 2))(a)
+    g_part = jax.grad(lambda x: jnp.sum(kin.forward_kinematics(tree, x, t[:1000], s[:1000]).joints ** 2))(a[:1000])
+    np.testing.assert_allclose(np.asarray(g_whole)[:1000], np.asarray(g_part), rtol=1e-4, atol=1e-2)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinpose_jax.kinematics.rotations import axis_angle_matrices
+from kinpose_jax.kinematics.rotations import skew
 from kinpose_jax.kinematics.tree import KinematicTree
 
 
@@ -141,54 +141,81 @@ def forward_kinematics(
     translation = jnp.broadcast_to(translation, batch + (3,)).reshape(n, 3)
     offsets = jnp.broadcast_to(offsets, batch + offsets.shape[-2:]).reshape((n,) + offsets.shape[-2:])
     offsets = offsets * jnp.broadcast_to(scale, batch).reshape(n, 1, 1)
-    result = _forward_flat(tree, sched, angles, translation, offsets, dtype)
+    if n > _CHUNK:
+        # Large batches run as a loop over cache-sized chunks (lax.map): the per-level
+        # intermediates then stay in cache instead of streaming through memory.
+        pad = (-n) % _CHUNK
+        padded = [jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], dtype)]) for x in (angles, translation, offsets)]
+        chunks = [x.reshape((-1, _CHUNK) + x.shape[1:]) for x in padded]
+        result = jax.lax.map(lambda c: _forward_flat(tree, sched, *c, dtype), chunks)
+        result = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], result)
+    else:
+        result = _forward_flat(tree, sched, angles, translation, offsets, dtype)
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), result)
 
 
+_CHUNK = 4096  # samples per chunk for large batches
+
+
+def _mm3(a: jax.Array, b: jax.Array) -> jax.Array:
+    """3x3 products on batch-last arrays [..., 3, 3, N]: three unrolled multiply-adds over
+    contiguous N lanes, which XLA:CPU vectorizes far better than a batched dot of tiny matrices."""
+    return sum(a[..., :, k : k + 1, :] * b[..., k : k + 1, :, :] for k in range(3))
+
+
+def _mv3(a: jax.Array, v: jax.Array) -> jax.Array:
+    """[..., 3, 3, N] @ [..., 3, N] -> [..., 3, N] (batch last)."""
+    return sum(a[..., :, k, :] * v[..., k : k + 1, :] for k in range(3))
+
+
 def _forward_flat(tree, sched, angles, translation, offsets, dtype) -> FKResult:
-    """FK on flat inputs: angles [N, P], translation [N, 3], offsets [N, E, 3] (scaled)."""
-    batch = angles.shape[:1]
-    # Local rotations: one matrix per angle, then the product over each frame's dofs, grouped by
-    # dof count so frames without dofs cost nothing: [..., F, 3, 3] in level order.
-    dof_rot = axis_angle_matrices(sched.dof_axes, angles)  # [..., P, 3, 3]
+    """FK on flat inputs: angles [N, P], translation [N, 3], offsets [N, E, 3] (scaled).
+
+    Internally batch-last ("structure of arrays"): every 3x3 block is [..., 3, 3, N].
+    """
+    n = angles.shape[0]
+    ang = angles.T  # [P, N]
+    k = skew(sched.dof_axes)
+    k1 = jnp.asarray(k, dtype)[..., None]
+    k2 = jnp.asarray(k @ k, dtype)[..., None]
+    eye = jnp.eye(3, dtype=dtype)[..., None]
+    dof_rot = eye + jnp.sin(ang)[:, None, None, :] * k1 + (1.0 - jnp.cos(ang))[:, None, None, :] * k2  # [P,3,3,N]
     num_static = len(sched.frames) - sum(len(g) for g in sched.dof_groups)
-    parts = [jnp.broadcast_to(jnp.eye(3, dtype=dtype), angles.shape[:-1] + (num_static, 3, 3))]
+    parts = [jnp.broadcast_to(eye, (num_static, 3, 3, n))]
     for group in sched.dof_groups:
         if len(group):
-            m = jnp.take(dof_rot, group[:, 0], axis=-3)
-            for k in range(1, group.shape[1]):
-                m = m @ jnp.take(dof_rot, group[:, k], axis=-3)
+            m = dof_rot[group[:, 0]]
+            for j in range(1, group.shape[1]):
+                m = _mm3(m, dof_rot[group[:, j]])
             parts.append(m)
-    local_rot = jnp.concatenate(parts, axis=-3)[..., sched.local_order, :, :]
-    local_off = offsets[..., sched.frames, :]
+    local_rot = jnp.concatenate(parts, axis=0)[sched.local_order]  # [F, 3, 3, N] level order
+    local_off = jnp.transpose(offsets[:, sched.frames, :], (1, 2, 0))  # [F, 3, N]
 
     start, stop = sched.level_slices[0]
-    rot_levels = [jnp.broadcast_to(local_rot[..., start:stop, :, :], batch + (stop - start, 3, 3))]
-    pos_levels = [jnp.broadcast_to(translation[..., None, :], batch + (stop - start, 3))]
+    rot_levels = [local_rot[start:stop]]
+    pos_levels = [jnp.broadcast_to(translation.T[None], (stop - start, 3, n))]
     for d in range(1, len(sched.level_slices)):
         start, stop = sched.level_slices[d]
         pidx = sched.parent_in_prev[d - 1]
-        parent_rot = rot_levels[-1][..., pidx, :, :]
-        parent_pos = pos_levels[-1][..., pidx, :]
-        bone = local_off[..., start:stop, :]
-        pos_levels.append(parent_pos + jnp.einsum("...ij,...j->...i", parent_rot, bone))
-        rot_levels.append(parent_rot @ local_rot[..., start:stop, :, :])
-    frame_pos = jnp.concatenate(pos_levels, axis=-2)
-    frame_rot = jnp.concatenate(rot_levels, axis=-3)
+        parent_rot = rot_levels[-1][pidx]
+        pos_levels.append(pos_levels[-1][pidx] + _mv3(parent_rot, local_off[start:stop]))
+        rot_levels.append(_mm3(parent_rot, local_rot[start:stop]))
+    frame_pos = jnp.concatenate(pos_levels, axis=0)  # [F, 3, N]
+    frame_rot = jnp.concatenate(rot_levels, axis=0)  # [F, 3, 3, N]
 
     if len(sched.derived):
-        derived_pos = jnp.einsum("df,...fc->...dc", jnp.asarray(sched.derived_weights, dtype), frame_pos)
-        eye = jnp.broadcast_to(jnp.eye(3, dtype=dtype), batch + (len(sched.derived), 3, 3))
-        all_pos = jnp.concatenate([frame_pos, derived_pos], axis=-2)
-        all_rot = jnp.concatenate([frame_rot, eye], axis=-3)
+        derived_pos = jnp.einsum("df,fcn->dcn", jnp.asarray(sched.derived_weights, dtype), frame_pos)
+        all_pos = jnp.concatenate([frame_pos, derived_pos], axis=0)
+        all_rot = jnp.concatenate([frame_rot, jnp.broadcast_to(eye, (len(sched.derived), 3, 3, n))], axis=0)
     else:
         all_pos, all_rot = frame_pos, frame_rot
-    positions = all_pos[..., sched.entry_from_level, :]
-    rotations = all_rot[..., sched.entry_from_level, :, :]
-    joints = positions[..., np.asarray(tree.output_indices, dtype=np.int32), :]
+    out_rows = np.asarray(sched.entry_from_level)[np.asarray(tree.output_indices, dtype=np.int32)]
+    joints = all_pos[out_rows]  # [J, 3, N]
     if tree.output_axes != (0, 1, 2):
-        joints = joints[..., np.asarray(tree.output_axes)]
-    return FKResult(joints=joints, positions=positions, rotations=rotations)
+        joints = joints[:, np.asarray(tree.output_axes)]
+    positions = jnp.transpose(all_pos[sched.entry_from_level], (2, 0, 1))
+    rotations = jnp.transpose(all_rot[sched.entry_from_level], (3, 0, 1, 2))
+    return FKResult(joints=jnp.transpose(joints, (2, 0, 1)), positions=positions, rotations=rotations)
 
 
 def rest_pose(tree: KinematicTree, scale: float | None = None) -> jax.Array:
