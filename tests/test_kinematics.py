@@ -369,3 +369,16 @@ def test_large_batches_run_in_chunks_with_the_same_values_and_gradients():
     g_part = jax.grad(lambda x: jnp.sum(kin.forward_kinematics(tree, x, t[:1000], s[:1000]).joints ** 2))(a[:1000])
     g_part = np.asarray(g_part)
     np.testing.assert_allclose(np.asarray(g_whole)[:1000], g_part, rtol=1e-4, atol=1e-5 * np.abs(g_part).max())
+
+
+def test_readme_python_examples_run():
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        namespace = {}
+        exec(block, namespace)  # noqa: S102 - the README's own examples
+    assert namespace["joints"].shape == (18 + 2 + 4 + 4, 3)
