@@ -42,11 +42,17 @@ def main(argv):
     config = FLAGS.config
     config_checks.validate(config)
     from kinpose_jax import train
+    from kinpose_jax.data import DataError
 
-    if FLAGS.mode == "train":
-        train.train_and_evaluate(config, FLAGS.workdir)
-    else:
-        train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+    try:
+        if FLAGS.mode == "train":
+            train.train_and_evaluate(config, FLAGS.workdir)
+        else:
+            train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+    except (train.NonFiniteLossError, DataError, FileNotFoundError) as err:
+        # Expected failures: a one-paragraph message instead of a traceback.
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
