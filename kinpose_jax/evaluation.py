@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinpose_jax import integral, losses, metrics, skeleton
+from kinpose_jax.data import augment
 
 
 def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l1") -> Callable:
@@ -41,20 +42,6 @@ def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l
     return predict
 
 
-def patch_to_image(joints_px: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: int,
-                   box_mm: float = 2000.0) -> np.ndarray:
-    """Inverse of the evaluation patch transform (scale 1, no rotation; SPEC §4 "Decoding").
-
-    joints_px: [B, J, 3] patch pixels (z in patch-width units); center: [B, 2] box centre px;
-    box_size: [B, 2] box width/height px. Returns [B, J, 3]: image u, v px and depth relative
-    to the root in mm (``z / patch_size * box_mm``).
-    """
-    u = center[:, None, 0] + (joints_px[..., 0] / patch_size - 0.5) * box_size[:, None, 0]
-    v = center[:, None, 1] + (joints_px[..., 1] / patch_size - 0.5) * box_size[:, None, 1]
-    z = joints_px[..., 2] / patch_size * box_mm
-    return np.stack([u, v, z], axis=-1)
-
-
 class ErrorAccumulator:
     """Sums per-sample errors over valid samples; ``result()`` gives means in mm."""
 
@@ -63,11 +50,16 @@ class ErrorAccumulator:
         self.count = 0
         self.loss_sum = 0.0
 
-    def add(self, joints_px, per_sample_loss, batch, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Adds one batch; returns (pred_cam, gt_cam) [B, 18, 3] mm for plotting."""
+    def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = 2000.0
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """Adds one batch of patch-pixel predictions; returns (pred_cam, gt_cam) [B, 18, 3] mm.
+
+        Decoding to the image (inverse patch affine, scale 1, no rotation; depth ``z * box_mm``)
+        is the data pipeline's own :func:`~kinpose_jax.data.augment.normalized_to_image`.
+        """
         valid = np.asarray(batch["valid"]).astype(bool)
-        img = patch_to_image(np.asarray(joints_px), np.asarray(batch["center"]), np.asarray(batch["box_size"]),
-                             patch_size)
+        norm = np.asarray(integral.patch_to_normalized(np.asarray(joints_px), patch_size, patch_size))
+        img = augment.normalized_to_image(norm, batch["center"], batch["box_size"], (patch_size, patch_size), box_mm)
         pelvis_depth = np.asarray(batch["pelvis"])[:, 2]
         pred_cam = np.asarray(metrics.pixel_to_camera(img, pelvis_depth, np.asarray(batch["fl"]),
                                                       np.asarray(batch["c_p"])))

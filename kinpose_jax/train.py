@@ -134,7 +134,7 @@ def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writ
         device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
         px, per_loss = predict(variables, device_batch)
         px, per_loss = np.asarray(jax.device_get(px)), np.asarray(jax.device_get(per_loss))
-        pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size)
+        pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size, config.model.box_mm)
         if vis is None and config.num_vis_samples > 0:
             k = min(config.num_vis_samples, int(np.sum(batch["valid"])))
             gt_px = np.asarray(integral.normalized_to_patch(batch["joints"][:k], config.data.patch_size,

@@ -39,11 +39,13 @@ def test_flip_test_averages_with_the_mirrored_back_prediction():
     assert np.abs(np.asarray(merged) - own).max() > 1e-3
 
 
-def test_patch_to_image_by_hand():
-    px = np.array([[[128.0, 64.0, 32.0]]])
-    out = evaluation.patch_to_image(px, center=np.array([[500.0, 400.0]]), box_size=np.array([[300.0, 300.0]]),
-                                    patch_size=256)
-    np.testing.assert_allclose(out[0, 0], [500.0, 400.0 - 0.25 * 300.0, 32.0 / 256 * 2000.0])
+def test_decoding_to_the_image_by_hand():
+    from kinpose_jax.data import augment
+
+    norm = np.array([[[0.0, -0.25, 0.125]]])  # patch px (128, 64, 32) of a 256 patch
+    out = augment.normalized_to_image(norm, center=np.array([[500.0, 400.0]]), box_size=np.array([[300.0, 300.0]]),
+                                      patch_size=(256, 256))
+    np.testing.assert_allclose(out[0, 0], [500.0, 400.0 - 0.25 * 300.0, 32.0 / 256 * 2000.0], atol=1e-9)
 
 
 def test_accumulator_counts_only_valid_samples():
