@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, reporting
+from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting
 from kinpose_jax.models import build_pose_net
 
 log = logging.getLogger("kinpose_jax")
@@ -61,31 +61,6 @@ def init_variables(model, config, key) -> dict:
     return model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
 
 
-def load_pretrained(path: str, variables: dict) -> dict:
-    """Replaces params/batch_stats with a converted PyTorch checkpoint (kinpose_jax.convert_torch)."""
-    from kinpose_jax.convert_torch import load_converted
-
-    loaded = load_converted(path)
-    out = dict(variables)
-    for col in ("params", "batch_stats"):
-        if col in loaded and col in variables:
-            out[col] = _merge_checked(variables[col], loaded[col], f"{path}:{col}")
-    return out
-
-
-def _merge_checked(reference, loaded, where: str):
-    flat_ref = flax.traverse_util.flatten_dict(flax.core.unfreeze(reference))
-    flat_new = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
-    for k, v in flat_new.items():
-        if k not in flat_ref:
-            raise ValueError(f"{where}: parameter {'/'.join(k)} does not exist in this model")
-        if tuple(np.shape(v)) != tuple(np.shape(flat_ref[k])):
-            raise ValueError(f"{where}: parameter {'/'.join(k)} has shape {np.shape(v)}, model expects "
-                             f"{np.shape(flat_ref[k])}")
-    flat_ref.update({k: jnp.asarray(v, flat_ref[k].dtype) for k, v in flat_new.items()})
-    return flax.traverse_util.unflatten_dict(flat_ref)
-
-
 def make_loss_fn(model, loss_name: str):
     """``loss(params, batch_stats, batch) -> (loss, new_batch_stats)`` in training mode."""
     loss_fn = losses.get_loss(loss_name)
@@ -117,7 +92,7 @@ def make_train_step(model, tx, loss_name: str, schedule):
 def create_state(config, model, tx, mesh) -> TrainState:
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if config.model.pretrained:
-        variables = load_pretrained(config.model.pretrained, variables)
+        variables = pretrained.load_pretrained(config.model.pretrained, variables, config.model)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
     return jax.device_put(state, parallel.replicated(mesh))
@@ -254,7 +229,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     model = build_pose_net(config.model)
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if checkpoint:
-        variables = load_pretrained(checkpoint, variables)
+        variables = pretrained.load_pretrained(checkpoint, variables, config.model)
         step = 0
     else:
         manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
