@@ -67,6 +67,11 @@ def parse_folder_name(name: str) -> tuple[int, int, int, int]:
     return tuple(int(g) for g in m.groups())  # type: ignore[return-value]
 
 
+def is_folder_name(name: str) -> bool:
+    """Whether ``name`` is a sequence folder name ``s_SS_act_AA_subact_BB_ca_CC``."""
+    return bool(_FOLDER_RE.match(name))
+
+
 def image_name(folder: str, frame: int) -> str:
     """Image file name of zero-based ``frame`` in ``folder`` (the file number is frame + 1)."""
     return f"{folder}_{frame + 1:06d}.jpg"

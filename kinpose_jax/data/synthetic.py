@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 
 import cv2
 import numpy as np
 
-from kinpose_jax.data import h36m_format, render
+from kinpose_jax.data import DataError, h36m_format, render
 
 GENERATOR_VERSION = 1
 #: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
@@ -111,8 +113,13 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
     """Writes the synthetic set under ``root/hm36`` (layout in the module docstring).
 
     Idempotent: returns the stored parameters at once when ``root/hm36/synthetic.json`` matches
-    the arguments (and ``force`` is False); otherwise (re)writes everything. Deterministic: the
-    same arguments give byte-identical files. Returns a summary dict (parameters, counts, paths).
+    the arguments (and ``force`` is False). Otherwise the set is rewritten: the outputs of an
+    earlier run (sequence folders, cache pickles; see :func:`remove_generated_outputs`) are deleted
+    first, so no stale cache or folder of other parameters stays behind. A ``root/hm36`` holding
+    Human3.6M data *without* the generator's marker is never touched (DataError). Converted shards
+    under ``root/records`` need no cleaning: the converter notices the changed cache (hash) and
+    rewrites them. Deterministic: the same arguments give byte-identical files. Returns a summary
+    dict (parameters, counts, paths).
     """
     params = dict(version=GENERATOR_VERSION, train_folders=train_folders, frames_per_folder=frames_per_folder,
                   valid_folders=valid_folders, valid_frames_per_folder=valid_frames_per_folder,
@@ -123,20 +130,26 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
     if image_size < 64:
         raise ValueError(f"image_size must be >= 64 px, got {image_size}")
     hm36 = os.path.join(os.path.abspath(root), "hm36")
-    marker = os.path.join(hm36, "synthetic.json")
+    marker = os.path.join(hm36, MARKER_FILE)
     caches = {
         "train": os.path.join(hm36, h36m_format.cache_file_name("train", frames_per_folder)),
         "validmin": os.path.join(hm36, h36m_format.cache_file_name("validmin", valid_frames_per_folder)),
     }
-    if not force and os.path.exists(marker):
-        with open(marker) as f:
-            stored = json.load(f)
-        if stored.get("params") == params and all(os.path.exists(p) for p in caches.values()):
-            log(f"synthetic Human3.6M already in {hm36}")
-            return stored
+    stored = _read_marker(marker)
+    if not force and stored is not None and stored.get("complete", True) and stored.get("params") == params \
+            and all(os.path.exists(p) for p in caches.values()):
+        log(f"synthetic Human3.6M already in {hm36}")
+        return stored
     t0 = time.perf_counter()
-    if os.path.exists(marker):
-        os.remove(marker)
+    if stored is None:
+        _refuse_foreign_data(hm36)
+    os.makedirs(hm36, exist_ok=True)
+    # mark the folder as ours *before* writing anything, so an interrupted run is cleaned up next time
+    with open(marker, "w") as f:
+        json.dump({"params": params, "complete": False}, f, indent=1, sort_keys=True)
+    removed = remove_generated_outputs(hm36)
+    if removed:
+        log(f"removed {len(removed)} outputs of an earlier synthetic set in {hm36}")
     cameras = make_cameras(seed, image_size)
     splits = {"train": (_folders(h36m_format.TRAIN_SUBJECTS, train_folders), frames_per_folder),
               "validmin": (_folders(h36m_format.VALID_SUBJECTS, valid_folders), valid_frames_per_folder)}
@@ -164,12 +177,78 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
     for split, recs in cache_records.items():
         h36m_format.write_cache(caches[split], recs)
         counts[split] = len(recs)
-    summary = {"params": params, "counts": counts, "caches": caches, "root": hm36,
+    summary = {"params": params, "counts": counts, "caches": caches, "root": hm36, "complete": True,
                "seconds": round(time.perf_counter() - t0, 2)}
-    with open(marker, "w") as f:
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
+    os.replace(tmp, marker)
     log(f"synthetic Human3.6M written to {hm36}: {counts} frames in {summary['seconds']} s")
     return summary
+
+
+MARKER_FILE = "synthetic.json"
+#: Cache pickles of the sets the generator writes (``HM36_<set>_cache/<name>``).
+_CACHE_RE = re.compile(r"^HM36_(train|validmin)_w\d+xh\d+_keypoint_db_sample-?\d+\.pkl(\.tmp)?$")
+
+
+def _read_marker(marker: str) -> dict | None:
+    """The generator's ``synthetic.json`` (None if absent); DataError if unreadable."""
+    if not os.path.exists(marker):
+        return None
+    try:
+        with open(marker) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{marker} exists but is not the synthetic generator's JSON marker ({err}); remove it "
+                        f"yourself if the folder holds only a synthetic set") from err
+    if not isinstance(stored, dict) or "params" not in stored:
+        raise DataError(f"{marker} is not the synthetic generator's marker (no 'params'); refusing to touch "
+                        f"{os.path.dirname(marker)}")
+    return stored
+
+
+def _refuse_foreign_data(hm36: str) -> None:
+    """DataError if ``hm36`` (without a generator marker) already holds Human3.6M-layout data:
+    it may be a user's real dataset, which the generator must never overwrite or delete."""
+    if not os.path.isdir(hm36):
+        return
+    found = sorted(n for n in os.listdir(hm36) if n in ("annot", "images") or re.match(r"^HM36_.*_cache$", n))
+    if found:
+        raise DataError(f"{hm36} already holds {found} but was not written by the synthetic generator (no "
+                        f"{MARKER_FILE}); refusing to overwrite it: pass another root (e.g. data/synthetic)")
+
+
+def remove_generated_outputs(hm36: str) -> list[str]:
+    """Deletes what :func:`generate` writes under ``hm36`` — the sequence folders
+    ``annot/<s_SS_act_AA_subact_BB_ca_CC>`` and ``images/<same>``, and the train/validmin cache
+    pickles in ``HM36_<set>_cache/`` — and then those container folders if left empty. Nothing
+    else is touched (other files stay). Only call it on a folder holding the generator's marker.
+    Returns the removed paths."""
+    if not os.path.exists(os.path.join(hm36, MARKER_FILE)):
+        raise DataError(f"{hm36} has no {MARKER_FILE}: not a synthetic set, nothing removed")
+    removed = []
+    for sub in ("annot", "images"):
+        folder = os.path.join(hm36, sub)
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if os.path.isdir(path) and not os.path.islink(path) and h36m_format.is_folder_name(name):
+                    shutil.rmtree(path)
+                    removed.append(path)
+    for image_set in ("train", "validmin"):
+        folder = os.path.join(hm36, f"HM36_{image_set}_cache")
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if _CACHE_RE.match(name) and name.startswith(f"HM36_{image_set}_") and os.path.isfile(path):
+                    os.remove(path)
+                    removed.append(path)
+    for sub in ("annot", "images", "HM36_train_cache", "HM36_validmin_cache"):
+        folder = os.path.join(hm36, sub)
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+    return removed
 
 
 def subject_scale(seed: int, subject: int) -> float:
@@ -221,7 +300,7 @@ def render_frame_maps(root: str, folder: str, frame: int) -> tuple[np.ndarray, n
     a black backdrop."""
     hm36 = os.path.join(root, "hm36")
     meta = h36m_format.parse_matlab_meta(os.path.join(hm36, "annot", folder, "matlab_meta.txt"))
-    with open(os.path.join(hm36, "synthetic.json")) as f:
+    with open(os.path.join(hm36, MARKER_FILE)) as f:
         seed = json.load(f)["params"]["seed"]
     subject = h36m_format.parse_folder_name(folder)[0]
     w, h = meta.image_size

@@ -77,7 +77,11 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 class DirectHead(nn.Module):
-    """features [B,h,w,C] -> joints [B, J, 3] normalized (avg pool -> ``fc``). Torch: ``head.fc``."""
+    """features [B,h,w,C] -> joints [B, J, 3] normalized (avg pool -> ``fc``). Torch: ``head.fc``.
+
+    The pooling and ``fc`` always compute in float32 (``dtype`` is the backbone's compute dtype,
+    kept for a uniform interface): only the backbone runs in bf16 under mixed precision.
+    """
 
     num_joints: int = 18
     dtype: Any = jnp.float32
@@ -85,8 +89,9 @@ class DirectHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         del train
-        y = nn.Dense(self.num_joints * 3, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=head_init,
-                     name="fc")(global_avg_pool(x).astype(self.dtype))
+        # fp32 whatever ``dtype``: the output is the prediction itself; bf16 would round it to ~3 digits
+        y = nn.Dense(self.num_joints * 3, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=head_init,
+                     name="fc")(global_avg_pool(x))
         return y.astype(jnp.float32).reshape(y.shape[0], self.num_joints, 3)
 
 
@@ -167,6 +172,8 @@ class KinematicHead(nn.Module):
     """features [B,h,w,C] -> dict(joints [B,J,3] normalized, translation, angles, scale).
 
     avg pool -> ``fc`` (3 + num_dofs + 1 outputs, exactly what is used) -> :func:`decode_kinematic`.
+    Pooling, ``fc`` and forward kinematics always compute in float32, whatever ``dtype`` (the
+    backbone's compute dtype).
     The kernel starts at zero and the bias at zero, so the first output is the tree's rest pose at
     its own bone lengths (mm / box_mm), pelvis at the patch centre, upright and facing the camera
     (with ``view='upright'``), far from the gimbal lock of the root's z-x-y angles.
@@ -180,6 +187,7 @@ class KinematicHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
         del train
-        raw = nn.Dense(kinematic_num_outputs(self.tree), dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=nn.initializers.zeros, name="fc")(global_avg_pool(x).astype(self.dtype))
+        # fp32 whatever ``dtype`` (angles, translation and scale feed FK; bf16 would round them)
+        raw = nn.Dense(kinematic_num_outputs(self.tree), dtype=jnp.float32, param_dtype=jnp.float32,
+                       kernel_init=nn.initializers.zeros, name="fc")(global_avg_pool(x))
         return decode_kinematic(raw, self.tree, view_matrix(self.tree, self.view), self.box_mm)

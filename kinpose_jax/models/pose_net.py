@@ -24,7 +24,9 @@ class PoseNet(nn.Module):
     ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3 deconv layers; channel ``j*D + d``); the
     kinematic head adds ``translation`` [B,3], ``angles`` [B,num_dofs] (rad) and ``scale`` [B].
 
-    Parameters are float32 whatever ``dtype`` (the compute dtype) is; BatchNorm statistics are
+    ``dtype`` is the compute dtype of the backbone and the integral head's convolutions; the
+    direct / kinematic heads' final linear layer (and forward kinematics) always run in float32.
+    Parameters are float32 whatever ``dtype`` is; BatchNorm statistics are
     float32 and live in the ``batch_stats`` collection (call with ``mutable=['batch_stats']`` when
     ``train=True``).
     """

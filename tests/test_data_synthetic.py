@@ -1,0 +1,105 @@
+"""Synthetic generator: regenerating with other parameters leaves no stale outputs (and the
+converter accepts the result), foreign data is never touched, and the pose geometry is
+computed in float64 numpy (platform-independent) and matches the JAX forward kinematics."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kinpose_jax.data import DataError, convert, h36m_format, records, synthetic
+
+QUIET = dict(progress=False, log=lambda *_: None)
+TINY = dict(train_folders=2, frames_per_folder=3, valid_folders=1, valid_frames_per_folder=2, image_size=64, seed=1)
+
+
+def _listing(hm36, sub):
+    path = os.path.join(hm36, sub)
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def test_regenerate_with_other_params_then_convert(tmp_path):
+    root = str(tmp_path)
+    hm36 = os.path.join(root, "hm36")
+    synthetic.generate(root, log=lambda *_: None, **TINY)
+    info = convert.convert_h36m(root, "train", num_workers=0, **QUIET)
+    assert info["num_records"] == 6
+    assert _listing(hm36, "HM36_train_cache") == ["HM36_train_w256xh256_keypoint_db_sample3.pkl"]
+    assert len(_listing(hm36, "annot")) == 3 and len(_listing(hm36, "images")) == 3
+    # files the user put beside the set are not the generator's: they must survive
+    (tmp_path / "hm36" / "notes.txt").write_text("mine")
+    (tmp_path / "hm36" / "annot" / "README").write_text("mine too")
+
+    smaller = dict(TINY, train_folders=1, frames_per_folder=2)
+    messages = []
+    synthetic.generate(root, log=messages.append, **smaller)
+    assert any("removed" in m for m in messages)
+    assert _listing(hm36, "HM36_train_cache") == ["HM36_train_w256xh256_keypoint_db_sample2.pkl"]
+    annot = [f for f in _listing(hm36, "annot") if f != "README"]
+    assert annot == ["s_01_act_02_subact_01_ca_01", "s_09_act_02_subact_01_ca_01"]
+    assert _listing(hm36, "images") == annot
+    assert len(_listing(hm36, os.path.join("images", annot[0]))) == 2
+    assert (tmp_path / "hm36" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "hm36" / "annot" / "README").read_text() == "mine too"
+
+    # conversion of both the cache and the annotation path sees only the new set
+    info = convert.convert_h36m(root, "train", num_workers=0, **QUIET)
+    assert info["num_records"] == 2
+    shards = records.ShardedRecords(os.path.join(root, "records", "hm36_train"))
+    assert sorted(shards[i]["image_path"] for i in range(len(shards))) == [
+        "s_01_act_02_subact_01_ca_01/s_01_act_02_subact_01_ca_01_000001.jpg",
+        "s_01_act_02_subact_01_ca_01/s_01_act_02_subact_01_ca_01_000002.jpg"]
+    ann = convert.convert_h36m(root, "train", str(tmp_path / "ann"), source="annotations", sample=-1,
+                               num_workers=0, **QUIET)
+    assert ann["num_records"] == 2
+    valid = convert.convert_h36m(root, "validmin", num_workers=0, **QUIET)
+    assert valid["num_records"] == 2
+
+
+def test_interrupted_generation_is_cleaned_up(tmp_path):
+    root = str(tmp_path)
+    hm36 = tmp_path / "hm36"
+    synthetic.generate(root, log=lambda *_: None, **TINY)
+    marker = hm36 / "synthetic.json"
+    stored = json.loads(marker.read_text())
+    # a run killed half-way: the marker says "incomplete", a folder of other parameters lingers
+    marker.write_text(json.dumps({"params": stored["params"], "complete": False}))
+    stale = hm36 / "images" / "s_07_act_09_subact_02_ca_04"
+    stale.mkdir()
+    (stale / "x.jpg").write_bytes(b"stale")
+    synthetic.generate(root, log=lambda *_: None, **TINY)
+    assert not stale.exists()
+    assert json.loads(marker.read_text())["complete"] is True
+
+
+def test_foreign_data_is_never_touched(tmp_path):
+    hm36 = tmp_path / "hm36"
+    folder = hm36 / "annot" / "s_01_act_02_subact_01_ca_01"
+    folder.mkdir(parents=True)
+    (folder / "matlab_meta.txt").write_text("real data")
+    with pytest.raises(DataError, match="not written by the synthetic generator"):
+        synthetic.generate(str(tmp_path), log=lambda *_: None, **TINY)
+    assert (folder / "matlab_meta.txt").read_text() == "real data"
+    assert not (hm36 / "synthetic.json").exists()
+    with pytest.raises(DataError, match="not a synthetic set"):
+        synthetic.remove_generated_outputs(str(hm36))
+    assert (folder / "matlab_meta.txt").exists()
+    # a marker that is not the generator's JSON is refused too
+    (hm36 / "synthetic.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not the synthetic generator's marker"):
+        synthetic.generate(str(tmp_path), log=lambda *_: None, **TINY)
+    assert (folder / "matlab_meta.txt").read_text() == "real data"
+
+
+def test_force_regenerates_identically(tmp_path):
+    root = str(tmp_path)
+    synthetic.generate(root, log=lambda *_: None, **TINY)
+    meta = tmp_path / "hm36" / "annot" / "s_05_act_02_subact_01_ca_02" / "matlab_meta.txt"
+    before = meta.read_bytes()
+    synthetic.generate(root, log=lambda *_: None, force=True, **TINY)
+    assert meta.read_bytes() == before
+    cache = h36m_format.find_cache(str(tmp_path / "hm36"), "train")
+    assert cache.endswith("sample3.pkl")
