@@ -219,3 +219,29 @@ def test_batchnorm_statistics_average_across_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("head", ["direct", "kinematic"])
+def test_bfloat16_regression_heads_compute_their_output_in_fp32(head):
+    """Under mixed precision only the backbone runs in bf16: the final linear layer (and FK) of the
+    direct / kinematic heads must give the fp32 answer for the (bf16) features they receive."""
+    model = build_pose_net(small_config(head=head, dtype="bfloat16"))
+    v = init_variables(model, jax.random.key(2), 32)
+    fc = v["params"]["head"]["fc"]
+    rng = np.random.default_rng(2)
+    fc = dict(kernel=jnp.asarray(rng.normal(size=fc["kernel"].shape) * 0.05, jnp.float32),
+              bias=jnp.asarray(rng.normal(size=fc["bias"].shape) * 0.1, jnp.float32))
+    v = dict(v, params=dict(v["params"], head=dict(fc=fc)))
+    out, inter = model.apply(v, images(size=32), train=False, capture_intermediates=True)
+    feats = inter["intermediates"]["backbone"]["__call__"][0]
+    assert feats.dtype == jnp.bfloat16  # the backbone does run in bf16
+    pooled = np.asarray(feats, np.float64).mean(axis=(1, 2))
+    raw = pooled @ np.asarray(fc["kernel"], np.float64) + np.asarray(fc["bias"], np.float64)
+    if head == "direct":
+        want = raw.reshape(2, 18, 3)
+    else:
+        tree = presets.seed_h36m18()
+        want = np.asarray(decode_kinematic(jnp.asarray(raw, jnp.float32), tree, view_matrix(tree, "upright"))["joints"])
+    assert out["joints"].dtype == jnp.float32
+    # bf16 rounding of the pooled features / kernel would leave errors of ~1e-3 here
+    np.testing.assert_allclose(np.asarray(out["joints"]), want, atol=2e-6, rtol=0)
