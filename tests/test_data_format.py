@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -159,6 +160,57 @@ def test_matlab_meta_errors_name_the_line(tmp_path):
     bad.write_text("\n".join(broken))
     with pytest.raises(DataError, match=r"line 11 \(frame 1 joints\)"):
         h36m_format.parse_matlab_meta(str(bad))
+
+
+@pytest.mark.parametrize("line, edit, expected, found", [
+    (0, lambda ln: ln + " 7", 1, 2),                      # frame count followed by a stray number
+    (1, lambda ln: ln + " 3", 3, 4),                      # image size with a third number
+    (2, lambda ln: ln + " 0.5", 10, 11),                  # rotation with 10 numbers
+    (2, lambda ln: ln.split(" ", 1)[1], 10, 9),           # rotation without its tag
+    (3, lambda ln: ln + " 1.0 2.0", 4, 6),                # camera position
+    (4, lambda ln: ln + " 1.0", 3, 4),                    # focal length fx fy + 1
+    (8, lambda ln: ln + " 21", 18, 19),                   # 18 joint indices
+    (10, lambda ln: ln + " 12.5", 97, 98),                # frame 1 with 97 numbers
+    (11, lambda ln: " ".join(ln.split()[:-3]), 97, 94),  # frame 2 with 93 numbers
+])
+def test_matlab_meta_lines_need_exactly_their_fields(tmp_path, line, edit, expected, found):
+    """Extra (or missing) numbers on any line are an error naming file, line and counts — a
+    line with extra numbers must never be read by keeping its last N numbers."""
+    text = h36m_format.format_matlab_meta(_meta(3)).splitlines()
+    text[line] = edit(text[line])
+    path = tmp_path / "matlab_meta.txt"
+    path.write_text("\n".join(text) + "\n")
+    pattern = re.escape(str(path)) + rf" line {line + 1} \(.*\): found {found} fields, expected {expected}"
+    with pytest.raises(DataError, match=pattern):
+        h36m_format.parse_matlab_meta(str(path))
+
+
+def test_matlab_meta_line_numbers_count_blank_lines(tmp_path):
+    text = h36m_format.format_matlab_meta(_meta(2)).splitlines()
+    text.insert(3, "")  # a blank line before the camera position: file line numbers shift by one
+    text[4] += " 9"
+    path = tmp_path / "matlab_meta.txt"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"line 5 \(camera position\): found 5 fields, expected 4"):
+        h36m_format.parse_matlab_meta(str(path))
+    with pytest.raises(DataError, match=r"line 5 \(camera position\)"):
+        h36m_format.read_meta_camera(str(path))
+
+
+def test_read_meta_camera_reads_the_header():
+    meta = _meta(2)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "matlab_meta.txt")
+        with open(path, "w") as f:
+            f.write(h36m_format.format_matlab_meta(meta))
+        cam = h36m_format.read_meta_camera(path)
+    np.testing.assert_allclose(cam["rotation"], meta.rotation, atol=1e-11)
+    np.testing.assert_allclose(cam["position"], meta.position, atol=1e-6)
+    np.testing.assert_allclose(cam["focal"], meta.focal, atol=1e-6)
+    np.testing.assert_allclose(cam["center"], meta.center, atol=1e-6)
+    assert cam["image_size"] == [1000, 1002]
 
 
 def test_names_and_rerooting():

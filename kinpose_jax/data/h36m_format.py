@@ -336,53 +336,91 @@ class MetaSequence:
         return int(self.joints_world.shape[0])
 
 
-def _numbers(line: str, count: int, path: str, lineno: int, what: str) -> np.ndarray:
+def _numbers(line: str, count: int, path: str, lineno: int, what: str, tagged: bool = True) -> np.ndarray:
+    """The ``count`` numbers of one ``matlab_meta.txt`` line: exactly ``tag n_1 ... n_count``
+    (``tagged``) or ``n_1 ... n_count``; DataError naming the file, the (one-based) line, and the
+    expected vs found field count otherwise — extra numbers are never silently dropped."""
     tokens = line.split()
-    if len(tokens) < count:
-        raise DataError(f"{path} line {lineno + 1} ({what}): {len(tokens)} fields, expected a tag and {count} "
-                        f"numbers")
+    expected = count + int(tagged)
+    if len(tokens) != expected:
+        layout = f"a tag and {count} numbers" if tagged else f"{count} number{'s' if count > 1 else ''}"
+        raise DataError(f"{path} line {lineno + 1} ({what}): found {len(tokens)} fields, expected {expected} "
+                        f"({layout})")
     try:
-        vals = np.asarray([float(t) for t in tokens[-count:]], dtype=np.float64)
+        vals = np.asarray([float(t) for t in tokens[int(tagged):]], dtype=np.float64)
     except ValueError as err:
-        raise DataError(f"{path} line {lineno + 1} ({what}): expected {count} numbers at the end: {err}") from err
+        raise DataError(f"{path} line {lineno + 1} ({what}): expected {count} numbers after the tag: {err}") from err
     if not np.all(np.isfinite(vals)):
         raise DataError(f"{path} line {lineno + 1} ({what}): non-finite values")
     return vals
 
 
 def parse_matlab_meta(path: str) -> MetaSequence:
-    """Parses ``annot/<folder>/matlab_meta.txt`` (SPEC §2). DataError names the line at fault."""
+    """Parses ``annot/<folder>/matlab_meta.txt`` (SPEC §2). Every line must hold exactly its
+    fields (line 1 the frame count alone, then a tag and 2, 9, 3, 2, 2, 3, 2, 17 numbers, then a
+    tag and 96 numbers per frame); blank lines are ignored. DataError names the file and the line
+    (as numbered in the file) at fault."""
     try:
         with open(path) as f:
-            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+            numbered = [(i, ln) for i, ln in enumerate(f.read().splitlines()) if ln.strip()]
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from err
-    if len(lines) < 9:
-        raise DataError(f"{path}: {len(lines)} non-empty lines, expected at least 9 header lines")
-    count = _numbers(lines[0], 1, path, 0, "frame count")[0]
+    if len(numbered) < 9:
+        raise DataError(f"{path}: {len(numbered)} non-empty lines, expected at least 9 header lines")
+
+    def field(k: int, count: int, what: str, tagged: bool = True) -> np.ndarray:
+        lineno, line = numbered[k]
+        return _numbers(line, count, path, lineno, what, tagged)
+
+    count = field(0, 1, "frame count", tagged=False)[0]
     if count != int(count) or count < 0:
-        raise DataError(f"{path} line 1 (frame count): {count} is not a non-negative integer")
+        raise DataError(f"{path} line {numbered[0][0] + 1} (frame count): {count} is not a non-negative integer")
     count = int(count)
-    size = _numbers(lines[1], 2, path, 1, "image size W H")
-    rot = _numbers(lines[2], 9, path, 2, "rotation").reshape(3, 3).T
+    size = field(1, 2, "image size W H")
+    rot = field(2, 9, "rotation").reshape(3, 3).T
     if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4):
-        raise DataError(f"{path} line 3 (rotation): not a rotation matrix")
-    ids = _numbers(lines[8], 17, path, 8, "joint indices")
+        raise DataError(f"{path} line {numbered[2][0] + 1} (rotation): not a rotation matrix")
+    position = field(3, 3, "camera position")
+    focal = field(4, 2, "focal length")
+    center = field(5, 2, "principal point")
+    radial = field(6, 3, "radial distortion")
+    tangential = field(7, 2, "tangential distortion")
+    ids = field(8, 17, "joint indices")
     if np.any(ids != np.round(ids)) or np.any(ids < 1) or np.any(ids > 32):
-        raise DataError(f"{path} line 9 (joint indices): expected 17 one-based indices in 1..32")
-    frames = lines[9:]
-    if len(frames) != count:
-        raise DataError(f"{path}: {len(frames)} frame lines, but line 1 announces {count} frames")
-    joints = np.stack([_numbers(ln, 96, path, 9 + k, f"frame {k} joints") for k, ln in enumerate(frames)]) \
-        if frames else np.zeros((0, 96))
+        raise DataError(f"{path} line {numbered[8][0] + 1} (joint indices): expected 17 one-based indices in 1..32")
+    num_frame_lines = len(numbered) - 9
+    if num_frame_lines != count:
+        raise DataError(f"{path}: {num_frame_lines} frame lines, but line {numbered[0][0] + 1} announces {count} "
+                        f"frames")
+    joints = np.stack([field(9 + k, 96, f"frame {k} joints") for k in range(count)]) if count else np.zeros((0, 96))
     return MetaSequence(
-        image_size=(int(size[0]), int(size[1])), rotation=rot,
-        position=_numbers(lines[3], 3, path, 3, "camera position"),
-        focal=_numbers(lines[4], 2, path, 4, "focal length"), center=_numbers(lines[5], 2, path, 5, "principal point"),
-        radial=_numbers(lines[6], 3, path, 6, "radial distortion"),
-        tangential=_numbers(lines[7], 2, path, 7, "tangential distortion"),
-        joint_ids=ids.astype(np.int64), joints_world=joints.reshape(-1, 32, 3),
+        image_size=(int(size[0]), int(size[1])), rotation=rot, position=position, focal=focal, center=center,
+        radial=radial, tangential=tangential, joint_ids=ids.astype(np.int64), joints_world=joints.reshape(-1, 32, 3),
     )
+
+
+def read_meta_camera(path: str) -> dict:
+    """The camera of a ``matlab_meta.txt`` from its 9 header lines only (fast for long
+    sequences): ``rotation`` [3][3] world -> camera (``X_cam = R (X_world - T)``), ``position``
+    [3] world mm, ``focal`` [2], ``center`` [2] px, ``image_size`` [2] (W, H) — as lists.
+    DataError as :func:`parse_matlab_meta` for a bad header."""
+    header = []
+    try:
+        with open(path) as f:
+            for lineno, line in enumerate(f):
+                if line.strip():
+                    header.append((lineno, line))
+                    if len(header) == 9:
+                        break
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if len(header) < 9:
+        raise DataError(f"{path}: {len(header)} non-empty lines, expected at least 9 header lines")
+    num = lambda k, n, what: _numbers(header[k][1], n, path, header[k][0], what)  # noqa: E731
+    rot = num(2, 9, "rotation").reshape(3, 3).T
+    return {"rotation": rot.tolist(), "position": num(3, 3, "camera position").tolist(),
+            "focal": num(4, 2, "focal length").tolist(), "center": num(5, 2, "principal point").tolist(),
+            "image_size": [int(v) for v in num(1, 2, "image size W H")]}
 
 
 def format_matlab_meta(meta: MetaSequence) -> str:
