@@ -238,3 +238,44 @@ def test_image_checks():
         h36m_format.check_image_bytes(b"", "img")
     with pytest.raises(DataError, match="img: image data cannot be decoded"):
         h36m_format.check_image_bytes(b"\x89PNG garbage" * 10, "img")
+
+
+def _jpeg(shape=(24, 32), progressive=False, seed=0):
+    import cv2
+
+    img = np.random.default_rng(seed).integers(0, 256, shape + (3,), dtype=np.uint8)
+    flags = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if progressive else []
+    return cv2.imencode(".jpg", img, flags)[1].tobytes()
+
+
+def _with_exif_thumbnail(main: bytes, thumb: bytes) -> bytes:
+    """``main`` with an APP1 Exif segment (little-endian TIFF header, empty IFD) whose payload
+    ends with a complete JPEG thumbnail — with its own SOI, SOS and EOI markers."""
+    payload = b"Exif\x00\x00" + b"II*\x00" + (8).to_bytes(4, "little") + b"\x00\x00" + b"\x00" * 4 + thumb
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return main[:2] + segment + main[2:]
+
+
+def test_jpeg_completeness_trailing_bytes_and_thumbnails():
+    for progressive in (False, True):
+        data = _jpeg(progressive=progressive)
+        assert h36m_format.jpeg_is_complete(data)
+        # cut anywhere before the final end-of-image marker: truncated
+        assert not any(h36m_format.jpeg_is_complete(data[:k]) for k in range(len(data) - 1))
+        with pytest.raises(DataError, match="JPEG data is truncated"):
+            h36m_format.check_image_bytes(data[:-1], "img")
+        # bytes after the end-of-image marker (padding, junk, even marker-like bytes): complete
+        for tail in (b"\x00" * 7, b"some trailing junk", b"\xff\xd8\xff\xda\x00\x05junk", b"\xff"):
+            assert h36m_format.check_image_bytes(data + tail, "img") == (24, 32)
+    # an EXIF thumbnail carries its own EOI: the main image cut mid-scan is still truncated
+    thumb = _jpeg((8, 8), seed=1)
+    main = _jpeg(seed=2)
+    full = _with_exif_thumbnail(main, thumb)
+    assert h36m_format.check_image_bytes(full, "img") == (24, 32)
+    assert b"\xff\xd9" in full[: len(full) // 2]  # the thumbnail's EOI lies in the first half
+    cut = full[: len(full) - len(main) // 3]
+    assert not h36m_format.jpeg_is_complete(cut)
+    with pytest.raises(DataError, match="img: JPEG data is truncated"):
+        h36m_format.check_image_bytes(cut, "img")
+    with pytest.raises(DataError, match="img: JPEG data is truncated"):
+        h36m_format.check_image_bytes(cut + b"junk", "img")
