@@ -47,6 +47,116 @@ def test_loads_caches_written_with_numpy1(tmp_path, protocol):
         np.testing.assert_array_equal(out["joints_img"], a["joints_3d"])
 
 
+class _Numpy1Pickler(pickle._Pickler):
+    """The pure-Python pickler, writing numpy's functions under their numpy 1.x module names
+    (``numpy.core.multiarray``) as Python 3.6 + numpy 1.x did: protocol 4 frames and
+    STACK_GLOBAL opcodes, or protocol 2 GLOBAL lines."""
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", None) or ""
+        if not module.startswith("numpy._core"):
+            return super().save_global(obj, name)
+        module, name = module.replace("numpy._core", "numpy.core", 1), name or obj.__qualname__
+        if self.proto >= 4:
+            self.save(module)
+            self.save(name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + module.encode() + b"\n" + name.encode() + b"\n")
+        self.memoize(obj)
+
+
+class _Python2Pickler(_Numpy1Pickler):
+    """Protocol 2 as Python 2.7's cPickle wrote it: ``str`` (bytes) values — array buffers
+    included — as BINSTRING / SHORT_BINSTRING, which Python 3 can only read with latin1."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_py2_str(self, obj):
+        data = obj.encode("ascii") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+    dispatch[str] = _save_py2_str
+
+
+def _dump(pickler_cls, obj, protocol):
+    import io
+
+    buf = io.BytesIO()
+    pickler_cls(buf, protocol=protocol).dump(obj)
+    return buf.getvalue()
+
+
+def _seed_record(i: int) -> dict:
+    """A record typed as the seed's cache builder made it: numpy float64 scalars for the box and
+    bone length, float64 arrays, Python lists for the joint metadata."""
+    rng = np.random.default_rng(100 + i)
+    cam = rng.uniform(-500, 500, (18, 3)) + [0, 0, 5000]
+    return {
+        "image": f"/old/machine/hm36/images/s_01_act_02_subact_01_ca_01/s_01_act_02_subact_01_ca_01_{i + 1:06d}.jpg",
+        "center_x": np.float64(rng.uniform(400, 600)), "center_y": np.float64(rng.uniform(400, 600)),
+        "width": np.float64(rng.uniform(300, 500)), "height": np.float64(rng.uniform(300, 500)),
+        "flip_pairs": [list(p) for p in skeleton.H36M_FLIP_PAIRS], "parent_ids": list(skeleton.H36M_PARENT_IDS),
+        "joints_3d": rng.uniform(0, 900, (18, 3)), "joints_3d_vis": np.ones((18, 3)), "joints_3d_cam": cam,
+        "pelvis": cam[0].copy(), "fl": np.array([1145.04, 1143.78]), "c_p": np.array([512.54, 515.45]),
+        "bone_len": np.float64(rng.uniform(3900, 4300)),
+    }
+
+
+def _check_loaded(recs, loaded):
+    assert len(loaded) == len(recs)
+    for i, (a, b) in enumerate(zip(recs, loaded)):
+        assert b["image"] == a["image"] and isinstance(b["image"], str)
+        for key in ("center_x", "center_y", "width", "height", "bone_len"):
+            assert isinstance(b[key], np.float64) and float(b[key]) == float(a[key]), key
+        for key in ("joints_3d", "joints_3d_vis", "joints_3d_cam", "pelvis", "fl", "c_p"):
+            assert b[key].dtype == np.float64
+            np.testing.assert_array_equal(b[key], a[key])
+        out = h36m_format.validate_h36m_record(b, i, "old cache")
+        np.testing.assert_array_equal(out["center"], [float(a["center_x"]), float(a["center_y"])])
+        np.testing.assert_array_equal(out["box_size"], [float(a["width"]), float(a["height"])])
+        assert float(out["bone_len"]) == float(a["bone_len"])
+        np.testing.assert_array_equal(out["joints_cam"], a["joints_3d_cam"])
+
+
+def test_loads_python36_numpy1_protocol4_cache(tmp_path):
+    """The seed's real format: pickle.HIGHEST_PROTOCOL on Python 3.6 (protocol 4, framed),
+    numpy 1.x module paths, numpy float64 scalars (``numpy.core.multiarray.scalar``)."""
+    import pickletools
+
+    recs = [_seed_record(i) for i in range(3)]
+    blob = _dump(_Numpy1Pickler, recs, 4)
+    ops = {op.name for op, _, _ in pickletools.genops(blob)}
+    assert blob[:2] == b"\x80\x04" and {"FRAME", "STACK_GLOBAL"} <= ops
+    assert b"numpy.core.multiarray" in blob and b"numpy._core" not in blob
+    assert blob.count(b"scalar") >= 1
+    path = tmp_path / "HM36_train_w256xh256_keypoint_db_sample200.pkl"
+    path.write_bytes(blob)
+    _check_loaded(recs, h36m_format.load_cache(str(path)))
+
+
+def test_loads_python2_latin1_cache(tmp_path):
+    """A Python 2.7 protocol-2 cache: array buffers and numpy scalars stored as byte strings,
+    which need ``encoding='latin1'`` (an ASCII decode fails)."""
+    import pickletools
+
+    recs = [_seed_record(i) for i in range(2)]
+    blob = _dump(_Python2Pickler, recs, 2)
+    ops = {op.name for op, _, _ in pickletools.genops(blob)}
+    assert blob[:2] == b"\x80\x02" and "GLOBAL" in ops and not ops & {"BINUNICODE", "SHORT_BINUNICODE"}
+    assert b"numpy.core.multiarray" in blob
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(blob.replace(b"numpy.core", b"numpy._core"), encoding="ASCII")
+    path = tmp_path / "py2.pkl"
+    path.write_bytes(blob)
+    _check_loaded(recs, h36m_format.load_cache(str(path)))
+
+
 def test_cache_refuses_code_and_reports_bad_files(tmp_path):
     class Evil:
         def __reduce__(self):
