@@ -9,7 +9,9 @@ a set has no cache), checks every record and image, and writes ``data/records/hm
 (shards + dataset_info.json). Re-running is a no-op when up to date and resumes an interrupted
 run. ``--mpii train`` also converts ``data/mpii/mpii_train_cache/*.pkl`` for MPII mixing.
 Exit status 2 with a message naming the record and field on bad input (or use --on_error skip:
-bad records are left out, counted and listed in dataset_info.json).
+bad records are left out, counted and listed in dataset_info.json). The up-to-date check covers
+the cache (or annotations) and the options, not the image files: after fixing the images of
+skipped records, re-run with --force to convert afresh.
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mpii_image_root", default="", help="MPII images folder (default <root>/mpii/images)")
     p.add_argument("--records_per_shard", type=int, default=1000)
     p.add_argument("--on_error", default="raise", choices=["raise", "skip"],
-                   help="stop at the first bad record, or skip bad records (counted in dataset_info.json)")
+                   help="stop at the first bad record, or skip bad records (counted and listed in "
+                        "dataset_info.json; after fixing their images re-run with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="discard existing shards and convert afresh (the up-to-date check does not look at "
+                        "image files)")
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes validating and reading images (0 = in this process)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -58,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     common = dict(records_per_shard=args.records_per_shard, on_error=args.on_error, num_workers=args.num_workers,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, force=args.force)
     try:
         for image_set in args.sets:
             convert.convert_h36m(args.root, image_set, args.out_dir or None, cache=args.cache or None,

@@ -4,9 +4,13 @@ Optional: for users who prefer TensorFlow Datasets. The training path never need
 the shards of ``data_prep/convert_h36m.py``); TensorFlow itself is not required to build or to
 read (``tfds.data_source``). Install with ``pip install -e '.[tfds]'``.
 
-    python data_prep/tfds_h36m.py --root data/synthetic --data_dir /tmp/tfds
+    python data_prep/tfds_h36m.py --root data/synthetic --data_dir /tmp/tfds [--image_root DIR]
     # or: tfds build data_prep/tfds_h36m.py --file_format=array_record \
     #        --manual_dir=data/synthetic --data_dir=/tmp/tfds
+
+``--image_root`` (as in ``convert_h36m.py``): the folder holding ``<folder>/<file>.jpg``; cache
+image paths are re-rooted onto it on their last two components (default ``<root>/hm36/images``;
+``tfds build`` always uses the default).
 
 Features per frame: ``image`` (the JPEG bytes as stored), ``image_path``, and the validated
 labels of :mod:`kinpose_jax.data.h36m_format` (float64): center, box_size, joints_img,
@@ -39,6 +43,12 @@ class H36mSeed(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Seed caches / annotations, JPEG bytes as stored."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the data root holding hm36/ (SPEC §2 layout) as --manual_dir."
 
+    def __init__(self, *, image_root: str | None = None, **kwargs):
+        """``image_root``: folder holding ``<folder>/<file>.jpg`` (default ``<manual_dir>/hm36/images``);
+        other arguments go to ``tfds.core.GeneratorBasedBuilder``."""
+        self._image_root = image_root
+        super().__init__(**kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         # float64 kept exactly (tf.train.Example float lists would round to float32)
         feats = {k: tfds.features.Tensor(shape=s, dtype=np.float64, encoding=tfds.features.Encoding.BYTES)
@@ -62,7 +72,9 @@ class H36mSeed(tfds.core.GeneratorBasedBuilder):
             raw = h36m_format.records_from_annotations(hm36, h36m_format.subjects_of_set(image_set),
                                                        h36m_format.SET_SAMPLES.get(image_set, -1))
             source = f"annotations of {image_set}"
-        image_root = os.path.join(hm36, "images")
+        image_root = os.path.abspath(self._image_root or os.path.join(hm36, "images"))
+        if not os.path.isdir(image_root):
+            raise h36m_format.DataError(f"image folder {image_root} does not exist (pass --image_root)")
         for i, rec in enumerate(raw):
             status, _, value = prepare_record(("h36m", rec, i, source, image_root, 2))
             if status == "error":
@@ -78,8 +90,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, help="data root holding hm36/")
     p.add_argument("--data_dir", required=True, help="TFDS data directory to write to")
+    p.add_argument("--image_root", default="",
+                   help="folder holding <folder>/<file>.jpg; cache image paths are re-rooted onto it "
+                        "(default <root>/hm36/images), as in convert_h36m.py")
     args = p.parse_args(argv)
-    builder = H36mSeed(data_dir=args.data_dir, file_format="array_record")
+    builder = H36mSeed(data_dir=args.data_dir, file_format="array_record", image_root=args.image_root or None)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=args.root))
     print(builder.info)
 

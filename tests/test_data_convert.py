@@ -245,3 +245,64 @@ def test_mpii_cache_converts_to_h36m_layout(tmp_path):
         mapped = [j for j in range(18) if skeleton.MPII_TO_H36M[j] >= 0]
         np.testing.assert_array_equal(got["joints_img"][mapped, :2], rec["joints_3d"][mapped, :2])
         assert np.all(got["joints_vis"][:, 2] == 0) and np.all(got["joints_vis"][[7, 9]] == 0)
+
+
+def test_dataset_info_records_camera_extrinsics(tmp_path):
+    """Rotation and position in dataset_info.json (read from annot/<folder>/matlab_meta.txt)
+    equal the generator's own cameras; a cache without annotations records intrinsics only."""
+    root = synthetic_root()
+    info = records.load_info(os.path.join(root, "records", "hm36_train"))
+    cams = synthetic.make_cameras(SMALL["seed"], SMALL["image_size"])
+    assert info["cameras"] and "matlab_meta.txt" in info["camera_extrinsics"]
+    for folder, cam in info["cameras"].items():
+        truth = cams[h36m_format.parse_folder_name(folder)[3] - 1]
+        np.testing.assert_allclose(cam["rotation"], truth.rotation, atol=1e-11)
+        np.testing.assert_allclose(cam["position"], truth.position, atol=1e-5)
+        np.testing.assert_allclose(cam["fl"], truth.focal, atol=1e-5)
+        np.testing.assert_allclose(cam["c_p"], truth.center, atol=1e-5)
+    recs, images = _bad_setup(tmp_path, n=3)
+    cache = str(tmp_path / "cache.pkl")
+    h36m_format.write_cache(cache, recs)
+    info = convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images,
+                                **QUIET)
+    assert info["cameras"] and all("rotation" not in c and "position" not in c for c in info["cameras"].values())
+    assert "0 of 1 cameras" in info["camera_extrinsics"]
+
+
+def _convert_cli():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "convert_h36m.py")
+    spec = importlib.util.spec_from_file_location("convert_h36m_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_skip_then_fix_images_needs_force(tmp_path, capsys):
+    """With --on_error skip a missing image is left out; after restoring it a plain re-run is
+    (documented as) a no-op, --force converts afresh and includes it."""
+    recs, images = _bad_setup(tmp_path, n=4)
+    cache = str(tmp_path / "cache.pkl")
+    h36m_format.write_cache(cache, recs)
+    missing = _image_file(images, recs[1])
+    kept = open(missing, "rb").read()
+    os.remove(missing)
+    cli = _convert_cli()
+    argv = ["--root", str(tmp_path), "--sets", "train", "--cache", cache, "--image_root", images, "--out_dir",
+            str(tmp_path / "out"), "--on_error", "skip", "--num_workers", "0", "--no_progress"]
+    assert cli.main(argv) == 0
+    info_path = tmp_path / "out" / "hm36_train" / records.INFO_FILE
+    assert json.loads(info_path.read_text())["num_skipped"] == 1
+    with open(missing, "wb") as f:
+        f.write(kept)
+    assert cli.main(argv) == 0
+    assert json.loads(info_path.read_text())["num_records"] == 3  # image files are not part of the check
+    assert cli.main(argv + ["--force"]) == 0
+    info = json.loads(info_path.read_text())
+    assert info["num_records"] == 4 and info["num_skipped"] == 0
+    shards = records.ShardedRecords(str(tmp_path / "out" / "hm36_train"))
+    assert [shards[i]["source_index"] for i in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    assert "--force" in capsys.readouterr().out

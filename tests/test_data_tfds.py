@@ -4,8 +4,10 @@ Skipped when tensorflow-datasets (the ``tfds`` extra) is not installed."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -17,6 +19,7 @@ from tests.test_data_fixtures import synthetic_root
 tfds = pytest.importorskip("tensorflow_datasets")
 
 
+@functools.lru_cache(maxsize=None)
 def _load_builder_module():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "tfds_h36m.py")
     spec = importlib.util.spec_from_file_location("tfds_h36m", path)
@@ -43,3 +46,28 @@ def test_tfds_builder_matches_shards(tmp_path):
             np.testing.assert_array_equal(np.asarray(ex[key]), ref[key])
     if importlib.util.find_spec("tensorflow") is None:
         assert "tensorflow" not in sys.modules
+
+
+def test_tfds_builder_image_root(tmp_path):
+    """Caches whose images live elsewhere: --image_root re-roots them, as convert_h36m does; without
+    it the missing default folder is a clear error."""
+    from kinpose_jax.data import DataError
+
+    src = os.path.join(synthetic_root(), "hm36")
+    root = tmp_path / "root"
+    for image_set in ("train", "validmin"):
+        shutil.copytree(os.path.join(src, f"HM36_{image_set}_cache"), root / "hm36" / f"HM36_{image_set}_cache")
+    elsewhere = tmp_path / "moved_images"
+    shutil.copytree(os.path.join(src, "images"), elsewhere)
+    module = _load_builder_module()
+    with pytest.raises(DataError, match="does not exist .pass --image_root"):
+        module.H36mSeed(data_dir=str(tmp_path / "a"), file_format="array_record").download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    module.main(["--root", str(root), "--data_dir", str(tmp_path / "b"), "--image_root", str(elsewhere)])
+    source = tfds.data_source("h36m_seed", data_dir=str(tmp_path / "b"), split="validmin")
+    shards = records.ShardedRecords(os.path.join(synthetic_root(), "records", "hm36_validmin"))
+    by_path = {shards[i]["image_path"]: shards[i]["image"] for i in range(len(shards))}
+    assert len(source) == 6
+    for i in range(len(source)):
+        path = source[i]["image_path"]
+        assert source[i]["image"] == by_path[path.decode() if isinstance(path, bytes) else path]

@@ -8,7 +8,8 @@ Images are stored as the original file bytes (no re-encoding).
 Idempotent and resumable: shards are written one at a time (temporary file, then rename) and
 recorded in ``.progress.json``; a re-run with the same source and options skips finished shards,
 and returns at once when ``dataset_info.json`` already matches. A changed source (different
-hash) or changed options start the directory afresh.
+hash) or changed options start the directory afresh; ``force=True`` always does (needed after
+fixing images that an ``on_error="skip"`` run left out: image files are not part of the check).
 """
 
 from __future__ import annotations
@@ -104,8 +105,38 @@ def _remove_outputs(dataset_dir: str) -> None:
             os.remove(os.path.join(dataset_dir, f))
 
 
-def _summaries(kind: str, per_record: list[dict]) -> dict:
-    """Camera data and label statistics for dataset_info.json."""
+def _camera_extrinsics(cams: dict[str, dict], annot_dir: str | None) -> list[str]:
+    """Adds ``rotation`` ([3][3], world -> camera: ``X_cam = R (X_world - T)``) and ``position``
+    ([3] world mm) to each folder's camera entry from ``annot_dir/<folder>/matlab_meta.txt``
+    (header only) where that file exists; a cache alone does not hold them. Returns problems
+    (unreadable header, intrinsics disagreeing with the records) as messages."""
+    problems: list[str] = []
+    if not annot_dir or not os.path.isdir(annot_dir):
+        return problems
+    for folder, cam in cams.items():
+        path = os.path.join(annot_dir, folder, "matlab_meta.txt")
+        if not os.path.exists(path):
+            continue
+        try:
+            meta = h36m_format.read_meta_camera(path)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        same = np.allclose(meta["focal"], cam["fl"], atol=1e-3) and np.allclose(meta["center"], cam["c_p"], atol=1e-3)
+        if not same:
+            problems.append(f"{path}: intrinsics {meta['focal']} {meta['center']} differ from the records' fl "
+                            f"{cam['fl']} c_p {cam['c_p']}; extrinsics not recorded for {folder}")
+            continue
+        cam["rotation"], cam["position"] = meta["rotation"], meta["position"]
+    return problems
+
+
+def _summaries(kind: str, per_record: list[dict], annot_dir: str | None = None) -> dict:
+    """Camera data and label statistics for dataset_info.json.
+
+    ``cameras`` maps each sequence folder to ``fl`` [2], ``c_p`` [2] px, ``image_size`` [2] (W, H)
+    and, where ``annot_dir/<folder>/matlab_meta.txt`` exists, ``rotation`` [3][3] (world ->
+    camera) and ``position`` [3] (world mm)."""
     out: dict[str, Any] = {}
     if kind == "h36m" and per_record:
         cams: dict[str, dict] = {}
@@ -117,7 +148,13 @@ def _summaries(kind: str, per_record: list[dict]) -> dict:
             uv = h36m_format.project(r["joints_cam"], r["fl"], r["c_p"])
             reproj = max(reproj, float(np.abs(uv - r["joints_img"][:, :2]).max()))
             depth = max(depth, float(np.abs(r["joints_cam"][:, 2] - r["pelvis"][2] - r["joints_img"][:, 2]).max()))
+        problems = _camera_extrinsics(cams, annot_dir)
         out["cameras"] = cams
+        out["camera_extrinsics"] = (f"rotation/position of {sum('rotation' in c for c in cams.values())} of "
+                                    f"{len(cams)} cameras from {annot_dir}/<folder>/matlab_meta.txt"
+                                    if annot_dir else "unknown (the cache holds intrinsics only)")
+        if problems:
+            out["camera_extrinsics_problems"] = problems
         out["max_reprojection_error_px"] = reproj  # cache u,v vs projection of joints_3d_cam
         out["max_depth_error_mm"] = depth  # cache depth vs joints_3d_cam z - pelvis z
         out["mean_bone_len_mm"] = float(np.mean([float(r["bone_len"]) for r in per_record]))
@@ -140,10 +177,17 @@ def convert_records(
     on_error: str = "raise",
     num_workers: int = 0,
     progress: bool = True,
+    force: bool = False,
+    annot_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Validates ``raw_records`` (seed cache dicts of ``kind`` "h36m" or "mpii") and writes them to
-    ``dataset_dir``. Returns the dataset_info dict. See the module docstring for resuming."""
+    ``dataset_dir``. Returns the dataset_info dict. See the module docstring for resuming.
+
+    ``force``: discard existing shards and progress and convert afresh. Needed after fixing
+    image files that an ``on_error="skip"`` run left out: the up-to-date check covers the source
+    (cache hash) and the options, not the image files. ``annot_dir``: ``hm36/annot`` whose
+    ``matlab_meta.txt`` headers give the cameras' rotation and position for dataset_info.json."""
     if kind not in ("h36m", "mpii"):
         raise ValueError(f"kind must be 'h36m' or 'mpii', got {kind!r}")
     if on_error not in ("raise", "skip"):
@@ -162,6 +206,8 @@ def convert_records(
     info_path = os.path.join(dataset_dir, records.INFO_FILE)
     progress_path = os.path.join(dataset_dir, PROGRESS_FILE)
 
+    if force:
+        _remove_outputs(dataset_dir)
     if os.path.exists(info_path):
         with open(info_path) as f:
             info = json.load(f)
@@ -242,7 +288,7 @@ def convert_records(
         "box_mm": h36m_format.BOX_MM,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    info.update(_summaries(kind, summaries))
+    info.update(_summaries(kind, summaries, annot_dir))
     records.write_json(info_path, info)
     log(f"{dataset_dir}: wrote {count} records in {num_shards} shards"
         + (f", skipped {len(skipped)} bad records (listed in {records.INFO_FILE})" if skipped else ""))
@@ -291,7 +337,9 @@ def convert_h36m(
       source: "cache", "annotations" (parse ``annot/*/matlab_meta.txt``) or "auto" (the cache if
         one exists, else the annotations).
       sample: frames per folder when parsing annotations (default: the set's, SPEC §2).
-      **kwargs: :func:`convert_records` options (records_per_shard, on_error, num_workers, progress).
+      **kwargs: :func:`convert_records` options (records_per_shard, on_error, num_workers, progress,
+        force). With ``on_error="skip"``, re-running after fixing the skipped images needs
+        ``force=True`` (the up-to-date check does not look at image files).
     """
     hm36 = os.path.join(root, "hm36")
     out_dir = out_dir or os.path.join(root, "records")
@@ -316,6 +364,7 @@ def convert_h36m(
         metas = [os.path.join(annot, f, "matlab_meta.txt") for f in h36m_format.set_folders(annot, subjects)]
         desc = f"annotations {annot} (set {image_set}, {n} frames per folder)"
         digest = hashlib.sha256((_sha256_files(metas) + f"|sample={n}").encode()).hexdigest()
+    kwargs.setdefault("annot_dir", os.path.join(hm36, "annot"))
     return convert_records("h36m", raw, dataset_dir_for(out_dir, "h36m", image_set), source=desc,
                            source_hash=digest, image_root=image_root, **kwargs)
 

@@ -14,9 +14,9 @@ a random heading (rotation about the vertical axis) and small tilts, a per-subje
 scale ~ N(1, 0.05), feet on the floor; forward kinematics in float64 numpy, so the written
 geometry is the same on every platform (no JAX device or float32 involved). Four cameras around
 the capture area with Human3.6M-like intrinsics (fx ~ 1145 px at 1000 px width, scaled to
-``image_size``) and extrinsics (3.8-4.8 m away, 1.3-1.8 m high); no lens distortion. The cache records are computed from the written
-``matlab_meta.txt`` by the same code that converts real annotations; the images are rendered
-with OpenCV's projection (see :mod:`~kinpose_jax.data.render`).
+``image_size``) and extrinsics (3.8-4.8 m away, 1.3-1.8 m high); no lens distortion. The cache
+records are computed from the written ``matlab_meta.txt`` by the same code that converts real
+annotations; the images are rendered with OpenCV's projection (see :mod:`~kinpose_jax.data.render`).
 """
 
 from __future__ import annotations
