@@ -118,6 +118,40 @@ def test_projected_joints_land_on_the_rendered_limbs():
     assert wrong_convention / total < 0.25, wrong_convention / total
 
 
+def test_stored_jpegs_show_the_person_at_the_labels():
+    """The JPEG bytes stored in the shards (not a fresh render) show the person: on the person's
+    pixels (part map eroded by 2 px against anti-aliased edges and chroma subsampling) they match
+    the fresh noise-free render of the same frame, far better than the render of another frame
+    (negative control); and the pixels at the projected joint labels match the render too."""
+    import cv2
+
+    root = synthetic_root()
+    shards = records.ShardedRecords(os.path.join(root, "records", "hm36_train"))
+    same, other, at_joints, at_other_joints = [], [], [], []
+    for i in range(0, len(shards), 3):
+        rec = shards[i]
+        folder, name = rec["image_path"].split("/")
+        frame = int(name.rsplit("_", 1)[1].split(".")[0]) - 1
+        stored = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR).astype(np.float64)
+        fresh, parts, _ = synthetic.render_frame_maps(root, folder, frame)
+        wrong = synthetic.render_frame_maps(root, folder, (frame + 3) % SMALL["frames_per_folder"])[0]
+        assert stored.shape == fresh.shape
+        inner = cv2.erode((parts > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        assert inner.sum() > 100
+        same.append(np.abs(stored - fresh)[inner].mean())
+        other.append(np.abs(stored - wrong)[inner].mean())
+        u, v = np.round(rec["joints_img"][:17, :2]).T.astype(int)
+        at_joints.append(np.abs(stored[v, u] - fresh[v, u]).mean())
+        # the other frame's joints, looked up in this frame's stored image
+        j = shards[(i + 3) % len(shards)]["joints_img"][:17, :2]
+        uo, vo = np.clip(np.round(j), 0, stored.shape[1] - 1).T.astype(int)
+        at_other_joints.append(np.abs(stored[vo, uo] - fresh[vo, uo]).mean())
+    assert max(same) < 20.0, same  # JPEG (quality 90, 4:2:0) on a ~160 px image
+    assert min(other) > 40.0, other
+    assert np.mean(at_joints) < 20.0 and np.mean(at_other_joints) > 2 * np.mean(at_joints), (at_joints,
+                                                                                              at_other_joints)
+
+
 def test_convert_is_idempotent_and_resumes(tmp_path):
     root = synthetic_root()
     out = str(tmp_path)
