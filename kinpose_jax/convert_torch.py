@@ -8,8 +8,9 @@ Inputs understood:
     prefixed ``module.`` by DataParallel), with ``backbone.*`` and ``head.*`` keys; a bare
     ``state_dict`` of the same network works too;
 (b) a plain torchvision ResNet ImageNet ``state_dict`` (``conv1.weight``, ``layer1.0...``,
-    ``fc.*``): only the backbone is imported, the head keeps its initialization and ``fc.*`` is
-    reported as unused.
+    ``fc.*``): only the backbone is converted and saved (``fc.*`` is listed as ignored); loading
+    it (:func:`kinpose_jax.pretrained.load_pretrained`) fills the backbone of a model with any
+    head, whose head keeps its fresh initialization.
 
 Layout changes: conv ``OIHW -> HWIO``; ConvTranspose2d ``[in, out, kh, kw] -> [kh, kw, out, in]``
 (Flax ``ConvTranspose(transpose_kernel=True)``, which is exactly torch's transposed conv, i.e. the
@@ -27,7 +28,9 @@ outputs are those rotated by the fixed view.
 
 The result is written as an orbax checkpoint of ``{'params': ..., 'batch_stats': ...}`` in OUT_DIR
 (restore with :func:`load_converted` or ``orbax.checkpoint.StandardCheckpointer().restore``) plus
-``OUT_DIR/kinpose_conversion.json`` (model config and the key report).
+``OUT_DIR/kinpose_conversion.json``: the model config, the source kind (``'seed'`` or
+``'torchvision'``), the config fields the checkpoint fixes (``determined``; a model loading it
+must agree on them, see :mod:`kinpose_jax.pretrained`) and the key report.
 
 torch is imported only inside :func:`load_torch_state_dict`; everything else is numpy + JAX.
 """
@@ -204,24 +207,45 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
     return out
 
 
-def _dest(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray] | None:
-    """torch key + tensor -> (Flax path incl. collection, array in Flax layout); None if unknown."""
+def _layout(key: str, ndim: int) -> tuple[tuple[str, ...], tuple[int, ...] | None] | None:
+    """torch key + tensor rank -> (Flax path incl. collection, axis permutation or None); None if unknown."""
     module, _, leaf = key.rpartition(".")
     path = torch_module_to_flax(module)
     if leaf == "running_mean":
-        return ("batch_stats",) + path + ("mean",), value
+        return ("batch_stats",) + path + ("mean",), None
     if leaf == "running_var":
-        return ("batch_stats",) + path + ("var",), value
+        return ("batch_stats",) + path + ("var",), None
     if leaf == "bias":
-        return ("params",) + path + ("bias",), value
+        return ("params",) + path + ("bias",), None
     if leaf == "weight":
-        if value.ndim == 1:
-            return ("params",) + path + ("scale",), value
-        if value.ndim == 2:
-            return ("params",) + path + ("kernel",), value.T
-        if value.ndim == 4:  # conv OIHW and deconv [in, out, kh, kw] both go to [kh, kw, dim1, dim0]
-            return ("params",) + path + ("kernel",), value.transpose(2, 3, 1, 0)
+        if ndim == 1:
+            return ("params",) + path + ("scale",), None
+        if ndim == 2:
+            return ("params",) + path + ("kernel",), (1, 0)
+        if ndim == 4:  # conv OIHW and deconv [in, out, kh, kw] both go to [kh, kw, dim1, dim0]
+            return ("params",) + path + ("kernel",), (2, 3, 1, 0)
     return None
+
+
+def flax_destination(key: str, shape: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """Where a torch tensor goes, from its key and shape only (no data): (Flax path incl. the
+    collection, shape in Flax layout), or None for a key with no Flax counterpart. ``key`` must
+    already carry the model prefix (``backbone.`` / ``head.``), as after :func:`convert_state_dict`'s
+    renaming of a torchvision dict."""
+    found = _layout(key, len(shape))
+    if found is None:
+        return None
+    path, perm = found
+    return path, tuple(shape) if perm is None else tuple(shape[i] for i in perm)
+
+
+def _dest(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray] | None:
+    """torch key + tensor -> (Flax path incl. collection, array in Flax layout); None if unknown."""
+    found = _layout(key, value.ndim)
+    if found is None:
+        return None
+    path, perm = found
+    return path, value if perm is None else value.transpose(perm)
 
 
 def _torch_layout(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -285,7 +309,9 @@ def convert_state_dict(
       init_variables: its initial variables; leaves with no torch counterpart keep these values.
       strict: raise if any Flax leaf is missing or any torch key is unexpected.
     Returns:
-      (variables dict with numpy float32 leaves, report).
+      (variables dict with numpy float32 leaves, report). For a torchvision source only the
+      backbone is returned (``{'params': {'backbone': ...}, 'batch_stats': {'backbone': ...}}``):
+      an ImageNet classifier says nothing about any pose head.
     Raises:
       ValueError naming the torch key, the Flax path and both shapes on a shape mismatch.
     """
@@ -301,6 +327,8 @@ def convert_state_dict(
                 renamed["backbone." + k] = v
         sd = renamed
     target = {(c,) + p: v for c in ("params", "batch_stats") for p, v in _flatten(init_variables.get(c, {})).items()}
+    if source == "torchvision":
+        target = {p: v for p, v in target.items() if p[1] == "backbone"}
     if getattr(model, "head", None) == "kinematic" and "head.fc.weight" in sd and "head.fc.bias" in sd:
         _seed_kinematic_fc(sd, model, report)
     filled: dict[tuple[str, ...], np.ndarray] = {}
@@ -325,7 +353,8 @@ def convert_state_dict(
         report.loaded.append(key)
     report.missing = sorted(_fmt(p) for p in target if p not in filled)
     if source == "torchvision":
-        report.notes.append("torchvision ImageNet weights: backbone only; the head keeps its initialization")
+        report.notes.append("torchvision ImageNet weights: only the backbone is converted; a model loading them "
+                            "keeps its own (fresh) head initialization, whatever the head")
     if strict and (report.missing or report.unexpected):
         raise ValueError("strict conversion failed:\n" + report.summary())
     merged = {p: filled.get(p, np.asarray(v, dtype=np.float32)) for p, v in target.items()}
@@ -335,10 +364,46 @@ def convert_state_dict(
 
 
 # ----------------------------------------------------------------------------- saving / loading
+#: Model config fields a converted checkpoint can fix (compared by kinpose_jax.pretrained).
+HEAD_FIELDS = {
+    "integral": ("depth_bins", "num_deconv_layers", "deconv_filters", "deconv_kernel"),
+    "direct": (),
+    "kinematic": ("kinematic_tree", "kinematic_view", "box_mm"),
+}
+
+
+def determined_fields(model_config: Mapping[str, Any], source: str) -> list[str]:
+    """The config fields a converted checkpoint fixes: the backbone depth for a torchvision
+    source; for a seed source also the head, num_joints and the head's own fields (deconv
+    structure and depth bins; kinematic tree, view and box size, which are baked into the
+    converted kinematic layer)."""
+    if source == "torchvision":
+        return ["backbone"]
+    head = str(model_config.get("head", "integral"))
+    fields = ["backbone", "head", "num_joints", *HEAD_FIELDS.get(head, ())]
+    if not isinstance(model_config.get("kinematic_tree", "seed_h36m18"), str):
+        fields = [f for f in fields if f != "kinematic_tree"]  # a tree object: not recordable by name
+    return fields
+
+
+def _model_values(model, cfg: Mapping[str, Any]) -> dict:
+    """The values ``model`` was built with, for the config fields it determines."""
+    values = dict(backbone=f"resnet{model.backbone_depth}", head=model.head, num_joints=model.num_joints,
+                  depth_bins=model.depth_bins, num_deconv_layers=model.num_deconv_layers,
+                  deconv_filters=model.deconv_filters, deconv_kernel=model.deconv_kernel,
+                  kinematic_view=model.kinematic_view, box_mm=model.box_mm)
+    if isinstance(cfg.get("kinematic_tree", "seed_h36m18"), str):
+        values["kinematic_tree"] = cfg.get("kinematic_tree", "seed_h36m18")
+    return values
+
+
 def save_converted(out_dir: str, variables: Mapping[str, Any], report: ConversionReport | None = None,
-                   model_config: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
+                   model_config: Mapping[str, Any] | None = None, overwrite: bool = False,
+                   determined: list[str] | None = None) -> str:
     """Writes ``{'params', 'batch_stats'}`` as an orbax checkpoint at ``out_dir`` (waits for the
-    async save to finish) and the report/config to ``out_dir/kinpose_conversion.json``."""
+    async save to finish) and the report/config to ``out_dir/kinpose_conversion.json``:
+    ``{'model': config, 'source': 'seed'|'torchvision', 'determined': [fields], 'report': ...}``
+    (``determined`` defaults to :func:`determined_fields`)."""
     import orbax.checkpoint as ocp
 
     out_dir = os.path.abspath(out_dir)
@@ -347,7 +412,12 @@ def save_converted(out_dir: str, variables: Mapping[str, Any], report: Conversio
     ckptr.save(out_dir, state, force=overwrite)
     ckptr.wait_until_finished()
     ckptr.close()
-    meta = {"model": dict(model_config or {}), "report": dataclasses.asdict(report) if report else None}
+    model_config = dict(model_config or {})
+    source = report.source if report else "seed"
+    if determined is None:
+        determined = determined_fields(model_config, source)
+    meta = {"model": model_config, "source": source, "determined": list(determined),
+            "report": dataclasses.asdict(report) if report else None}
     with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
         json.dump(meta, f, indent=1, default=str)
     return out_dir
@@ -373,9 +443,17 @@ def load_converted(ckpt_dir: str, target: Any | None = None) -> dict:
 
 
 def read_conversion_metadata(ckpt_dir: str) -> dict:
-    """The ``model`` config and ``report`` saved next to a converted checkpoint."""
+    """The ``model`` config, ``source``, ``determined`` fields and ``report`` saved next to a
+    converted checkpoint (``source``/``determined`` are derived for files written before they
+    were recorded)."""
     with open(os.path.join(ckpt_dir, REPORT_FILE)) as f:
-        return json.load(f)
+        meta = json.load(f)
+    meta.setdefault("model", {})
+    if "source" not in meta:
+        meta["source"] = (meta.get("report") or {}).get("source", "seed")
+    if "determined" not in meta:
+        meta["determined"] = determined_fields(meta["model"], meta["source"])
+    return meta
 
 
 def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None = None, strict: bool = False,
@@ -388,7 +466,10 @@ def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None
     model = build_pose_net(cfg)
     init = init_variables(model, jax.random.key(seed), init_size)
     variables, report = convert_state_dict(sd, model, init, strict=strict)
-    save_converted(out_dir, variables, report, cfg, overwrite=overwrite)
+    determined = determined_fields(cfg, report.source)
+    values = _model_values(model, cfg)
+    cfg = dict(cfg, **{k: values[k] for k in determined})  # record what the checkpoint was built with
+    save_converted(out_dir, variables, report, cfg, overwrite=overwrite, determined=determined)
     return cfg, report
 
 
@@ -404,13 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-deconv-layers", type=int)
     p.add_argument("--kinematic-tree", default="seed_h36m18")
     p.add_argument("--kinematic-view", default="upright", choices=["upright", "identity"])
+    p.add_argument("--box-mm", type=float, help="mm per normalized unit (kinematic head; default 2000)")
     p.add_argument("--strict", action="store_true", help="fail on missing or unexpected keys")
     p.add_argument("--allow-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     overrides = {"num_joints": a.num_joints, "kinematic_tree": a.kinematic_tree, "kinematic_view": a.kinematic_view}
     for key, val in (("head", a.head), ("backbone", a.backbone), ("deconv_filters", a.deconv_filters),
-                     ("num_deconv_layers", a.num_deconv_layers), ("depth_bins", a.depth_bins)):
+                     ("num_deconv_layers", a.num_deconv_layers), ("depth_bins", a.depth_bins),
+                     ("box_mm", a.box_mm)):
         if val is not None:
             overrides[key] = val
     cfg, report = convert_file(a.input, a.out_dir, overrides, strict=a.strict, allow_pickle=a.allow_pickle,

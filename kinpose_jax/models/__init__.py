@@ -15,11 +15,14 @@ from kinpose_jax.models.heads import (
     DirectHead, IntegralHead, KinematicHead, decode_kinematic, global_avg_pool, kinematic_num_outputs,
     torch_deconv_padding, upright_view_matrix, view_matrix,
 )
-from kinpose_jax.models.pose_net import DTYPES, HEADS, PoseNet, build_pose_net, init_variables, parse_backbone
+from kinpose_jax.models.pose_net import (
+    CONFIG_DEFAULTS, DTYPES, HEADS, PoseNet, build_pose_net, config_value, init_variables, parse_backbone,
+)
 from kinpose_jax.models.resnet import RESNET_SPECS, BasicBlock, Bottleneck, PointwiseConv, ResNet, resnet_out_channels
 
 __all__ = [
-    "PoseNet", "build_pose_net", "init_variables", "parse_backbone", "HEADS", "DTYPES",
+    "PoseNet", "build_pose_net", "init_variables", "parse_backbone", "HEADS", "DTYPES", "CONFIG_DEFAULTS",
+    "config_value",
     "ResNet", "BasicBlock", "Bottleneck", "RESNET_SPECS", "resnet_out_channels",
     "IntegralHead", "DirectHead", "KinematicHead", "decode_kinematic", "kinematic_num_outputs",
     "global_avg_pool", "torch_deconv_padding", "upright_view_matrix", "view_matrix",

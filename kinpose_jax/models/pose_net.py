@@ -69,6 +69,19 @@ class PoseNet(nn.Module):
         raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
 
 
+#: Defaults of the ``config.model`` fields read by :func:`build_pose_net`.
+CONFIG_DEFAULTS: dict[str, Any] = dict(
+    backbone="resnet50", head="integral", num_joints=18, depth_bins=64, deconv_filters=256, num_deconv_layers=3,
+    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=2000.0, dtype="float32",
+    bn_axis_name=None,
+)
+
+
+def config_value(model_config: Any, key: str) -> Any:
+    """``model_config[key]`` (ConfigDict, dict or object) or its :data:`CONFIG_DEFAULTS` default."""
+    return _get(model_config, key, CONFIG_DEFAULTS[key])
+
+
 def _get(cfg: Any, key: str, default: Any) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(key, default)
@@ -101,29 +114,32 @@ def build_pose_net(model_config: Any) -> PoseNet:
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
     """
-    dtype_name = str(_get(model_config, "dtype", "float32"))
+    def get(key):
+        return config_value(model_config, key)
+
+    dtype_name = str(get("dtype"))
     if dtype_name not in DTYPES:
         raise ValueError(f"unknown model dtype {dtype_name!r}; choose one of {sorted(DTYPES)}")
-    head = str(_get(model_config, "head", "integral"))
+    head = str(get("head"))
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     tree = None
     if head == "kinematic":
-        tree = _get(model_config, "kinematic_tree", "seed_h36m18")
+        tree = get("kinematic_tree")
         tree = get_tree(tree) if isinstance(tree, str) else tree
     return PoseNet(
-        backbone_depth=parse_backbone(_get(model_config, "backbone", "resnet50")),
+        backbone_depth=parse_backbone(get("backbone")),
         head=head,
-        num_joints=int(_get(model_config, "num_joints", 18)),
-        depth_bins=int(_get(model_config, "depth_bins", 64)),
-        deconv_filters=int(_get(model_config, "deconv_filters", 256)),
-        num_deconv_layers=int(_get(model_config, "num_deconv_layers", 3)),
-        deconv_kernel=int(_get(model_config, "deconv_kernel", 4)),
+        num_joints=int(get("num_joints")),
+        depth_bins=int(get("depth_bins")),
+        deconv_filters=int(get("deconv_filters")),
+        num_deconv_layers=int(get("num_deconv_layers")),
+        deconv_kernel=int(get("deconv_kernel")),
         tree=tree,
-        kinematic_view=str(_get(model_config, "kinematic_view", "upright")),
-        box_mm=float(_get(model_config, "box_mm", 2000.0)),
+        kinematic_view=str(get("kinematic_view")),
+        box_mm=float(get("box_mm")),
         dtype=DTYPES[dtype_name],
-        bn_axis_name=_get(model_config, "bn_axis_name", None),
+        bn_axis_name=get("bn_axis_name"),
     )
 
 
