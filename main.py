@@ -40,7 +40,11 @@ def main(argv):
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = FLAGS.config
-    config_checks.validate(config)
+    try:
+        config_checks.validate(config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     from kinpose_jax import train
     from kinpose_jax.data import DataError
 
@@ -49,7 +53,7 @@ def main(argv):
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
-    except (train.NonFiniteLossError, DataError, FileNotFoundError) as err:
+    except (train.NonFiniteLossError, train.CheckpointMismatchError, DataError, FileNotFoundError) as err:
         # Expected failures: a one-paragraph message instead of a traceback.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

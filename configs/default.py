@@ -12,7 +12,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0  # PRNG seed for parameters, augmentation and data order.
+    c.seed = 0  # PRNG seed for parameters, augmentation and data order (fixed for a run: resume checks it).
 
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = o = ml_collections.ConfigDict()
     o.learning_rate = 1e-3  # Adam base learning rate.
     o.lr_decay_epochs = (270, 290)  # Multiply the learning rate by `lr_decay_factor` at these epochs.
-    o.lr_decay_factor = 0.1
+    o.lr_decay_factor = 0.1  # Factor applied at each of `lr_decay_epochs` (the seed's 0.1), in (0, 1].
     o.weight_decay = 0.0  # Decoupled weight decay (AdamW) when > 0.
     o.grad_clip_norm = 0.0  # Clip gradients to this global norm when > 0.
 

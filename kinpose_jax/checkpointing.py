@@ -1,8 +1,14 @@
 """Orbax checkpoints of the whole training state (params, optimizer, BN statistics, step) plus
-the grain data-iterator state, keeping the latest N and the best by validation loss.
+the grain data-iterator state and run metadata, keeping the latest N and the best by validation loss.
 
 Each checkpoint is written to a temporary directory and renamed when complete, so a crash or
-kill during a save never destroys the last good checkpoint.
+kill during a save never destroys the last good checkpoint; temporary directories left by a
+killed save are removed when the next run opens the manager.
+
+RNG: training draws no device random numbers after initialization (no dropout); all randomness
+is the data augmentation, a pure function of (seed, epoch, record index) inside the grain
+iterator, whose state is saved here. The seed itself is part of the metadata and a resume with
+another seed is refused (``train._check_resumable``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
         policies.LatestN(n=keep),
         policies.BestN(get_metric_fn=lambda m: -float(m["val_loss"]), n=1, keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    # best_fn makes orbax write each step's metrics to disk (without it they live only in this
+    # process, and a resumed run or --mode=eval would no longer know which step was best).
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: float(m["val_loss"]),
+                                           best_mode="min", create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=options,
@@ -53,6 +62,23 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
     return restored[STATE], restored[META]
 
 
+def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The run metadata saved with ``step`` (global batch, steps per epoch, processes, seed)."""
+    return dict(manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
+
+
+def restore_variables(manager: ocp.CheckpointManager, step: int, abstract_variables: dict) -> dict:
+    """Restores only ``params`` and ``batch_stats`` of ``step`` (not the optimizer state), into the
+    structure/shardings of ``abstract_variables`` = ``{'params': ..., 'batch_stats': ...}``."""
+    target = {k: abstract_variables[k] for k in ("params", "batch_stats") if k in abstract_variables}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    path = os.path.join(str(manager.directory), str(step), STATE)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                                    partial_restore=True))
+    return {k: restored[k] for k in target}
+
+
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a pytree of arrays, the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
@@ -61,8 +87,8 @@ def abstract_like(tree: Any) -> Any:
 def best_step(manager: ocp.CheckpointManager) -> int | None:
     """Step of the kept checkpoint with the lowest validation loss (None if none has one)."""
     best, best_loss = None, float("inf")
-    for info in getattr(manager, "_checkpoints", []):
-        loss = (info.metrics or {}).get("val_loss")
-        if loss is not None and loss < best_loss and info.step in manager.all_steps():
-            best, best_loss = info.step, loss
+    for step in manager.all_steps():
+        loss = (manager.metrics(step) or {}).get("val_loss")
+        if loss is not None and float(loss) < best_loss:
+            best, best_loss = step, float(loss)
     return best

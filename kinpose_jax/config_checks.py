@@ -41,4 +41,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("optim.learning_rate", config.optim.learning_rate, "> 0")
     if list(config.optim.lr_decay_epochs) != sorted(config.optim.lr_decay_epochs):
         _fail("optim.lr_decay_epochs", config.optim.lr_decay_epochs, "increasing epochs")
+    if not 0.0 < config.optim.lr_decay_factor <= 1.0:
+        _fail("optim.lr_decay_factor", config.optim.lr_decay_factor, "a factor in (0, 1]")
+    for field in ("weight_decay", "grad_clip_norm"):
+        if config.optim[field] < 0:
+            _fail(f"optim.{field}", config.optim[field], ">= 0 (0 disables it)")
+    if config.max_eval_batches == 0 or config.max_eval_batches < -1:
+        _fail("max_eval_batches", config.max_eval_batches, "-1 (the whole evaluation set) or an integer >= 1")
+    if config.steps_per_epoch == 0 or config.steps_per_epoch < -1:
+        _fail("steps_per_epoch", config.steps_per_epoch, "-1 (dataset size // global batch) or an integer >= 1")
+    if config.num_vis_samples < 0:
+        _fail("num_vis_samples", config.num_vis_samples, "an integer >= 0")
     return config

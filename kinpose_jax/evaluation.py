@@ -72,6 +72,19 @@ class ErrorAccumulator:
             self.count += int(valid.sum())
         return pred_cam, gt_cam
 
+    def summed_over_processes(self) -> "ErrorAccumulator":
+        """A new accumulator holding the sums of every process's accumulator (multi-process
+        evaluation: each process saw its own rows). Every process must call it."""
+        from jax.experimental import multihost_utils
+
+        keys = sorted(metrics.h36m_errors(np.zeros((1, 18, 3)), np.ones((1, 18, 3))))
+        local = np.asarray([self.sums.get(k, 0.0) for k in keys] + [self.loss_sum, self.count], np.float64)
+        total = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, local.size).sum(axis=0)
+        out = ErrorAccumulator()
+        out.sums = {k: float(v) for k, v in zip(keys, total[:len(keys)])}
+        out.loss_sum, out.count = float(total[-2]), int(round(total[-1]))
+        return out
+
     def result(self) -> dict[str, float]:
         if not self.count:
             raise ValueError("evaluation saw no valid samples")

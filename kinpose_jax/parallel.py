@@ -70,6 +70,17 @@ def global_batch(mesh: Mesh, local_batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def local_rows(mesh: Mesh, arrays):
+    """The inverse of :func:`global_batch`: this process's rows of batch-sharded global arrays,
+    as numpy (a pytree in, the same pytree out). Single-process: the whole arrays."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(arrays))
+    from jax.experimental import multihost_utils
+
+    local = multihost_utils.global_array_to_host_local_array(arrays, mesh, PartitionSpec(DATA_AXIS))
+    return jax.tree.map(np.asarray, local)
+
+
 def check_batch_divisible(global_batch_size: int) -> None:
     """A global batch must split evenly over devices and processes."""
     n = jax.device_count()

@@ -28,7 +28,13 @@ log = logging.getLogger("kinpose_jax")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN/inf; the last good checkpoint is kept."""
+    """Raised when the training loss or gradient norm becomes NaN/inf; nothing of that step (or
+    later) is saved, so the checkpoints on disk hold only finite parameters."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the run: resuming with another batch size, number of processes,
+    epoch length or seed, or starting from converted weights of another architecture."""
 
 
 @flax.struct.dataclass
@@ -89,32 +95,51 @@ def make_train_step(model, tx, loss_name: str, schedule):
     return train_step
 
 
+def _load_pretrained(path: str, variables: dict, config) -> dict:
+    try:
+        return pretrained.load_pretrained(path, variables, config.model)
+    except ValueError as err:
+        raise CheckpointMismatchError(str(err)) from err
+
+
 def create_state(config, model, tx, mesh) -> TrainState:
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if config.model.pretrained:
-        variables = pretrained.load_pretrained(config.model.pretrained, variables, config.model)
+        variables = _load_pretrained(config.model.pretrained, variables, config)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None) -> dict:
-    """Runs the evaluation set; prints the table, writes JSON (+ PNG of a few samples)."""
-    predict = jax.jit(evaluation.make_predict_fn(model, config.data.patch_size, config.flip_test, config.loss))
+def make_predict(config, model, mesh):
+    """The jitted evaluation forward pass; its outputs stay sharded over the batch axis like its
+    inputs, so every process can read back exactly the rows of its own slice of the batch."""
+    fn = evaluation.make_predict_fn(model, config.data.patch_size, config.flip_test, config.loss)
+    return jax.jit(fn, out_shardings=(parallel.data_sharding(mesh), parallel.data_sharding(mesh)))
+
+
+def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None, predict=None) -> dict:
+    """Runs the evaluation set; prints the table, writes JSON (+ PNG of a few samples).
+
+    Every process evaluates its slice of each global batch (its own rows of the predictions);
+    the error sums are then added up over processes, so all processes return the same results.
+    """
+    predict = predict or make_predict(config, model, mesh)
     acc = evaluation.ErrorAccumulator()
     vis = None
     for i, batch in enumerate(data.eval_batches()):
         if 0 <= config.max_eval_batches <= i:
             break
         device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
-        px, per_loss = predict(variables, device_batch)
-        px, per_loss = np.asarray(jax.device_get(px)), np.asarray(jax.device_get(per_loss))
+        px, per_loss = parallel.local_rows(mesh, predict(variables, device_batch))
         pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size, config.model.box_mm)
         if vis is None and config.num_vis_samples > 0:
             k = min(config.num_vis_samples, int(np.sum(batch["valid"])))
             gt_px = np.asarray(integral.normalized_to_patch(batch["joints"][:k], config.data.patch_size,
                                                             config.data.patch_size))
             vis = (batch["image"][:k], px[:k], gt_px, pred_cam[:k], gt_cam[:k])
+    if jax.process_count() > 1:
+        acc = acc.summed_over_processes()
     results = acc.result()
     if jax.process_index() == 0:
         print(reporting.format_table(results, f"Evaluation at step {step} ({int(results['num_samples'])} samples, "
@@ -149,10 +174,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     train_iter = data.train_iterator()
+    meta = {"global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
+            "processes": jax.process_count(), "seed": config.seed}
     latest = manager.latest_step()
     if latest is not None:
-        state, meta = checkpointing.restore(manager, latest, checkpointing.abstract_like(state), train_iter)
-        log.info("resumed from step %d (%s)", latest, meta)
+        saved = checkpointing.restore_meta(manager, latest)
+        _check_resumable(saved, meta, f"{workdir}/checkpoints/{latest}")
+        state, _ = checkpointing.restore(manager, latest, checkpointing.abstract_like(state), train_iter)
+        log.info("resumed from step %d (%s)", latest, saved)
         print(f"Resumed from checkpoint at step {latest}")
 
     train_step = jax.jit(make_train_step(model, tx, config.loss, schedule),
@@ -164,8 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    meta = {"global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
-            "processes": jax.process_count()}
+    predict = make_predict(config, model, mesh)
 
     def save(step, metrics=None):
         checkpointing.save(manager, step, state, train_iter, dict(meta, step=step), metrics)
@@ -178,34 +206,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             end = min((epoch + 1) * steps_per_epoch, total_steps)
             bar = _progress(config, epoch, step - epoch * steps_per_epoch, steps_per_epoch)
             t0, images = time.perf_counter(), 0
+            # The metrics of a step are read back on the host one step later, after the next step
+            # has been dispatched, so the device never waits for the host (async dispatch). Before
+            # any checkpoint the pending step is checked: a saved state never follows a NaN/inf.
+            pending = None
+
+            def finish(pending):
+                """Checks and reports one step's metrics (raises NonFiniteLossError)."""
+                done, metrics, rate = pending
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(values, done, epoch, workdir, manager)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
+                if done % config.log_every_steps == 0 or done == end:
+                    writer.write(done, "train", {"loss": values["loss"], "lr": values["lr"],
+                                                 "grad_norm": values["grad_norm"], "images_per_s": rate,
+                                                 "epoch": done / steps_per_epoch})
+
             while step < end:
                 batch = next(train_iter)
                 device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
                 state, metrics = train_step(state, device_batch)
                 step += 1
                 images += global_batch
-                loss = float(metrics["loss"])
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"training loss became {loss} at step {step} (epoch {epoch}); stopping without saving. "
-                        f"The last good checkpoint in {workdir}/checkpoints is untouched (latest: "
-                        f"{manager.latest_step()}). Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
-                rate = images / max(time.perf_counter() - t0, 1e-9)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
-                if step % config.log_every_steps == 0 or step == end:
-                    writer.write(step, "train", {"loss": loss, "lr": float(metrics["lr"]),
-                                                 "grad_norm": float(metrics["grad_norm"]), "images_per_s": rate,
-                                                 "epoch": step / steps_per_epoch})
+                if pending is not None:
+                    finish(pending)
+                pending = (step, metrics, images / max(time.perf_counter() - t0, 1e-9))
                 if step % config.checkpoint_every_steps == 0 and step != end:
+                    finish(pending)
+                    pending = None
                     save(step)
+            if pending is not None:
+                finish(pending)
             if bar is not None:
                 bar.close()
             epoch_done = step // steps_per_epoch
             if epoch_done % config.eval_every_epochs == 0 or step >= total_steps:
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
-                results = evaluate(config, model, variables, data, mesh, workdir, step, writer)
+                results = evaluate(config, model, variables, data, mesh, workdir, step, writer, predict)
                 save(step, {"val_loss": results["val_loss"]})
             else:
                 save(step)
@@ -214,8 +253,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
     if not results:  # resumed after the end: evaluate the final state once
         results = evaluate(config, model, {"params": state.params, "batch_stats": state.batch_stats}, data, mesh,
-                           workdir, step, writer=None)
+                           workdir, step, writer=None, predict=predict)
     return results
+
+
+def _check_finite(values: dict, step: int, epoch: int, workdir: str, manager) -> None:
+    bad = {k: values[k] for k in ("loss", "grad_norm") if not math.isfinite(values[k])}
+    if bad:
+        what = " and ".join(f"{'training loss' if k == 'loss' else 'gradient norm'} became {v}" for k, v in bad.items())
+        raise NonFiniteLossError(
+            f"{what} at step {step} (epoch {epoch + 1}); stopping without saving. The checkpoints in "
+            f"{workdir}/checkpoints are untouched and hold finite parameters (latest: step "
+            f"{manager.latest_step()}). Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
+
+
+#: checkpoint metadata that must match for an exact resume (data order, epoch boundaries, schedule)
+RESUME_KEYS = ("global_batch", "processes", "steps_per_epoch", "seed")
+
+
+def _check_resumable(saved: dict, current: dict, where: str) -> None:
+    """Refuses to resume a checkpoint written under another batch size, process count, epoch
+    length or seed: the data order, epoch boundaries and learning-rate schedule would shift."""
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != current[key]:
+            raise CheckpointMismatchError(
+                f"cannot resume {where}: it was written with {key}={saved[key]!r}, this run has "
+                f"{key}={current[key]!r}. Use the same settings (global batch = per_device_batch_size x devices), "
+                f"or start a new --workdir.")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "") -> dict:
@@ -229,17 +293,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     model = build_pose_net(config.model)
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if checkpoint:
-        variables = pretrained.load_pretrained(checkpoint, variables, config.model)
+        variables = _load_pretrained(checkpoint, variables, config)
         step = 0
     else:
         manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-        step = checkpointing.best_step(manager) or manager.latest_step()
+        step = checkpointing.best_step(manager)
+        step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no --checkpoint given")
-        tx = make_optimizer(config, learning_rate_schedule(config, 1))
-        state = create_state(config, model, tx, mesh)
-        state, _ = checkpointing.restore(manager, step, checkpointing.abstract_like(state), None)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        # Only the weights: the optimizer settings of the evaluating config do not matter.
+        variables = checkpointing.restore_variables(manager, step, checkpointing.abstract_like(variables))
         print(f"Evaluating checkpoint step {step} of {workdir}")
     variables = jax.device_put(variables, parallel.replicated(mesh))
     return evaluate(config, model, variables, data, mesh, workdir, step, writer=None)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -144,10 +145,84 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
     assert "training loss became" in proc.stderr + proc.stdout
     kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert kept, "no checkpoint survived"
+    # every array of every kept checkpoint is finite (nothing of the failing step was saved)
+    import orbax.checkpoint as ocp
+
+    for step in kept:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            saved = ckptr.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+        leaves = jax.tree.leaves(saved)
+        assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves), step
     # the kept checkpoint restores and evaluates (it holds finite parameters)
     ev = run(main_cmd(workdir, data_root, "--mode=eval", "--config.num_epochs=2", "--config.per_device_batch_size=4"))
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert f"Evaluating checkpoint step {kept[-1]}" in ev.stdout
+
+
+def test_a_non_finite_gradient_norm_stops_training_too():
+    from kinpose_jax import train
+
+    class Manager:
+        def latest_step(self):
+            return 7
+
+    train._check_finite({"loss": 1.0, "grad_norm": 2.0}, 9, 0, "w", Manager())  # finite: no error
+    with pytest.raises(train.NonFiniteLossError, match="gradient norm became inf at step 9.*latest: step 7"):
+        train._check_finite({"loss": 1.0, "grad_norm": float("inf")}, 9, 0, "w", Manager())
+    with pytest.raises(train.NonFiniteLossError, match="training loss became nan"):
+        train._check_finite({"loss": float("nan"), "grad_norm": 1.0}, 9, 0, "w", Manager())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
+    """main.py launched as 2 jax.distributed processes (1 CPU device each, gloo collectives)
+    gives the losses and evaluation of one process with 2 devices: same global batches, BN over
+    the global batch, each process evaluating its own rows and the sums added over processes."""
+    common = ["--config.num_epochs=1", "--config.steps_per_epoch=3", "--config.per_device_batch_size=4",
+              "--config.log_every_steps=1", "--config.checkpoint_every_steps=2"]
+    single = str(tmp_path / "single")
+    proc = run(main_cmd(single, data_root, *common), devices=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    multi = str(tmp_path / "multi")
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen(main_cmd(multi, data_root, *common, f"--coordinator_address=127.0.0.1:{port}",
+                                       "--num_processes=2", f"--process_id={pid}"),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    assert "MPJPE" in outs[0][0] and "MPJPE" not in outs[1][0]  # process 0 reports
+
+    want, got = last_by_step(read_rows(single), "train", "loss"), last_by_step(read_rows(multi), "train", "loss")
+    assert sorted(got) == sorted(want) == [1, 2, 3]
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], rtol=1e-4)
+    ev_single = json.load(open(os.path.join(single, "eval", "eval_00000003.json")))
+    ev_multi = json.load(open(os.path.join(multi, "eval", "eval_00000003.json")))
+    assert ev_multi["num_samples"] == ev_single["num_samples"] == 4 * 8  # max_eval_batches x global batch
+    for key in ("mpjpe", "pa_mpjpe", "rigid_aligned", "val_loss", "wrist"):
+        np.testing.assert_allclose(ev_multi[key], ev_single[key], rtol=1e-3, err_msg=key)
+
+
+def test_resume_with_another_global_batch_is_refused(tmp_path, data_root):
+    workdir = str(tmp_path / "run")
+    first = run(main_cmd(workdir, data_root, "--config.num_epochs=1", "--config.steps_per_epoch=1",
+                         "--config.per_device_batch_size=4"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run(main_cmd(workdir, data_root, "--config.num_epochs=2", "--config.steps_per_epoch=1",
+                         "--config.per_device_batch_size=2"))
+    assert again.returncode == 1
+    assert "written with global_batch=4, this run has global_batch=2" in again.stderr, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
 
 
 def test_eval_mode_takes_a_checkpoint_converted_from_pytorch(tmp_path, data_root):

@@ -24,12 +24,17 @@ def run_main(*args):
         ("--config.num_epochs=abc", "num_epochs"),  # ill-typed: rejected by ml_collections
         ("--config.model.not_a_field=1", "not_a_field"),  # unknown field of a locked config
         ("--config.optim.lr_decay_epochs=(290,270)", "lr_decay_epochs"),
+        ("--config.optim.weight_decay=-0.1", "config.optim.weight_decay = -0.1 is invalid"),
+        ("--config.max_eval_batches=0", "config.max_eval_batches = 0 is invalid"),
+        ("--config.optim.lr_decay_factor=2.0", "config.optim.lr_decay_factor = 2.0 is invalid"),
     ],
 )
 def test_bad_config_values_are_rejected_with_the_field_name(override, message):
     proc = run_main("--config=configs/synthetic.py", override)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout, (proc.stdout + proc.stderr)[-2000:]
+    if "is invalid" in message:  # our semantic checks: one line, no traceback
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not os.path.exists("/tmp/kinpose_never_used/checkpoints")
 
 
