@@ -245,3 +245,40 @@ def test_command_line(tmp_path, capsys, tiny):
     assert jax.tree.structure(typed) == jax.tree.structure(target)
     with pytest.raises(Exception):
         C.main([path, str(out)])  # refuses to overwrite without --overwrite
+
+
+#: torchvision's published parameter counts of resnet{18,34,50,101,152} (with the 1000-way fc).
+TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
+
+
+@pytest.mark.parametrize("depth", sorted(TORCHVISION_PARAMS))
+def test_backbone_sizes_and_key_mapping_match_torch_for_every_depth(depth):
+    """Shapes only (torch 'meta' tensors, jax.eval_shape): the Flax backbone has the torch
+    reference's parameter and BN-statistic counts, and the converter maps every torch backbone
+    key one-to-one onto a Flax leaf of the right (transposed) shape."""
+    with torch.device("meta"):
+        tnet = ref.TorchResNet(depth, with_fc=True)
+    assert sum(p.numel() for p in tnet.parameters()) == TORCHVISION_PARAMS[depth]  # the reference is torchvision's
+    shapes = {k: tuple(v.shape) for k, v in tnet.state_dict().items() if not k.startswith("fc.")}
+    abstract = jax.eval_shape(lambda: ResNet(depth).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), False))
+    flax_leaves = {(col,) + tuple(p.key for p in path): tuple(leaf.shape)
+                   for col in ("params", "batch_stats")
+                   for path, leaf in jax.tree_util.tree_leaves_with_path(abstract[col])}
+    n_params = sum(int(np.prod(s)) for k, s in flax_leaves.items() if k[0] == "params")
+    n_stats = sum(int(np.prod(s)) for k, s in flax_leaves.items() if k[0] == "batch_stats")
+    assert n_params == sum(p.numel() for n, p in tnet.named_parameters() if not n.startswith("fc."))
+    assert n_stats == sum(b.numel() for n, b in tnet.named_buffers() if "running_" in n)
+    mapped = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        dest = C.flax_destination("backbone." + key, shape)
+        assert dest is not None, key
+        (col, module, *rest), flax_shape = dest
+        assert module == "backbone"
+        path = (col, *rest)
+        assert flax_leaves.get(path) == flax_shape, (key, path, flax_leaves.get(path), flax_shape)
+        assert path not in mapped, (key, mapped.get(path))
+        mapped[path] = key
+    assert set(mapped) == set(flax_leaves)
+    assert C.infer_model_config({k: np.empty(0) for k in shapes})["backbone"] == f"resnet{depth}"
