@@ -1,5 +1,6 @@
 """Kinematic trees and forward kinematics: PyTorch parity, invariants, seed bugs, edits, IK."""
 
+import functools
 import math
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from kinpose_jax import kinematics as kin
+from kinpose_jax.kinematics import fk as fk_module
 from kinpose_jax.kinematics import presets
 from tests import torch_reference as ref
 
@@ -350,25 +352,63 @@ def test_fit_recovers_scale_and_respects_limits():
     assert float(np.max(fit.residual)) < 1.0
 
 
-def test_large_batches_run_in_chunks_with_the_same_values_and_gradients():
+def test_chunked_and_unchunked_fk_give_the_same_values_and_gradients():
     tree = presets.seed_h36m18()
     rng = np.random.default_rng(11)
-    n = 5000  # above the 4096-sample chunk, not a multiple of it
+    n = 37  # chunk 8: 5 balanced chunks (3 padded rows); chunk 36: just over one chunk (2 of 19)
     a = rng.normal(size=(n, tree.num_dofs)).astype(np.float32)
-    t = rng.normal(size=(n, 3)).astype(np.float32)
+    t = rng.normal(size=(n, 3)).astype(np.float32) * 1000
     s = rng.uniform(0.5, 1.5, size=n).astype(np.float32)
-    whole = kin.forward_kinematics(tree, a, t, s).joints
-    parts = np.concatenate([np.asarray(kin.forward_kinematics(tree, a[i:i + 1000], t[i:i + 1000], s[i:i + 1000]).joints)
-                            for i in range(0, n, 1000)])
-    np.testing.assert_allclose(np.asarray(whole), parts, rtol=1e-5, atol=1e-3)
+    w = rng.normal(size=(n, 18, 3)).astype(np.float32)
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def value_and_grads(x, tt, ss, size):
+        f = lambda x, tt, ss: jnp.sum(kin.forward_kinematics(tree, x, tt, ss, chunk_size=size).joints * w)  # noqa
+        return kin.forward_kinematics(tree, x, tt, ss, chunk_size=size).joints, jax.grad(f, (0, 1, 2))(x, tt, ss)
+
+    plain, g_plain = value_and_grads(a, t, s, 0)
+    plain = np.asarray(plain)
+    for size in (8, 36):
+        chunked, g_chunked = value_and_grads(a, t, s, size)
+        # float32 at ~1000 mm: a different vectorization may round differently (1 ulp ~ 6e-5 mm)
+        np.testing.assert_allclose(np.asarray(chunked), plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
+        for gc, gp in zip(g_chunked, g_plain):
+            gp = np.asarray(gp)
+            np.testing.assert_allclose(np.asarray(gc), gp, rtol=1e-5, atol=1e-6 * np.abs(gp).max())
+    # and the values are right: the rest pose (angles 0) against the independent torch reference
     expected = ref.to_numpy(ref.seed_fk(torch.from_numpy(np.concatenate([t, np.zeros((n, 26), np.float32)], 1)),
-                                        torch.ones(n)))
-    rest = np.asarray(kin.forward_kinematics(tree, np.zeros_like(a), t).joints)
+                                        torch.from_numpy(s)))
+    rest = np.asarray(kin.forward_kinematics(tree, np.zeros_like(a), t, s, chunk_size=8).joints)
     np.testing.assert_allclose(rest, expected, atol=1e-3)
-    g_whole = jax.grad(lambda x: jnp.sum(kin.forward_kinematics(tree, x, t, s).joints ** 2))(a)
-    g_part = jax.grad(lambda x: jnp.sum(kin.forward_kinematics(tree, x, t[:1000], s[:1000]).joints ** 2))(a[:1000])
-    g_part = np.asarray(g_part)
-    np.testing.assert_allclose(np.asarray(g_whole)[:1000], g_part, rtol=1e-4, atol=1e-5 * np.abs(g_part).max())
+
+
+def test_chunking_really_happens_only_when_asked():
+    tree = presets.h36m18()
+    a = jnp.zeros((10, tree.num_dofs))
+    jaxpr = lambda size: str(jax.make_jaxpr(  # noqa: E731
+        lambda x: kin.forward_kinematics(tree, x, chunk_size=size).joints)(a))
+    assert "scan" not in jaxpr(0) and "scan" not in jaxpr(10)  # batch <= chunk: one step
+    assert "scan" in jaxpr(4)  # 10 samples in chunks of <= 4: a sequential loop (lax.map)
+
+
+def test_default_chunk_size_depends_on_the_backend():
+    assert fk_module.resolve_chunk_size(None, backend="cpu") == fk_module.CPU_CHUNK_SIZE > 0
+    for backend in ("gpu", "cuda", "rocm", "tpu"):
+        assert fk_module.resolve_chunk_size(None, backend=backend) == 0  # accelerators: never chunk
+    assert fk_module.resolve_chunk_size(0, backend="cpu") == 0
+    assert fk_module.resolve_chunk_size(512, backend="gpu") == 512
+    assert fk_module.resolve_chunk_size(None) == (fk_module.CPU_CHUNK_SIZE if jax.default_backend() == "cpu" else 0)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            fk_module.resolve_chunk_size(bad)
+
+
+def test_empty_batch_gives_empty_joints():
+    tree = presets.h36m18()
+    out = kin.forward_kinematics(tree, np.zeros((0, tree.num_dofs), np.float32))
+    assert out.joints.shape == (0, 18, 3)
+    assert out.transforms.shape == (0, tree.num_entries, 4, 4)
+    assert kin.forward_kinematics(tree, np.zeros((3, 0, tree.num_dofs), np.float32)).joints.shape == (3, 0, 18, 3)
 
 
 def test_readme_python_examples_run():

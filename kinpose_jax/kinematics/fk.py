@@ -108,6 +108,8 @@ def forward_kinematics(
     angles: jax.Array,
     translation: jax.Array | None = None,
     scale: jax.Array | float | None = None,
+    *,
+    chunk_size: int | None = None,
 ) -> FKResult:
     """Poses a kinematic tree.
 
@@ -119,6 +121,13 @@ def forward_kinematics(
       angles: [..., tree.num_dofs] radians, ordered as ``tree.param_names``.
       translation: [..., 3] root position (same unit as offsets; not scaled), default 0.
       scale: [...] multiplies every bone offset, default 1.
+      chunk_size: samples per chunk when the (flattened) batch is large. ``None`` (default):
+        :data:`CPU_CHUNK_SIZE` on the CPU backend, no chunking on GPU/TPU (see
+        :func:`resolve_chunk_size`); ``0``: never chunk; ``k > 0``: batches larger than ``k`` run
+        as a sequential ``lax.map`` over ``ceil(N / k)`` equal chunks of at most ``k`` samples
+        (padding is less than one sample per chunk). Chunking changes speed and memory only,
+        not the values or gradients. It is a Python int fixed at trace time (under ``jit``, pass
+        it as a constant, not a traced argument).
     Returns:
       FKResult with ``joints`` [..., tree.num_joints, 3].
     """
@@ -137,16 +146,20 @@ def forward_kinematics(
     # Work on one flat batch axis N (XLA's CPU dot with several batch dims is fragile) and
     # restore the leading shape at the end.
     n = int(np.prod(batch))
-    angles = jnp.broadcast_to(angles, batch + angles.shape[-1:]).reshape(n, -1)
+    chunk = resolve_chunk_size(chunk_size)
+    angles = jnp.broadcast_to(angles, batch + angles.shape[-1:]).reshape(n, angles.shape[-1])
     translation = jnp.broadcast_to(translation, batch + (3,)).reshape(n, 3)
     offsets = jnp.broadcast_to(offsets, batch + offsets.shape[-2:]).reshape((n,) + offsets.shape[-2:])
     offsets = offsets * jnp.broadcast_to(scale, batch).reshape(n, 1, 1)
-    if n > _CHUNK:
-        # Large batches run as a loop over cache-sized chunks (lax.map): the per-level
-        # intermediates then stay in cache instead of streaming through memory.
-        pad = (-n) % _CHUNK
+    if chunk and n > chunk:
+        # Large batches run as a sequential loop over chunks (lax.map): on CPU the per-level
+        # intermediates then stay in cache instead of streaming through memory. The chunks are
+        # balanced (ceil(n / num_chunks) samples each), so padding stays below num_chunks.
+        num_chunks = -(-n // chunk)
+        size = -(-n // num_chunks)
+        pad = num_chunks * size - n
         padded = [jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], dtype)]) for x in (angles, translation, offsets)]
-        chunks = [x.reshape((-1, _CHUNK) + x.shape[1:]) for x in padded]
+        chunks = [x.reshape((num_chunks, size) + x.shape[1:]) for x in padded]
         result = jax.lax.map(lambda c: _forward_flat(tree, sched, *c, dtype), chunks)
         result = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], result)
     else:
@@ -154,7 +167,25 @@ def forward_kinematics(
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), result)
 
 
-_CHUNK = 4096  # samples per chunk for large batches
+#: Default chunk (samples) on the CPU backend: small enough for one chunk's per-level
+#: intermediates of a human-sized tree (~20 frames) to stay in a CPU's L2/L3 cache.
+CPU_CHUNK_SIZE = 4096
+
+
+def resolve_chunk_size(chunk_size: int | None, backend: str | None = None) -> int:
+    """The chunk size :func:`forward_kinematics` uses; 0 means no chunking.
+
+    ``None`` picks by backend (``backend`` defaults to ``jax.default_backend()``, read at trace
+    time): :data:`CPU_CHUNK_SIZE` on ``"cpu"``, 0 elsewhere — accelerators run the whole batch
+    in one step, since a sequential loop over chunks would serialize it. An explicit value is
+    returned unchanged (it must be a non-negative int).
+    """
+    if chunk_size is None:
+        backend = jax.default_backend() if backend is None else backend
+        return CPU_CHUNK_SIZE if backend == "cpu" else 0
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 0:
+        raise ValueError(f"chunk_size must be None or a non-negative int, got {chunk_size!r}")
+    return int(chunk_size)
 
 
 def _mm3(a: jax.Array, b: jax.Array) -> jax.Array:
