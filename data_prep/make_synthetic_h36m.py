@@ -5,7 +5,9 @@ converts it to shards:
 
 gives ``data/synthetic/hm36/{annot,images,HM36_train_cache,HM36_validmin_cache}`` (8 train
 folders x 40 frames + 4 validmin folders x 16 frames of 320 x 320 px, a few seconds) and
-``data/synthetic/records/hm36_{train,validmin}``. Deterministic by --seed; idempotent.
+``data/synthetic/records/hm36_{train,validmin}``. Deterministic by --seed; idempotent. Other
+parameters (or --force) regenerate the set: the generator's earlier outputs are removed first
+(only in a folder it wrote, marked by hm36/synthetic.json; a foreign hm36/ is refused, exit 2).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kinpose_jax.data import convert, synthetic  # noqa: E402
+from kinpose_jax.data import DataError, convert, synthetic  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,15 +31,19 @@ def main(argv=None) -> int:
     p.add_argument("--valid_frames_per_folder", type=int, default=16)
     p.add_argument("--image_size", type=int, default=320, help="image width = height, px")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="regenerate even if an identical set exists")
+    p.add_argument("--force", action="store_true", help="regenerate even if an identical set exists (earlier outputs are removed)")
     p.add_argument("--no_convert", action="store_true", help="only write the seed layout, no shards")
     args = p.parse_args(argv)
-    synthetic.generate(args.root, train_folders=args.train_folders, frames_per_folder=args.frames_per_folder,
-                       valid_folders=args.valid_folders, valid_frames_per_folder=args.valid_frames_per_folder,
-                       image_size=args.image_size, seed=args.seed, force=args.force)
-    if not args.no_convert:
-        for image_set in ("train", "validmin"):
-            convert.convert_h36m(args.root, image_set)
+    try:
+        synthetic.generate(args.root, train_folders=args.train_folders, frames_per_folder=args.frames_per_folder,
+                           valid_folders=args.valid_folders, valid_frames_per_folder=args.valid_frames_per_folder,
+                           image_size=args.image_size, seed=args.seed, force=args.force)
+        if not args.no_convert:
+            for image_set in ("train", "validmin"):
+                convert.convert_h36m(args.root, image_set)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -131,3 +131,17 @@ def test_pose_geometry_is_float64_numpy_and_matches_jax_fk():
     world = synthetic.poses_to_world(tree, angles, scales, np.zeros((32, 2)))
     assert isinstance(world, np.ndarray) and world.dtype == np.float64
     np.testing.assert_allclose(world[:, [3, 6], 2].min(axis=1), 90.0, atol=1e-9)
+
+
+def test_cli_refuses_a_foreign_folder(tmp_path, capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep",
+                        "make_synthetic_h36m.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic_cli", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    (tmp_path / "hm36" / "images").mkdir(parents=True)
+    assert cli.main(["--root", str(tmp_path), "--no_convert"]) == 2
+    assert "not written by the synthetic generator" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "hm36") == ["images"]
