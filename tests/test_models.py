@@ -245,3 +245,38 @@ def test_bfloat16_regression_heads_compute_their_output_in_fp32(head):
     assert out["joints"].dtype == jnp.float32
     # bf16 rounding of the pooled features / kernel would leave errors of ~1e-3 here
     np.testing.assert_allclose(np.asarray(out["joints"]), want, atol=2e-6, rtol=0)
+
+
+def _assert_normal_std(name, kernel, std):
+    """iid N(0, std^2) samples: the sample std has relative standard error 1/sqrt(2n) and the mean
+    standard error std/sqrt(n); allow 5 standard errors (a truncated normal's 0.88 std, or any
+    fan-in scaled init, is far outside for every size used here)."""
+    k = np.asarray(kernel, np.float64).ravel()
+    n = k.size
+    assert abs(k.std() / std - 1) < 5 / np.sqrt(2 * n), (name, n, k.std())
+    assert abs(k.mean()) < 5 * std / np.sqrt(n), (name, n, k.mean())
+
+
+def test_head_initialization_follows_the_spec():
+    """SPEC §4: deconv and final conv weights ~ N(0, 0.001), biases 0 (deconvs have none), BN
+    scale 1 / bias 0 with fresh statistics; the kinematic fc starts at exactly zero (rest pose)."""
+    v = init_variables(build_pose_net(small_config()), jax.random.key(0), 32)
+    head, stats = v["params"]["head"], v["batch_stats"]["head"]
+    assert set(head) == {"features_0", "features_1", "features_3", "features_4", "features_6", "features_7",
+                         "final_layer"}
+    for name in ("features_0", "features_3", "features_6", "final_layer"):
+        _assert_normal_std(name, head[name]["kernel"], 0.001)
+    for name in ("features_0", "features_3", "features_6"):
+        assert set(head[name]) == {"kernel"}  # bias=False, as in the seed
+    np.testing.assert_array_equal(head["final_layer"]["bias"], 0.0)
+    for name in ("features_1", "features_4", "features_7"):
+        np.testing.assert_array_equal(head[name]["scale"], 1.0)
+        np.testing.assert_array_equal(head[name]["bias"], 0.0)
+        np.testing.assert_array_equal(stats[name]["mean"], 0.0)
+        np.testing.assert_array_equal(stats[name]["var"], 1.0)
+    direct = init_variables(build_pose_net(small_config(head="direct")), jax.random.key(0), 32)["params"]["head"]
+    _assert_normal_std("direct fc", direct["fc"]["kernel"], 0.001)
+    np.testing.assert_array_equal(direct["fc"]["bias"], 0.0)
+    kin = init_variables(build_pose_net(small_config(head="kinematic")), jax.random.key(0), 32)["params"]["head"]
+    np.testing.assert_array_equal(kin["fc"]["kernel"], 0.0)
+    np.testing.assert_array_equal(kin["fc"]["bias"], 0.0)
