@@ -57,29 +57,45 @@ def mpjpe(pred: jax.Array, gt: jax.Array, root: int | None = skeleton.H36M_ROOT)
     return jnp.mean(per_joint_error(pred, gt), axis=-1)
 
 
-def procrustes_align(pred: jax.Array, gt: jax.Array, with_scale: bool = True) -> jax.Array:
+def procrustes_align(pred: jax.Array, gt: jax.Array, with_scale: bool = True, eps: float = 1e-12) -> jax.Array:
     """Aligns ``pred`` onto ``gt`` by the least-squares similarity (or rigid) transform.
 
     Solves ``min_{s,R,t} sum_j |s R pred_j + t - gt_j|^2`` with ``R`` a proper rotation
     (reflections excluded) via the SVD of the cross-covariance (Umeyama).
+
+    Degenerate inputs: when either point set has collapsed to a single point (its centred sum of
+    squares is at most ``eps`` times the other's, or both are zero), the cross-covariance is zero
+    and any rotation is optimal; the result is then ``gt``'s centroid for every joint (``s = 0``)
+    with scale, or ``R = I`` without. Values and gradients stay finite (the SVD is evaluated on
+    a harmless stand-in matrix and its result is not used).
     Args:
       pred, gt: [..., J, 3].  with_scale: fit ``s`` (Protocol #2) or keep ``s = 1`` (rigid).
+      eps: relative threshold for the collapse test above.
     Returns:
       [..., J, 3] aligned prediction.
     """
     pred, gt = jnp.asarray(pred, jnp.float32), jnp.asarray(gt, jnp.float32)
-    mu_p = jnp.mean(pred, axis=-2, keepdims=True)
-    mu_g = jnp.mean(gt, axis=-2, keepdims=True)
-    p0, g0 = pred - mu_p, gt - mu_g
+    # Centre relative to the first joint first: identical points then give exact zeros.
+    p_rel = pred - pred[..., :1, :]
+    g_rel = gt - gt[..., :1, :]
+    p0 = p_rel - jnp.mean(p_rel, axis=-2, keepdims=True)
+    g0 = g_rel - jnp.mean(g_rel, axis=-2, keepdims=True)
+    mu_g = gt[..., :1, :] + jnp.mean(g_rel, axis=-2, keepdims=True)  # centroid of gt
+    var_p = jnp.sum(jnp.square(p0), axis=(-2, -1))
+    var_g = jnp.sum(jnp.square(g0), axis=(-2, -1))
+    collapsed = jnp.minimum(var_p, var_g) <= eps * jnp.maximum(var_p, var_g)
     cov = jnp.einsum("...ji,...jk->...ik", g0, p0)  # [..., 3, 3] = G^T P
+    stand_in = jnp.diag(jnp.asarray([3.0, 2.0, 1.0], cov.dtype))  # distinct singular values
+    cov = jnp.where(collapsed[..., None, None], stand_in, cov)
     u, sing, vt = jnp.linalg.svd(cov)
     d = jnp.sign(jnp.linalg.det(u @ vt))
     fix = jnp.ones_like(sing).at[..., -1].set(d)
     rot = u @ (fix[..., :, None] * vt)  # R maps centred pred onto centred gt
     if with_scale:
-        var_p = jnp.sum(jnp.square(p0), axis=(-2, -1))
-        scale = jnp.sum(sing * fix, axis=-1) / var_p
+        safe_var = jnp.where(collapsed, 1.0, var_p)
+        scale = jnp.where(collapsed, 0.0, jnp.sum(sing * fix, axis=-1) / safe_var)
     else:
+        rot = jnp.where(collapsed[..., None, None], jnp.eye(3, dtype=rot.dtype), rot)
         scale = jnp.ones(pred.shape[:-2], sing.dtype)
     aligned = scale[..., None, None] * jnp.einsum("...ik,...jk->...ji", rot, p0)
     return aligned + mu_g

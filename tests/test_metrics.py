@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -43,10 +44,40 @@ def test_pa_mpjpe_is_invariant_to_a_random_similarity_transform():
 
 @pytest.mark.parametrize("with_scale", [True, False])
 def test_procrustes_matches_independent_torch_reference(with_scale):
-    gt = random_pose(4)
-    pred = gt * 0.8 + np.random.default_rng(5).normal(size=gt.shape).astype(np.float32) * 50
+    rng = np.random.default_rng(4)
+    # normalized units (the network's range, ~[-0.5, 0.5]): float32 vs float64 torch within 1e-5
+    gt = (rng.normal(size=(64, 18, 3)) * 0.15).astype(np.float32)
+    pred = (gt * 0.8 + rng.normal(size=gt.shape) * 0.025).astype(np.float32)
     expected = ref.to_numpy(ref.procrustes(torch.from_numpy(pred).double(), torch.from_numpy(gt).double(), with_scale))
-    np.testing.assert_allclose(np.asarray(metrics.procrustes_align(pred, gt, with_scale)), expected, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(metrics.procrustes_align(pred, gt, with_scale)), expected,
+                               rtol=1e-5, atol=1e-5)
+    # millimetres (~1000 mm): the same relative accuracy, 5e-6 of the data scale
+    gt_mm, pred_mm = gt * 2000.0, pred * 2000.0
+    expected = ref.to_numpy(ref.procrustes(torch.from_numpy(pred_mm).double(), torch.from_numpy(gt_mm).double(),
+                                           with_scale))
+    got = np.asarray(metrics.procrustes_align(pred_mm, gt_mm, with_scale))
+    assert np.abs(got - expected).max() <= 5e-6 * np.abs(gt_mm).max()
+
+
+def test_collapsed_prediction_gives_the_centroid_error_with_finite_gradients():
+    gt = random_pose(8, b=3)[:, :17]
+    pred = np.broadcast_to(np.array([120.0, -40.0, 5000.0], np.float32), gt.shape).copy()  # one point
+    # independent expectation: the best similarity fit of a single point is gt's centroid
+    centroid_err = np.linalg.norm(gt - gt.mean(1, keepdims=True), axis=-1).mean(-1)
+    pa = np.asarray(metrics.pa_mpjpe(pred, gt))
+    assert np.all(np.isfinite(pa))
+    np.testing.assert_allclose(pa, centroid_err, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(metrics.rigid_aligned_mpjpe(pred, gt)), centroid_err, rtol=1e-5)
+    for fn in (metrics.pa_mpjpe, metrics.rigid_aligned_mpjpe):
+        g = np.asarray(jax.grad(lambda p: fn(p, gt).sum())(pred))  # noqa: B023
+        assert np.all(np.isfinite(g)), fn.__name__
+    # a collapsed ground truth: s = 0 reproduces it exactly
+    point = np.broadcast_to(gt[:, :1], gt.shape).copy()
+    np.testing.assert_allclose(np.asarray(metrics.pa_mpjpe(gt, point)), 0.0, atol=1e-3)
+    # the guard does not touch small but real predictions: PA-MPJPE is scale invariant
+    noisy = gt + np.random.default_rng(9).normal(size=gt.shape).astype(np.float32) * 30
+    np.testing.assert_allclose(np.asarray(metrics.pa_mpjpe(noisy * 1e-3 + 7.0, gt)),
+                               np.asarray(metrics.pa_mpjpe(noisy, gt)), rtol=1e-3)
 
 
 def test_hand_worked_table():
