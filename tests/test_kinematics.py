@@ -17,6 +17,19 @@ from tests import torch_reference as ref
 SEED_SCALE_RANGE = (3e-4, 7e-4)  # normalized units: ~1/2000 per mm
 
 
+# Basis rotations written out by hand (numpy, float64) for analytic expectations.
+def Rz(t):
+    return np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
+
+
+def Rx(t):
+    return np.array([[1, 0, 0], [0, math.cos(t), -math.sin(t)], [0, math.sin(t), math.cos(t)]])
+
+
+def Ry(t):
+    return np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
+
+
 def random_motion(rng, n, angle_scale=1.0):
     motion = rng.uniform(-math.pi, math.pi, size=(n, 29)) * angle_scale
     motion[:, :3] = rng.normal(size=(n, 3)) * 0.1
@@ -65,6 +78,30 @@ def test_seed_fk_gradients_match_torch_autograd():
     expected_motion[:, 28] = 0.0  # Head_RotX is unused by the seed model
     np.testing.assert_allclose(np.asarray(g_motion), expected_motion, atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(g_scale), ref.to_numpy(ts.grad), rtol=1e-4, atol=1e-3)
+
+
+def test_seed_fk_values_and_gradients_match_torch_in_float64_to_1e_9():
+    """Both frameworks in float64: agreement then reflects the maths, not float32 rounding."""
+    rng = np.random.default_rng(12)
+    motion = random_motion(rng, 8).astype(np.float64)
+    scale = rng.uniform(*SEED_SCALE_RANGE, size=8)
+    w = rng.normal(size=(8, 18, 3))
+    tm = torch.tensor(motion, requires_grad=True)
+    ts = torch.tensor(scale, requires_grad=True)
+    theirs = ref.seed_fk(tm, ts)
+    (theirs * torch.from_numpy(w)).sum().backward()
+    expected_motion = ref.to_numpy(tm.grad)
+    expected_motion[:, 28] = 0.0  # Head_RotX is unused by the seed model
+    with jax.enable_x64(True):
+        m64, s64, w64 = jnp.asarray(motion, jnp.float64), jnp.asarray(scale, jnp.float64), jnp.asarray(w)
+        value_and_grad = jax.jit(jax.value_and_grad(lambda m, s: (jnp.sum(seed_fk_jax(m, s) * w64), seed_fk_jax(m, s)),
+                                                    argnums=(0, 1), has_aux=True))
+        (_, ours), (g_motion, g_scale) = value_and_grad(m64, s64)
+        assert ours.dtype == jnp.float64 and g_motion.dtype == jnp.float64
+        ours, g_motion, g_scale = np.asarray(ours), np.asarray(g_motion), np.asarray(g_scale)
+    np.testing.assert_allclose(ours, ref.to_numpy(theirs), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_motion, expected_motion, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_scale, ref.to_numpy(ts.grad), rtol=1e-9, atol=1e-9)
 
 
 # ------------------------------------------------------------------ invariants
@@ -190,15 +227,6 @@ def test_bug_b_no_rotation_leaks_into_later_translations():
                     [rz, rx, ry, hz, hx, hy]):
         a[names.index(n)] = v
 
-    def Rz(t):
-        return np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
-
-    def Rx(t):
-        return np.array([[1, 0, 0], [0, math.cos(t), -math.sin(t)], [0, math.sin(t), math.cos(t)]])
-
-    def Ry(t):
-        return np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
-
     root = Rz(rz) @ Rx(rx) @ Ry(ry)
     hip = root @ np.array([84.7, 0, 0])
     knee = hip + root @ Rz(hz) @ Rx(hx) @ Ry(hy) @ np.array([0, -302.0, 0])
@@ -211,19 +239,27 @@ def test_bug_b_no_rotation_leaks_into_later_translations():
 
 
 def test_bug_c_both_shoulders_hang_off_the_neck():
+    """Right shoulder = neck + R_spine @ (-Neck2ShoulderX, -Neck2ShoulderY, 0) (SPEC §6, mirrored
+    left side), computed by hand; the seed's bug puts it at torso + the same vector instead."""
     tree = presets.seed_h36m18()
+    names = tree.param_names
     rng = np.random.default_rng(7)
-    angles = rng.uniform(-2, 2, size=(16, tree.num_dofs)).astype(np.float32)
-    j = np.asarray(kin.forward_kinematics(tree, angles).joints)
-    neck, ls, rs, torso = (tree.joint_index(n) for n in ("neck", "l_shoulder", "r_shoulder", "torso"))
-    expected = math.hypot(117.0, 6.5)
-    np.testing.assert_allclose(np.linalg.norm(j[:, ls] - j[:, neck], axis=-1), expected, rtol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(j[:, rs] - j[:, neck], axis=-1), expected, rtol=1e-5)
-    # shoulders are mirror images about the spine: neck is their mean shifted by 6.5 mm
-    mid = 0.5 * (j[:, ls] + j[:, rs])
-    np.testing.assert_allclose(np.linalg.norm(mid - j[:, neck], axis=-1), 6.5, atol=1e-3)
-    # and the right shoulder is not at the torso-based position of the seed's bug
-    assert np.all(np.linalg.norm(j[:, rs] - j[:, torso], axis=-1) > 100.0)
+    angles = rng.uniform(-2, 2, size=(6, tree.num_dofs)).astype(np.float32)
+    trans = (rng.normal(size=(6, 3)) * 500).astype(np.float32)
+    j = np.asarray(kin.forward_kinematics(tree, angles, trans).joints)[..., [0, 2, 1]]  # back to model axes
+    neck_i, rs_i, ls_i = (tree.joint_index(n) for n in ("neck", "r_shoulder", "l_shoulder"))
+    for a, t, joints in zip(angles.astype(np.float64), trans.astype(np.float64), j):
+        p = {n: a[names.index(n)] for n in names}
+        spine = (Rz(p["Root_RotZ"]) @ Rx(p["Root_RotX"]) @ Ry(p["Root_RotY"])
+                 @ Rz(p["Pelvis_RotZ"]) @ Rx(p["Pelvis_RotX"]) @ Ry(p["Pelvis_RotY"]))
+        torso = t + spine @ np.array([0.0, 165.0, 0.0])
+        neck = torso + spine @ np.array([0.0, 161.6, 0.0])
+        right, left = spine @ np.array([-117.0, -6.5, 0.0]), spine @ np.array([117.0, -6.5, 0.0])
+        np.testing.assert_allclose(joints[neck_i], neck, atol=2e-3)
+        np.testing.assert_allclose(joints[rs_i] - joints[neck_i], right, atol=2e-3)
+        np.testing.assert_allclose(joints[ls_i] - joints[neck_i], left, atol=2e-3)
+        # the bug's position (torso + offset) is the Torso2Neck bone (161.6 mm) away
+        assert math.isclose(np.linalg.norm(joints[rs_i] - (torso + right)), 161.6, abs_tol=2e-3)
 
 
 # ------------------------------------------------------------------ functional extension
