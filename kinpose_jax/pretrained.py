@@ -26,6 +26,10 @@ import numpy as np
 _MAX_LISTED = 8
 
 
+class PretrainedMismatchError(ValueError):
+    """A converted checkpoint that does not fit the model (an expected, user-facing failure)."""
+
+
 def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dict:
     """Replaces params/batch_stats with a converted PyTorch checkpoint (kinpose_jax.convert_torch).
 
@@ -38,8 +42,8 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dic
       the variables with the checkpoint's values (all of them, or the backbone only for a
       torchvision source).
     Raises:
-      ValueError naming the field and both values on a config disagreement, or the missing /
-      unknown / mis-shaped leaves.
+      PretrainedMismatchError (a ValueError) naming the field and both values on a config
+      disagreement, or the missing / unknown / mis-shaped leaves.
     """
     from kinpose_jax.convert_torch import REPORT_FILE, load_converted, read_conversion_metadata
 
@@ -89,7 +93,7 @@ def _same_tree(a: Any, b: Any) -> bool:
 
 
 def check_config(meta: dict, model_config: Any, path: str = "checkpoint") -> None:
-    """Raises ValueError if ``model_config`` disagrees with a field the converted checkpoint fixes."""
+    """Raises PretrainedMismatchError if ``model_config`` disagrees with a field the converted checkpoint fixes."""
     from kinpose_jax.convert_torch import HEAD_FIELDS
     from kinpose_jax.models import config_value
 
@@ -110,7 +114,7 @@ def check_config(meta: dict, model_config: Any, path: str = "checkpoint") -> Non
         if any(b.startswith("kinematic_view") for b in bad):
             hint = (" (a seed kinematic head converted with --kinematic-view identity needs "
                     "config.model.kinematic_view='identity')")
-        raise ValueError(f"{path} was converted for another model: " + "; ".join(bad)
+        raise PretrainedMismatchError(f"{path} was converted for another model: " + "; ".join(bad)
                          + f"{hint}. Set config.model to match or re-run kinpose_jax.convert_torch for this config.")
 
 
@@ -120,7 +124,7 @@ def _refuse_converter_placeholders(meta: dict, path: str) -> None:
     if meta.get("source") == "torchvision":
         missing = [m for m in missing if m.split("/")[1:2] == ["backbone"]]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} leaves were missing from the torch checkpoint and hold the "
+        raise PretrainedMismatchError(f"{path}: {len(missing)} leaves were missing from the torch checkpoint and hold the "
                          f"converter's random initialization: {_listing(missing)}")
 
 
@@ -136,14 +140,14 @@ def _merge_checked(reference, loaded, where: str, keep_fresh: tuple[str, ...] = 
     flat_new = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
     unknown = ["/".join(k) for k in flat_new if k not in flat_ref]
     if unknown:
-        raise ValueError(f"{where}: {len(unknown)} checkpoint leaves do not exist in this model: {_listing(unknown)}")
+        raise PretrainedMismatchError(f"{where}: {len(unknown)} checkpoint leaves do not exist in this model: {_listing(unknown)}")
     missing = ["/".join(k) for k in flat_ref if k not in flat_new and k[0] not in keep_fresh]
     if missing:
-        raise ValueError(f"{where}: {len(missing)} model leaves are not in the checkpoint (they would stay "
+        raise PretrainedMismatchError(f"{where}: {len(missing)} model leaves are not in the checkpoint (they would stay "
                          f"randomly initialized): {_listing(missing)}")
     for k, v in flat_new.items():
         if tuple(np.shape(v)) != tuple(np.shape(flat_ref[k])):
-            raise ValueError(f"{where}: parameter {'/'.join(k)} has shape {np.shape(v)}, model expects "
+            raise PretrainedMismatchError(f"{where}: parameter {'/'.join(k)} has shape {np.shape(v)}, model expects "
                              f"{np.shape(flat_ref[k])}")
     flat_ref.update({k: jnp.asarray(v, flat_ref[k].dtype) for k, v in flat_new.items()})
     return flax.traverse_util.unflatten_dict(flat_ref)

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from kinpose_jax import convert_torch as C  # noqa: E402
 from kinpose_jax.models import ResNet, build_pose_net, init_variables  # noqa: E402
-from kinpose_jax.pretrained import check_config, load_pretrained  # noqa: E402
+from kinpose_jax.pretrained import PretrainedMismatchError, check_config, load_pretrained  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
@@ -72,7 +72,7 @@ def test_matching_config_loads_every_leaf(ckpts):
 def test_more_deconv_layers_than_converted_is_refused(ckpts):
     """The reviewed bug: 2-deconv seed net loaded into a 3-deconv config left head/features_6 random."""
     cfg = dict(INTEGRAL, num_deconv_layers=3)
-    with pytest.raises(ValueError, match=r"num_deconv_layers: the checkpoint has 2, the model config has 3"):
+    with pytest.raises(PretrainedMismatchError, match=r"num_deconv_layers: the checkpoint has 2, the model config has 3"):
         load_pretrained(ckpts["integral"], fresh(cfg), cfg)
 
 
