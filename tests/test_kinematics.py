@@ -356,6 +356,136 @@ def test_forward_kinematics_rejects_wrong_angle_count():
         kin.forward_kinematics(tree, np.zeros((2, tree.num_dofs + 1)))
 
 
+# ------------------------------------------------------------------ bone lengths from data
+# H36M joint pairs per bone, from SPEC §1's bone list (written here, not imported).
+SPEC_BONES = {
+    "pelvis2hip": [(0, 1), (0, 4)], "hip2knee": [(1, 2), (4, 5)], "knee2ankle": [(2, 3), (5, 6)],
+    "pelvis2torso": [(0, 7)], "torso2neck": [(7, 8)], "neck2nose": [(8, 9)], "nose2head": [(9, 10)],
+    "neck2shoulder": [(8, 11), (8, 14)], "shoulder2elbow": [(11, 12), (14, 15)],
+    "elbow2wrist": [(12, 13), (15, 16)],
+}
+
+
+def test_measured_bone_lengths_round_trip_through_fk_and_h36m18_from_joints():
+    rng = np.random.default_rng(13)
+    lengths = {k: float(v) for k, v in zip(sorted(SPEC_BONES), rng.uniform(60.0, 480.0, size=len(SPEC_BONES)))}
+    tree = presets.h36m18(lengths)
+    angles = rng.uniform(-math.pi, math.pi, size=(12, tree.num_dofs)).astype(np.float32)
+    trans = (rng.normal(size=(12, 3)) * 1000).astype(np.float32)
+    joints = np.asarray(kin.forward_kinematics(tree, angles, trans).joints)
+    # 4 extra garbage samples, masked out
+    data = np.concatenate([joints, rng.normal(size=(4, 18, 3)).astype(np.float32) * 5000])
+    mask = np.arange(16) < 12
+    measured = presets.measure_h36m_bone_lengths(data, mask)
+    assert set(measured) == set(lengths)
+    for bone, want in lengths.items():
+        assert math.isclose(measured[bone], want, rel_tol=2e-5), (bone, measured[bone], want)
+    rebuilt = presets.h36m18_from_joints(data, mask)
+    rest = np.asarray(kin.rest_pose(rebuilt), np.float64)
+    for bone, pairs in SPEC_BONES.items():
+        for p, c in pairs:
+            assert math.isclose(np.linalg.norm(rest[c] - rest[p]), lengths[bone], rel_tol=2e-5), bone
+    # left and right are averaged: a 400 mm left and 420 mm right femur measure 410 mm
+    lopsided = kin.set_bone_lengths(tree, {"l_knee": 400.0, "r_knee": 420.0})
+    measured = presets.measure_h36m_bone_lengths(np.asarray(kin.forward_kinematics(lopsided, angles).joints))
+    assert math.isclose(measured["hip2knee"], 410.0, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="H36M order"):
+        presets.measure_h36m_bone_lengths(joints[:, :10])
+
+
+# ------------------------------------------------------------------ small public API
+def test_h36m17_is_h36m18_without_the_thorax():
+    t17, t18 = presets.h36m17(), presets.h36m18()
+    assert t17.num_joints == 17 and t17.joint_names == t18.joint_names[:17] and "thorax" not in t17.names
+    assert t17.param_names == t18.param_names
+    a = np.random.default_rng(14).normal(size=(4, t18.num_dofs)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(kin.forward_kinematics(t17, a).joints),
+                               np.asarray(kin.forward_kinematics(t18, a).joints)[:, :17], atol=1e-4)
+    assert presets.get_tree("h36m17").joint_names == t17.joint_names
+
+
+def test_set_hidden_removes_and_restores_output_joints():
+    tree = presets.h36m18()
+    hidden = kin.set_hidden(tree, ["nose", "head"])
+    assert hidden.num_joints == 16 and "nose" not in hidden.joint_names and "nose" in hidden.names
+    with pytest.raises(KeyError, match="hidden"):
+        hidden.joint_index("nose")
+    a = np.random.default_rng(15).normal(size=(3, tree.num_dofs)).astype(np.float32)
+    full = np.asarray(kin.forward_kinematics(tree, a).joints)
+    keep = [i for i, n in enumerate(tree.joint_names) if n not in ("nose", "head")]
+    np.testing.assert_allclose(np.asarray(kin.forward_kinematics(hidden, a).joints), full[:, keep], atol=1e-4)
+    shown = kin.set_hidden(hidden, ["nose", "head"], hidden=False)
+    assert shown.joint_names == tree.joint_names and tree.num_joints == 18  # the input tree is untouched
+
+
+def test_add_derived_is_the_weighted_combination_of_its_sources():
+    tree = kin.add_derived(presets.h36m18(), "mix", {"l_wrist": 0.25, "r_ankle": 0.75})
+    rng = np.random.default_rng(16)
+    a = rng.normal(size=(3, tree.num_dofs)).astype(np.float32)
+    t = (rng.normal(size=(3, 3)) * 800 + [0, 0, 4000]).astype(np.float32)  # well away from the origin
+    j = np.asarray(kin.forward_kinematics(tree, a, t).joints)
+    lw, ra, mix = (tree.joint_index(n) for n in ("l_wrist", "r_ankle", "mix"))
+    assert mix == 18
+    np.testing.assert_allclose(j[:, mix], 0.25 * j[:, lw] + 0.75 * j[:, ra], atol=1e-3)
+    assert np.linalg.norm(j[:, mix] - 0.5 * (j[:, lw] + j[:, ra]), axis=-1).min() > 1.0  # not a plain mean
+
+
+def test_scale_bones_scales_only_the_chosen_bones():
+    tree = presets.h36m18()
+    rest = np.asarray(kin.rest_pose(tree), np.float64)
+    np.testing.assert_allclose(np.asarray(kin.rest_pose(kin.scale_bones(tree, 2.0))), 2.0 * rest, atol=1e-3)
+    longer = kin.scale_bones(tree, 1.5, ["l_knee"])  # the l_hip -> l_knee bone
+    off, off0 = np.asarray(longer.offsets), np.asarray(tree.offsets)
+    i = tree.index("l_knee")
+    np.testing.assert_allclose(off[i], 1.5 * off0[i])
+    np.testing.assert_array_equal(np.delete(off, i, axis=0), np.delete(off0, i, axis=0))
+    new = np.asarray(kin.rest_pose(longer), np.float64)
+    lh, lk, la = (tree.joint_index(n) for n in ("l_hip", "l_knee", "l_ankle"))
+    assert math.isclose(np.linalg.norm(new[lk] - new[lh]), 1.5 * np.linalg.norm(rest[lk] - rest[lh]), rel_tol=1e-5)
+    np.testing.assert_allclose(new[la] - new[lk], rest[la] - rest[lk], atol=1e-3)  # the shin is unchanged
+    others = [k for k in range(18) if k not in (lk, la, tree.joint_index("thorax"))]
+    np.testing.assert_allclose(new[others], rest[others], atol=1e-3)
+
+
+def test_set_offsets_places_the_frame_at_the_new_offset():
+    tree = kin.set_offsets(presets.h36m18(), {"l_elbow": (10.0, -200.0, 30.0)})
+    rest = np.asarray(kin.rest_pose(tree))
+    np.testing.assert_allclose(rest[tree.joint_index("l_elbow")] - rest[tree.joint_index("l_shoulder")],
+                               (10.0, -200.0, 30.0), atol=1e-3)
+    # with the shoulder rotated by 90 degrees about z, the new offset turns with it: (x, y) -> (-y, x)
+    a = np.zeros(tree.num_dofs, np.float32)
+    a[tree.param_names.index("L_Shoulder_RotZ")] = math.pi / 2
+    posed = np.asarray(kin.forward_kinematics(tree, a).joints)
+    np.testing.assert_allclose(posed[tree.joint_index("l_elbow")] - posed[tree.joint_index("l_shoulder")],
+                               (200.0, 10.0, 30.0), atol=1e-3)
+
+
+def test_transforms_pack_rotations_and_positions_into_4x4():
+    tree = presets.seed_h36m18()
+    names = tree.param_names
+    a = np.zeros((2, tree.num_dofs), np.float32)
+    rz, rx, ry = 0.4, -0.7, 1.1
+    for n, v in (("Root_RotZ", rz), ("Root_RotX", rx), ("Root_RotY", ry)):
+        a[:, names.index(n)] = v
+    t = np.array([[10.0, 20.0, 30.0], [-5.0, 0.0, 2000.0]], np.float32)
+    out = kin.forward_kinematics(tree, a, t)
+    m = np.asarray(out.transforms)
+    assert m.shape == (2, tree.num_entries, 4, 4)
+    np.testing.assert_array_equal(m[..., 3, :], np.broadcast_to([0.0, 0.0, 0.0, 1.0], m.shape[:-2] + (4,)))
+    np.testing.assert_array_equal(m[..., :3, :3], np.asarray(out.rotations))
+    np.testing.assert_array_equal(m[..., :3, 3], np.asarray(out.positions))
+    # root frame by hand: [Rz Rx Ry | t]; a child frame without dofs: same rotation, t + R @ offset
+    root = Rz(rz) @ Rx(rx) @ Ry(ry)
+    pelvis, l_hip = tree.index("pelvis"), tree.index("l_hip")
+    for b in range(2):
+        np.testing.assert_allclose(m[b, pelvis, :3, :3], root, atol=1e-6)
+        np.testing.assert_allclose(m[b, pelvis, :3, 3], t[b], atol=1e-4)
+        np.testing.assert_allclose(m[b, l_hip, :3, 3], t[b] + root @ [84.7, 0.0, 0.0], atol=1e-3)
+    # output joints are the translations of the output entries, in the tree's output axes (x, z, y)
+    rows = np.asarray(tree.output_indices)
+    np.testing.assert_allclose(np.asarray(out.joints), m[:, rows][..., :3, 3][..., [0, 2, 1]], atol=1e-5)
+
+
 # ------------------------------------------------------------------ inverse use
 def test_fit_to_joints_round_trip_within_1mm():
     tree = presets.h36m18()

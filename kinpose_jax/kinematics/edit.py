@@ -152,9 +152,19 @@ def set_bone_lengths(tree: KinematicTree, lengths: Mapping[str, float]) -> Kinem
     return _build(tree, e)
 
 
-def scale_bones(tree: KinematicTree, factor: float) -> KinematicTree:
-    """Multiplies every offset by ``factor``."""
-    return dataclasses.replace(tree, offsets=np.asarray(tree.offsets) * float(factor))
+def scale_bones(tree: KinematicTree, factor: float, names: Sequence[str] | None = None) -> KinematicTree:
+    """Multiplies the offsets of the named frames (default: every offset) by ``factor``.
+
+    Scaling one bone moves its subtree rigidly; the other bones keep their lengths.
+    """
+    offsets = np.array(tree.offsets, dtype=np.float64)
+    if names is None:
+        return dataclasses.replace(tree, offsets=offsets * float(factor))
+    if isinstance(names, str):
+        names = [names]
+    idx = sorted({tree.index(n) for n in names})
+    offsets[..., idx, :] *= float(factor)
+    return dataclasses.replace(tree, offsets=offsets)
 
 
 def set_hidden(tree: KinematicTree, names: Sequence[str], hidden: bool = True) -> KinematicTree:

@@ -5,8 +5,9 @@
   neck. Model frame: x = person's left, y = up, nose towards -z; outputs reordered to (x, z, y)
   like the seed.
 * :func:`h36m18` / :func:`h36m17` — a left/right-symmetric Human3.6M tree (same topology) with
-  right-handed axes x = left, y = up, z = forward and mean bone lengths; rebuild it from your
-  data's lengths with :func:`h36m18_from_joints`.
+  right-handed axes x = left, y = up, z = forward and approximate default bone lengths
+  (:data:`H36M_MEAN_BONES`, not measured by this project); rebuild it from lengths measured on
+  your data with :func:`h36m18_from_joints`.
 * :func:`mpii16` — the MPII joint set.
 
 Angles are radians; joint limits are human ranges (used by the synthetic generator and by
@@ -41,8 +42,12 @@ SEED_MOTION_NAMES: tuple[str, ...] = (
     "Neck_RotY", "Head_RotX",
 )
 
-#: Mean bone lengths (mm) of the symmetric H36M tree. Approximate means over the Human3.6M
-#: training subjects; :func:`h36m18_from_joints` re-measures them on your own data.
+#: Default bone lengths (mm) of the symmetric H36M tree. Provenance: these are *approximate*
+#: adult bone lengths in Human3.6M's joint convention, entered by hand (rounded to the mm) when
+#: the preset was written; they were not measured by this project and no source is recorded, so
+#: do not cite them as Human3.6M statistics. For lengths measured on your own data (e.g. the
+#: training subjects' ground truth in mm) use ``h36m18_from_joints(joints)``, or
+#: ``h36m18(measure_h36m_bone_lengths(joints, mask))`` to inspect or edit the numbers first.
 H36M_MEAN_BONES = dict(
     pelvis2hip=132.0, hip2knee=442.0, knee2ankle=454.0, pelvis2torso=233.0, torso2neck=257.0, neck2nose=121.0,
     nose2head=115.0, neck2shoulder=151.0, shoulder2elbow=279.0, elbow2wrist=250.0,
@@ -147,7 +152,7 @@ def seed_h36m18() -> KinematicTree:
 def _symmetric_offsets(lengths: dict) -> dict:
     n = lengths
     nose_dir = np.array([0.0, 0.8, 0.6])
-    head_dir = np.array([0.0, 0.866, -0.5])
+    head_dir = np.array([0.0, math.sqrt(3.0) / 2.0, -0.5])  # unit: the bone gets exactly its length
     sh_dir = np.array([1.0, -0.05, 0.0]) / np.linalg.norm([1.0, -0.05, 0.0])
     return {
         "l_hip": (n["pelvis2hip"], 0, 0), "r_hip": (-n["pelvis2hip"], 0, 0),
