@@ -6,10 +6,15 @@ FK (seed's 18-joint model, poses/s) at batch 1, 256 and 65,536 for
   * kinpose_jax: ``jax.jit`` of the level-batched tree FK,
   * torch_vectorized: a batched PyTorch FK written for this benchmark (one op per joint, whole
     batch at a time),
-  * torch_seed_loop: the seed's style, a Python loop over samples (batch <= 256).
+  * torch_seed_loop: the seed's *cost model* (bug (e): a Python loop over samples), batch <= 256.
+    It is NOT the seed's code: each sample runs ``tests/torch_reference.seed_fk`` — an
+    intended-semantics reference built from explicit per-sample 4x4 matrix products — so it is
+    a stand-in for the seed's per-sample style, not a measurement of the seed itself.
 Soft-argmax at [32, 18*64, 64, 64] float32: kinpose_jax (jit) vs the PyTorch reshape/softmax/
 marginal implementation, plus the achieved heatmap-read bandwidth against a numpy memory copy
-measured in the same run. Prints a table and writes JSON; never asserts anything about speed.
+measured in the same run. Copy bandwidth counts the bytes copied in one direction (array size /
+time; a copy also writes as many bytes, so the memory traffic is about twice that). Prints a
+table and writes JSON; never asserts anything about speed.
 """
 
 from __future__ import annotations
@@ -161,10 +166,19 @@ def main():
     result = dict(
         benchmark="core_ops", platform=platform.platform(), cpu_count=os.cpu_count(), jax=jax.__version__,
         jax_backend=jax.default_backend(), torch=torch.__version__, fk=fk, softargmax=sa,
+        notes=dict(
+            torch_seed_loop=("not the seed's code: a Python loop over samples, each running an "
+                             "intended-semantics per-sample 4x4 reference FK (tests/torch_reference.seed_fk)"),
+            numpy_copy_gb_per_s="bytes copied in one direction (array size / copy time); read + write "
+                                "traffic is about twice this",
+            read_gb_per_s="heatmap bytes read once / kernel time",
+        ),
         wall_seconds=time.perf_counter() - start,
     )
     print(f"\nForward kinematics, seed 18-joint model (poses/s; jax {jax.__version__} {jax.default_backend()}, "
           f"torch {torch.__version__}, {os.cpu_count()} cores)")
+    print("  'seed loop' = per-sample Python loop over an intended-semantics 4x4 reference FK (the seed's\n"
+          "  per-sample style, not the seed's code)")
     print(f"{'batch':>7} {'kinpose_jax':>13} {'torch vec':>12} {'seed loop':>11} {'x torch vec':>12} {'x seed loop':>12}")
     for r in fk:
         loop = f"{r['torch_seed_loop_poses_per_s']:11.0f}" if r["torch_seed_loop_poses_per_s"] else f"{'-':>11}"
@@ -174,7 +188,8 @@ def main():
     print(f"\nSoft-argmax {tuple(shape)} float32 ({sa['heatmap_bytes'] / 1e6:.0f} MB)")
     print(f"  kinpose_jax {sa['kinpose_jax_ms']:.1f} ms ({sa['kinpose_jax_read_gb_per_s']:.2f} GB/s read) | "
           f"torch {sa['torch_ms']:.1f} ms ({sa['torch_read_gb_per_s']:.2f} GB/s) | "
-          f"ratio {sa['speedup_vs_torch']:.2f}x | numpy copy {sa['numpy_copy_gb_per_s']:.2f} GB/s -> "
+          f"ratio {sa['speedup_vs_torch']:.2f}x | numpy copy {sa['numpy_copy_gb_per_s']:.2f} GB/s "
+          f"(bytes copied, one direction) -> "
           f"{100 * sa['kinpose_jax_fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
     print(f"max |jax - torch|: fk {max(r['max_abs_diff'] for r in fk):.2e}, softargmax {sa['max_abs_diff']:.2e}; "
           f"wall {result['wall_seconds']:.0f} s")
