@@ -67,6 +67,15 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dic
     return out
 
 
+def conversion_source(path: str) -> str | None:
+    """``'seed'`` or ``'torchvision'``: what ``path`` was converted from (None: no metadata)."""
+    from kinpose_jax.convert_torch import REPORT_FILE, read_conversion_metadata
+
+    if not os.path.exists(os.path.join(path, REPORT_FILE)):
+        return None
+    return read_conversion_metadata(path)["source"]
+
+
 def _norm(field: str, value: Any) -> Any:
     from kinpose_jax.models import parse_backbone
 

@@ -285,6 +285,10 @@ def _check_resumable(saved: dict, current: dict, where: str) -> None:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "") -> dict:
     """``--mode=eval``: evaluates ``checkpoint`` (an orbax dir from convert_torch, or "" for the
     best/latest checkpoint of ``workdir``)."""
+    if checkpoint and pretrained.conversion_source(checkpoint) == "torchvision":
+        raise CheckpointMismatchError(
+            f"{checkpoint} holds only an ImageNet backbone (converted from a torchvision state_dict): its "
+            f"head would be random. Train from it with --config.model.pretrained={checkpoint} instead.")
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
     from kinpose_jax.data import setup as input_pipeline
