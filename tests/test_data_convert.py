@@ -304,13 +304,9 @@ def test_dataset_info_records_camera_extrinsics(tmp_path):
 
 
 def _convert_cli():
-    import importlib.util
+    from tests import data_prep_scripts
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "convert_h36m.py")
-    spec = importlib.util.spec_from_file_location("convert_h36m_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return data_prep_scripts.load("convert_h36m")
 
 
 def test_skip_then_fix_images_needs_force(tmp_path, capsys):

@@ -4,7 +4,6 @@ Skipped when tensorflow-datasets (the ``tfds`` extra) is not installed."""
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import shutil
@@ -19,13 +18,10 @@ from tests.test_data_fixtures import synthetic_root
 tfds = pytest.importorskip("tensorflow_datasets")
 
 
-@functools.lru_cache(maxsize=None)
 def _load_builder_module():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "tfds_h36m.py")
-    spec = importlib.util.spec_from_file_location("tfds_h36m", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests import data_prep_scripts
+
+    return data_prep_scripts.load("tfds_h36m")
 
 
 def test_tfds_builder_matches_shards(tmp_path):
