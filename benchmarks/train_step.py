@@ -1,19 +1,24 @@
 """Images/s of one training step (forward + backward + Adam) and of inference, JAX (jit) vs the
-PyTorch reference network (tests/torch_pose_reference.py) in the same run, on CPU.
+PyTorch reference network (tests/torch_pose_reference.py) in the same run: on CPU, or on a GPU
+when there is one (JAX on its default backend; torch on CUDA when ``torch.cuda.is_available()``).
 
     python benchmarks/train_step.py                                   # ResNet-50 integral, 256x256, batch 8
     python benchmarks/train_step.py --backbone resnet18 --size 128 --batch 2 --steps 3   # quick check
 
-Prints a table and writes JSON (``--out``, default benchmarks/results/train_step.json). Both
-frameworks use float32 and the same architecture. After one compiling/warm-up call each, JAX and
+Prints a table and writes JSON (``--out``, default benchmarks/results/train_step.json), with each
+framework's device. Both frameworks use the same architecture; ``--dtype bfloat16`` makes JAX
+compute in bfloat16 (fp32 params) and, on CUDA only, runs torch under ``torch.autocast(bfloat16)``
+(on CPU torch stays float32). After one compiling/warm-up call each, JAX and
 torch steps are *interleaved* (jax, torch, jax, torch, ...) so that load from other processes
 hits both alike; the table reports the median seconds per step (the JSON also has every time).
 Set XLA flags through the XLA_FLAGS environment variable (recorded in the JSON).
 
-CPU notes (2-core AVX-512 machine): XLA:CPU differentiates transposed convolutions and 1x1
-convolutions slowly, so the model computes the deconvs as 4 phase convolutions
-(kinpose_jax/models/deconv.py; ~15x faster gradient) and 1x1 convs as matmuls
-(PointwiseConv; ~1.8x faster gradient). --xla_cpu_use_onednn, --xla_cpu_use_xnnpack and
+CPU notes (2-core AVX-512 machine): XLA:CPU differentiates transposed convolutions, 1x1
+convolutions and max-pooling slowly, so the model computes the deconvs as 4 phase convolutions
+(kinpose_jax/models/deconv.py; ~15x faster gradient), 1x1 convs as 2-D matmuls (PointwiseConv;
+a 4-D dot's kernel gradient transposes the activation very slowly) and, on CPU only, the stem
+max-pool with a hand-written gradient (resnet.max_pool, ~4x faster). Stride-2 3x3/7x7 convs
+computed as 4 stride-1 polyphase convs were not faster. --xla_cpu_use_onednn, --xla_cpu_use_xnnpack and
 --xla_cpu_use_thunk_runtime=false gave no further gain.
 """
 
@@ -76,11 +81,14 @@ def jax_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
     def infer():
         infer_fn(state[0], state[1], x).block_until_ready()
 
-    return dict(train=train, infer=infer)
+    return dict(train=train, infer=infer, device=str(jax.devices()[0].device_kind))
 
 
 def torch_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
-    """The same for the PyTorch reference network (eager, float32)."""
+    """The same for the PyTorch reference network (eager; float32 params, on CUDA when available,
+    then under bfloat16 autocast if ``--dtype bfloat16``)."""
+    import contextlib
+
     import torch
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -92,22 +100,33 @@ def torch_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
     tree = get_tree("seed_h36m18") if a.head == "kinematic" else None
     net = ref.build(parse_backbone(a.backbone), a.head, depth_bins=a.depth_bins, filters=256, tree=tree,
                     view="seed_h36m18")
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    net = net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, tgt, w = torch.as_tensor(images), torch.as_tensor(target), torch.as_tensor(weight)
+    x, tgt, w = (torch.as_tensor(v).to(dev) for v in (images, target, weight))
+    bf16 = cuda and a.dtype == "bfloat16"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def train():
         net.train()
         opt.zero_grad(set_to_none=True)
-        loss = ((net(x)["joints"] - tgt).abs() * w).sum() / x.shape[0]
+        with autocast():
+            joints = net(x)["joints"]
+        loss = ((joints.float() - tgt).abs() * w).sum() / x.shape[0]
         loss.backward()
         opt.step()
+        loss.item()  # waits for the GPU (a no-op wait on CPU)
 
     def infer():
         net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             net(x)["joints"].sum().item()
 
-    return dict(train=train, infer=infer)
+    device = torch.cuda.get_device_name(dev) if cuda else "cpu"
+    return dict(train=train, infer=infer, device=device + (" (autocast bfloat16)" if bf16 else " (float32)"))
 
 
 def main(argv=None) -> dict:
@@ -117,7 +136,8 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--depth-bins", type=int, default=64)
-    p.add_argument("--dtype", default="float32", help="JAX compute dtype (torch always float32)")
+    p.add_argument("--dtype", default="float32",
+                   help="JAX compute dtype; bfloat16 also runs torch under autocast when on CUDA")
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework and measurement")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "train_step.json"))
@@ -130,6 +150,7 @@ def main(argv=None) -> dict:
     fns = {"jax": jax_steps(a, images, target, weight)}
     if not a.skip_torch:
         fns["torch"] = torch_steps(a, images, target, weight)
+    devices = {fw: d.pop("device") for fw, d in fns.items()}
 
     first = {f"{fw}_{kind}": timed(fn) for fw, d in fns.items() for kind, fn in d.items()}  # compile / warm up
     times: dict[str, list[float]] = {f"{fw}_{kind}": [] for fw, d in fns.items() for kind in d}
@@ -141,6 +162,7 @@ def main(argv=None) -> dict:
 
     print(f"\n{a.backbone} {a.head}, {a.size}x{a.size}, batch {a.batch}, {a.steps} interleaved steps each, "
           f"median (CPU: {os.cpu_count()} cores, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+    print("devices: " + ", ".join(f"{fw} {d}" for fw, d in devices.items()))
     print(f"{'':10s} {'JAX img/s':>10s} {'torch img/s':>12s} {'JAX/torch':>10s}")
     rows = []
     for kind in ("train", "infer"):
@@ -151,7 +173,7 @@ def main(argv=None) -> dict:
     print(f"(first JAX calls incl. compilation: train {first['jax_train']:.1f}s, infer {first['jax_infer']:.1f}s)")
     report = dict(
         config=vars(a), results=rows, seconds_per_step=times, first_call_seconds=first,
-        jax_version=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
+        devices=devices, jax_version=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
         machine=platform.machine(), xla_flags=os.environ.get("XLA_FLAGS", ""),
         load_average=os.getloadavg(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
