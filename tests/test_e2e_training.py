@@ -83,7 +83,7 @@ def test_training_on_four_devices_learns_and_reports(tmp_path, data_root):
     assert untrained.returncode == 0, untrained.stderr[-3000:]
     proc = run(main_cmd(workdir, data_root, "--config.num_epochs=8", "--config.per_device_batch_size=2",
                         "--config.eval_every_epochs=8", "--config.log_every_steps=1",
-                        "--config.optim.lr_decay_epochs=(6,7)"), devices=4)
+                        "--config.optim.lr_decay_epochs=(7,8)"), devices=4)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "MPJPE" in proc.stdout and "PA-MPJPE" in proc.stdout
     losses = last_by_step(read_rows(workdir), "train", "loss")
