@@ -105,9 +105,9 @@ def test_force_regenerates_identically(tmp_path):
     assert cache.endswith("sample3.pkl")
 
 
-def test_pose_geometry_is_float64_numpy_and_matches_jax_fk():
-    """The generator's forward kinematics runs in float64 numpy (the same numbers on every
-    platform) and agrees with the library's JAX forward kinematics (float32 here)."""
+def test_pose_geometry_is_float64_and_matches_float32_fk():
+    """The generator's forward kinematics runs in float64 on the CPU (the same numbers on every
+    platform) and agrees with the library's float32 forward kinematics to float32 rounding."""
     import jax.numpy as jnp
 
     from kinpose_jax import kinematics
@@ -115,32 +115,28 @@ def test_pose_geometry_is_float64_numpy_and_matches_jax_fk():
     tree = kinematics.presets.h36m18()
     angles, _ = synthetic.sample_pose_params(np.random.default_rng(4), 32, tree)
     scales = np.random.default_rng(5).uniform(0.9, 1.1, 32)
-    got = synthetic.forward_kinematics_np(tree, angles, scales)
+    got = synthetic.forward_kinematics_cpu64(tree, angles, scales)
     assert got.dtype == np.float64 and got.shape == (32, 18, 3)
     ref = np.asarray(kinematics.forward_kinematics(tree, jnp.asarray(angles, jnp.float32),
                                                    scale=jnp.asarray(scales, jnp.float32)).joints, np.float64)
     np.testing.assert_allclose(got, ref, atol=0.02)  # mm; float32 rounding of ~1 m coordinates
     # independent facts: zero angles give the rest pose, whose bone lengths are the tree's offsets
-    rest = synthetic.forward_kinematics_np(tree, np.zeros((1, tree.num_dofs)), np.array([2.0]))[0]
+    rest = synthetic.forward_kinematics_cpu64(tree, np.zeros((1, tree.num_dofs)), np.array([2.0]))[0]
     knee, ankle = rest[2], rest[3]
     np.testing.assert_allclose(np.linalg.norm(ankle - knee),
                                2.0 * np.linalg.norm(np.asarray(tree.offsets)[tree.names.index(tree.joint_names[3])]),
                                rtol=1e-12)
     np.testing.assert_allclose(rest[17], rest[[11, 14]].mean(0), atol=1e-9)  # thorax = mean of shoulders
-    # the generator does not touch JAX arrays: world joints come out as float64 numpy
+    # world joints come out as float64 numpy
     world = synthetic.poses_to_world(tree, angles, scales, np.zeros((32, 2)))
     assert isinstance(world, np.ndarray) and world.dtype == np.float64
     np.testing.assert_allclose(world[:, [3, 6], 2].min(axis=1), 90.0, atol=1e-9)
 
 
 def test_cli_refuses_a_foreign_folder(tmp_path, capsys):
-    import importlib.util
+    from tests import data_prep_scripts
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep",
-                        "make_synthetic_h36m.py")
-    spec = importlib.util.spec_from_file_location("make_synthetic_cli", path)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = data_prep_scripts.load("make_synthetic_h36m")
     (tmp_path / "hm36" / "images").mkdir(parents=True)
     assert cli.main(["--root", str(tmp_path), "--no_convert"]) == 2
     assert "not written by the synthetic generator" in capsys.readouterr().err

@@ -11,8 +11,8 @@
 Poses: the symmetric H36M kinematic tree (:func:`kinpose_jax.kinematics.presets.h36m18`, human
 joint ranges, mean bone lengths) with angles uniform within the joint limits damped towards zero,
 a random heading (rotation about the vertical axis) and small tilts, a per-subject bone-length
-scale ~ N(1, 0.05), feet on the floor; forward kinematics in float64 numpy, so the written
-geometry is the same on every platform (no JAX device or float32 involved). Four cameras around
+scale ~ N(1, 0.05), feet on the floor; forward kinematics in float64 on the CPU device, so the
+written geometry is the same on every platform (no accelerator or float32 involved). Four cameras around
 the capture area with Human3.6M-like intrinsics (fx ~ 1145 px at 1000 px width, scaled to
 ``image_size``) and extrinsics (3.8-4.8 m away, 1.3-1.8 m high); no lens distortion. The cache
 records are computed from the written ``matlab_meta.txt`` by the same code that converts real
@@ -32,7 +32,7 @@ import numpy as np
 
 from kinpose_jax.data import DataError, h36m_format, render
 
-GENERATOR_VERSION = 2  # 2: float64 numpy forward kinematics
+GENERATOR_VERSION = 2  # 2: float64 forward kinematics on the CPU device
 #: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
 _FOCAL_1000 = np.array([1145.0, 1144.0])
 #: World <- model axes: model x (left) -> world x, model y (up) -> world z, model z (forward) -> world -y.
@@ -73,65 +73,30 @@ def sample_pose_params(rng: np.random.Generator, num: int, tree, damping: float 
     return angles, rng.uniform(-600, 600, (num, 2))
 
 
-def _skew(axis: np.ndarray) -> np.ndarray:
-    """[3, 3] cross-product matrix K of a unit axis [3] (``K @ v = axis x v``)."""
-    x, y, z = axis
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
-def forward_kinematics_np(tree, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Float64 numpy forward kinematics (same convention as
-    :func:`kinpose_jax.kinematics.forward_kinematics`): ``G_root = R_root``,
-    ``G_j = G_parent T(scale * offset_j) R_j`` with ``R_j`` the ordered product of Rodrigues
-    rotations about the frame's dof axes; derived joints are weighted sums of frame positions.
+def forward_kinematics_cpu64(tree, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The library's :func:`~kinpose_jax.kinematics.forward_kinematics` in float64 on the CPU
+    device, so the synthetic geometry does not depend on the accelerator or on float32 rounding
+    (the same numbers on every platform).
 
     Args: angles [N, tree.num_dofs] radians; scales [N] bone-length scales.
-    Returns: output joints [N, tree.num_joints, 3] (offset units, mm), after ``output_axes``.
+    Returns: output joints [N, tree.num_joints, 3] (offset units, mm) as float64 numpy.
+    """
+    import jax
+    import jax.numpy as jnp
 
-    Plain numpy on the CPU in float64, so the synthetic geometry does not depend on JAX's
-    device or precision (the same numbers on every platform)."""
-    angles = np.asarray(angles, np.float64)
-    n = angles.shape[0]
-    offsets = np.asarray(tree.offsets, np.float64)[None] * np.asarray(scales, np.float64)[:, None, None]
-    starts = np.cumsum([0] + [len(d) for d in tree.dofs])
-    rot: dict[int, np.ndarray] = {}
-    pos: dict[int, np.ndarray] = {}
+    from kinpose_jax import kinematics
 
-    def frame(i: int) -> None:
-        if i in rot:
-            return
-        local = np.broadcast_to(np.eye(3), (n, 3, 3))
-        for k, axis in enumerate(tree.dofs[i]):
-            a = angles[:, starts[i] + k][:, None, None]
-            kx = _skew(np.asarray(axis, np.float64))
-            local = local @ (np.eye(3) + np.sin(a) * kx + (1.0 - np.cos(a)) * (kx @ kx))
-        parent = tree.parents[i]
-        if parent < 0:
-            rot[i], pos[i] = local, np.zeros((n, 3))
-        else:
-            frame(parent)
-            pos[i] = pos[parent] + np.einsum("nij,nj->ni", rot[parent], offsets[:, i])
-            rot[i] = rot[parent] @ local
-
-    out = []
-    for i in tree.output_indices:
-        if tree.derived[i]:
-            total = np.zeros((n, 3))
-            for src, w in tree.derived[i]:
-                frame(src)
-                total = total + w * pos[src]
-            out.append(total)
-        else:
-            frame(i)
-            out.append(pos[i])
-    return np.stack(out, axis=1)[:, :, list(tree.output_axes)]
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        joints = kinematics.forward_kinematics(tree, jnp.asarray(angles, jnp.float64),
+                                               scale=jnp.asarray(scales, jnp.float64)).joints
+        return np.asarray(joints, np.float64)
 
 
 def poses_to_world(tree, angles: np.ndarray, scales: np.ndarray, floor_xy: np.ndarray) -> np.ndarray:
     """World joints [N, 18, 3] mm (world z up, float64) by forward kinematics
-    (:func:`forward_kinematics_np`), feet on the floor (lowest ankle 90 mm up) at ``floor_xy``
+    (:func:`forward_kinematics_cpu64`), feet on the floor (lowest ankle 90 mm up) at ``floor_xy``
     [N, 2]; ``scales`` [N] bone-length scales."""
-    model = forward_kinematics_np(tree, angles, scales)
+    model = forward_kinematics_cpu64(tree, angles, scales)
     world = model @ _MODEL_TO_WORLD.T
     ankle_z = world[:, [3, 6], 2].min(axis=1)
     place = np.concatenate([floor_xy, (90.0 - ankle_z)[:, None]], axis=1)
