@@ -24,17 +24,22 @@ from orbax.checkpoint import checkpoint_managers as policies
 STATE, DATA, META = "state", "data_iter", "meta"
 
 
+def _val_loss(metrics: dict) -> float:
+    """The retention metric: validation loss, +inf for checkpoints saved without one."""
+    return float(metrics.get("val_loss", float("inf")))
+
+
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     """Manager over ``<workdir>/checkpoints``: keeps the ``keep`` latest steps and the step
-    with the lowest ``val_loss`` among those saved with metrics."""
+    with the lowest ``val_loss`` among those saved with one."""
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
-        policies.BestN(get_metric_fn=lambda m: -float(m["val_loss"]), n=1, keep_checkpoints_without_metrics=False),
+        policies.BestN(get_metric_fn=lambda m: -_val_loss(m), n=1, keep_checkpoints_without_metrics=False),
     ])
     # best_fn makes orbax write each step's metrics to disk (without it they live only in this
     # process, and a resumed run or --mode=eval would no longer know which step was best).
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: float(m["val_loss"]),
-                                           best_mode="min", create=True, cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss, best_mode="min",
+                                           create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=options,
@@ -49,7 +54,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
     args = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:
         args[DATA] = grain.PyGrainCheckpointSave(data_iter)
-    manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+    # Always a dict (empty without validation): orbax warns on every save without metrics.
+    manager.save(step, args=ocp.args.Composite(**args), metrics=dict(metrics or {}), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
@@ -85,10 +91,11 @@ def abstract_like(tree: Any) -> Any:
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
-    """Step of the kept checkpoint with the lowest validation loss (None if none has one)."""
+    """Step of the kept checkpoint with the lowest validation loss (None if none has one; unlike
+    orbax's ``best_step``, which would then return an arbitrary step)."""
     best, best_loss = None, float("inf")
     for step in manager.all_steps():
-        loss = (manager.metrics(step) or {}).get("val_loss")
-        if loss is not None and float(loss) < best_loss:
-            best, best_loss = step, float(loss)
+        loss = _val_loss(manager.metrics(step) or {})
+        if loss < best_loss:
+            best, best_loss = step, loss
     return best
