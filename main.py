@@ -47,13 +47,15 @@ def main(argv):
         sys.exit(1)
     from kinpose_jax import train
     from kinpose_jax.data import DataError
+    from kinpose_jax.pretrained import PretrainedMismatchError
 
     try:
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
-    except (train.NonFiniteLossError, train.CheckpointMismatchError, DataError, FileNotFoundError) as err:
+    except (train.NonFiniteLossError, train.CheckpointMismatchError, PretrainedMismatchError, DataError,
+            FileNotFoundError) as err:
         # Expected failures: a one-paragraph message instead of a traceback.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

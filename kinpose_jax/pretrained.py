@@ -30,7 +30,8 @@ class PretrainedMismatchError(ValueError):
     """A converted checkpoint that does not fit the model (an expected, user-facing failure)."""
 
 
-def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dict:
+def load_pretrained(path: str, variables: dict, model_config: Any = None, allow_backbone_only: bool = True
+                    ) -> dict:
     """Replaces params/batch_stats with a converted PyTorch checkpoint (kinpose_jax.convert_torch).
 
     Args:
@@ -38,6 +39,8 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dic
       variables: ``{'params', 'batch_stats'}`` of the freshly initialized model.
       model_config: the ``config.model`` the model was built from; when given, it is checked
         against the conversion metadata (skipped if ``None``).
+      allow_backbone_only: accept a torchvision (ImageNet) conversion, which fills only the
+        backbone; False where a random head makes no sense (evaluation).
     Returns:
       the variables with the checkpoint's values (all of them, or the backbone only for a
       torchvision source).
@@ -49,6 +52,10 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dic
 
     meta = read_conversion_metadata(path) if os.path.exists(os.path.join(path, REPORT_FILE)) else None
     source = meta["source"] if meta else None
+    if source == "torchvision" and not allow_backbone_only:
+        raise PretrainedMismatchError(
+            f"{path} holds only an ImageNet backbone (converted from a torchvision state_dict): its head "
+            f"would be random. Train from it with --config.model.pretrained={path} instead.")
     if meta is not None and model_config is not None:
         check_config(meta, model_config, path)
     if meta is not None:
@@ -65,15 +72,6 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None) -> dic
         out[col] = _merge_checked(variables[col], new, f"{path}:{col}",
                                   keep_fresh=("head",) if only_backbone else ())
     return out
-
-
-def conversion_source(path: str) -> str | None:
-    """``'seed'`` or ``'torchvision'``: what ``path`` was converted from (None: no metadata)."""
-    from kinpose_jax.convert_torch import REPORT_FILE, read_conversion_metadata
-
-    if not os.path.exists(os.path.join(path, REPORT_FILE)):
-        return None
-    return read_conversion_metadata(path)["source"]
 
 
 def _norm(field: str, value: Any) -> Any:

@@ -34,7 +34,8 @@ class NonFiniteLossError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the run: resuming with another batch size, number of processes,
-    epoch length or seed, or starting from converted weights of another architecture."""
+    epoch length or seed (converted weights that do not fit raise
+    :class:`~kinpose_jax.pretrained.PretrainedMismatchError`)."""
 
 
 @flax.struct.dataclass
@@ -95,17 +96,10 @@ def make_train_step(model, tx, loss_name: str, schedule):
     return train_step
 
 
-def _load_pretrained(path: str, variables: dict, config) -> dict:
-    try:
-        return pretrained.load_pretrained(path, variables, config.model)
-    except ValueError as err:
-        raise CheckpointMismatchError(str(err)) from err
-
-
 def create_state(config, model, tx, mesh) -> TrainState:
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if config.model.pretrained:
-        variables = _load_pretrained(config.model.pretrained, variables, config)
+        variables = pretrained.load_pretrained(config.model.pretrained, variables, config.model)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
     return jax.device_put(state, parallel.replicated(mesh))
@@ -213,8 +207,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
             def finish(pending):
                 """Checks and reports one step's metrics (raises NonFiniteLossError)."""
-                done, metrics, rate = pending
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                done, metrics, done_images = pending
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
+                rate = done_images / max(time.perf_counter() - t0, 1e-9)  # images of finished steps / s
                 _check_finite(values, done, epoch, workdir, manager)
                 if bar is not None:
                     bar.update(1)
@@ -232,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 images += global_batch
                 if pending is not None:
                     finish(pending)
-                pending = (step, metrics, images / max(time.perf_counter() - t0, 1e-9))
+                pending = (step, metrics, images)
                 if step % config.checkpoint_every_steps == 0 and step != end:
                     finish(pending)
                     pending = None
@@ -285,19 +280,15 @@ def _check_resumable(saved: dict, current: dict, where: str) -> None:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "") -> dict:
     """``--mode=eval``: evaluates ``checkpoint`` (an orbax dir from convert_torch, or "" for the
     best/latest checkpoint of ``workdir``)."""
-    if checkpoint and pretrained.conversion_source(checkpoint) == "torchvision":
-        raise CheckpointMismatchError(
-            f"{checkpoint} holds only an ImageNet backbone (converted from a torchvision state_dict): its "
-            f"head would be random. Train from it with --config.model.pretrained={checkpoint} instead.")
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
     from kinpose_jax.data import setup as input_pipeline
 
-    data = input_pipeline.create(config, global_batch, train=False)
     model = build_pose_net(config.model)
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if checkpoint:
-        variables = _load_pretrained(checkpoint, variables, config)
+        # An ImageNet (backbone-only) conversion is refused here: its head would be random.
+        variables = pretrained.load_pretrained(checkpoint, variables, config.model, allow_backbone_only=False)
         step = 0
     else:
         manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
@@ -308,6 +299,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
         # Only the weights: the optimizer settings of the evaluating config do not matter.
         variables = checkpointing.restore_variables(manager, step, checkpointing.abstract_like(variables))
         print(f"Evaluating checkpoint step {step} of {workdir}")
+    data = input_pipeline.create(config, global_batch, train=False)  # after the weights: fail fast
     variables = jax.device_put(variables, parallel.replicated(mesh))
     return evaluate(config, model, variables, data, mesh, workdir, step, writer=None)
 

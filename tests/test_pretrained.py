@@ -201,13 +201,13 @@ def test_older_torchvision_conversion_with_a_saved_head_fills_only_the_backbone(
 
 
 def test_eval_mode_refuses_an_imagenet_backbone_conversion(imagenet, tmp_path):
-    """--mode=eval --checkpoint=<ImageNet conversion> would evaluate a random head: refused
-    before any data is touched (the data root does not exist)."""
+    """--mode=eval --checkpoint=<ImageNet conversion> would evaluate a random head: refused."""
     from configs import default
     from kinpose_jax import train
 
     _, out, _ = imagenet
     config = default.get_config()
     config.data.root = str(tmp_path / "no_data_here")
-    with pytest.raises(train.CheckpointMismatchError, match="only an ImageNet backbone"):
+    config.model.backbone, config.data.patch_size = "resnet18", 64
+    with pytest.raises(PretrainedMismatchError, match="only an ImageNet backbone"):
         train.evaluate_checkpoint(config, str(tmp_path / "work"), out)
