@@ -83,6 +83,13 @@ def cache_file_name(image_set: str, sample: int, patch_size: int = 256) -> str:
                         f"HM36_{image_set}_w{patch_size}xh{patch_size}_keypoint_db_sample{sample}.pkl")
 
 
+def is_cache_file_name(name: str, image_set: str, partial: bool = False) -> bool:
+    """Whether ``name`` is a cache pickle of ``image_set`` (``HM36_<set>_w<W>xh<H>_keypoint_db_sample<N>.pkl``;
+    with ``partial`` also the ``.pkl.tmp`` of an interrupted write)."""
+    tail = r"(\.tmp)?" if partial else ""
+    return re.match(rf"^HM36_{re.escape(image_set)}_w\d+xh\d+_keypoint_db_sample-?\d+\.pkl{tail}$", name) is not None
+
+
 def find_cache(hm36_dir: str, image_set: str) -> str | None:
     """The cache pickle of ``image_set`` under ``hm36_dir`` (None if there is none).
 
@@ -90,8 +97,7 @@ def find_cache(hm36_dir: str, image_set: str) -> str | None:
     folder = os.path.join(hm36_dir, f"HM36_{image_set}_cache")
     if not os.path.isdir(folder):
         return None
-    pattern = re.compile(rf"^HM36_{re.escape(image_set)}_w\d+xh\d+_keypoint_db_sample-?\d+\.pkl$")
-    found = sorted(f for f in os.listdir(folder) if pattern.match(f))
+    found = sorted(f for f in os.listdir(folder) if is_cache_file_name(f, image_set))
     if not found:
         return None
     if len(found) > 1:
@@ -399,18 +405,26 @@ def _numbers(line: str, count: int, path: str, lineno: int, what: str, tagged: b
     return vals
 
 
-def parse_matlab_meta(path: str) -> MetaSequence:
-    """Parses ``annot/<folder>/matlab_meta.txt`` (SPEC §2). Every line must hold exactly its
-    fields (line 1 the frame count alone, then a tag and 2, 9, 3, 2, 2, 3, 2, 17 numbers, then a
-    tag and 96 numbers per frame); blank lines are ignored. DataError names the file and the line
-    (as numbered in the file) at fault."""
+def _numbered_lines(path: str, limit: int | None = None) -> list[tuple[int, str]]:
+    """The non-empty lines of ``path`` with their 0-based line numbers (the first ``limit``)."""
+    out = []
     try:
         with open(path) as f:
-            numbered = [(i, ln) for i, ln in enumerate(f.read().splitlines()) if ln.strip()]
+            for lineno, line in enumerate(f):
+                if line.strip():
+                    out.append((lineno, line.rstrip("\n")))
+                    if limit is not None and len(out) == limit:
+                        break
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from err
-    if len(numbered) < 9:
-        raise DataError(f"{path}: {len(numbered)} non-empty lines, expected at least 9 header lines")
+    if len(out) < 9:
+        raise DataError(f"{path}: {len(out)} non-empty lines, expected at least 9 header lines")
+    return out
+
+
+def _parse_header(numbered: list[tuple[int, str]], path: str) -> dict:
+    """Lines 1-9 of a ``matlab_meta.txt``: frame count, image size, camera (rotation as read,
+    transposed), distortion, joint indices. DataError names the file and line at fault."""
 
     def field(k: int, count: int, what: str, tagged: bool = True) -> np.ndarray:
         lineno, line = numbered[k]
@@ -419,28 +433,34 @@ def parse_matlab_meta(path: str) -> MetaSequence:
     count = field(0, 1, "frame count", tagged=False)[0]
     if count != int(count) or count < 0:
         raise DataError(f"{path} line {numbered[0][0] + 1} (frame count): {count} is not a non-negative integer")
-    count = int(count)
     size = field(1, 2, "image size W H")
     rot = field(2, 9, "rotation").reshape(3, 3).T
     if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4):
         raise DataError(f"{path} line {numbered[2][0] + 1} (rotation): not a rotation matrix")
-    position = field(3, 3, "camera position")
-    focal = field(4, 2, "focal length")
-    center = field(5, 2, "principal point")
-    radial = field(6, 3, "radial distortion")
-    tangential = field(7, 2, "tangential distortion")
     ids = field(8, 17, "joint indices")
     if np.any(ids != np.round(ids)) or np.any(ids < 1) or np.any(ids > 32):
         raise DataError(f"{path} line {numbered[8][0] + 1} (joint indices): expected 17 one-based indices in 1..32")
+    return dict(count=int(count), image_size=(int(size[0]), int(size[1])), rotation=rot,
+                position=field(3, 3, "camera position"), focal=field(4, 2, "focal length"),
+                center=field(5, 2, "principal point"), radial=field(6, 3, "radial distortion"),
+                tangential=field(7, 2, "tangential distortion"), joint_ids=ids.astype(np.int64))
+
+
+def parse_matlab_meta(path: str) -> MetaSequence:
+    """Parses ``annot/<folder>/matlab_meta.txt`` (SPEC §2). Every line must hold exactly its
+    fields (line 1 the frame count alone, then a tag and 2, 9, 3, 2, 2, 3, 2, 17 numbers, then a
+    tag and 96 numbers per frame); blank lines are ignored. DataError names the file and the line
+    (as numbered in the file) at fault."""
+    numbered = _numbered_lines(path)
+    header = _parse_header(numbered, path)
+    count = header.pop("count")
     num_frame_lines = len(numbered) - 9
     if num_frame_lines != count:
         raise DataError(f"{path}: {num_frame_lines} frame lines, but line {numbered[0][0] + 1} announces {count} "
                         f"frames")
-    joints = np.stack([field(9 + k, 96, f"frame {k} joints") for k in range(count)]) if count else np.zeros((0, 96))
-    return MetaSequence(
-        image_size=(int(size[0]), int(size[1])), rotation=rot, position=position, focal=focal, center=center,
-        radial=radial, tangential=tangential, joint_ids=ids.astype(np.int64), joints_world=joints.reshape(-1, 32, 3),
-    )
+    joints = (np.stack([_numbers(numbered[9 + k][1], 96, path, numbered[9 + k][0], f"frame {k} joints")
+                        for k in range(count)]) if count else np.zeros((0, 96)))
+    return MetaSequence(joints_world=joints.reshape(-1, 32, 3), **header)
 
 
 def read_meta_camera(path: str) -> dict:
@@ -448,23 +468,9 @@ def read_meta_camera(path: str) -> dict:
     sequences): ``rotation`` [3][3] world -> camera (``X_cam = R (X_world - T)``), ``position``
     [3] world mm, ``focal`` [2], ``center`` [2] px, ``image_size`` [2] (W, H) — as lists.
     DataError as :func:`parse_matlab_meta` for a bad header."""
-    header = []
-    try:
-        with open(path) as f:
-            for lineno, line in enumerate(f):
-                if line.strip():
-                    header.append((lineno, line))
-                    if len(header) == 9:
-                        break
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if len(header) < 9:
-        raise DataError(f"{path}: {len(header)} non-empty lines, expected at least 9 header lines")
-    num = lambda k, n, what: _numbers(header[k][1], n, path, header[k][0], what)  # noqa: E731
-    rot = num(2, 9, "rotation").reshape(3, 3).T
-    return {"rotation": rot.tolist(), "position": num(3, 3, "camera position").tolist(),
-            "focal": num(4, 2, "focal length").tolist(), "center": num(5, 2, "principal point").tolist(),
-            "image_size": [int(v) for v in num(1, 2, "image size W H")]}
+    h = _parse_header(_numbered_lines(path, limit=9), path)
+    return {"rotation": h["rotation"].tolist(), "position": h["position"].tolist(), "focal": h["focal"].tolist(),
+            "center": h["center"].tolist(), "image_size": list(h["image_size"])}
 
 
 def format_matlab_meta(meta: MetaSequence) -> str:

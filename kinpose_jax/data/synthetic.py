@@ -30,7 +30,7 @@ import time
 import cv2
 import numpy as np
 
-from kinpose_jax.data import DataError, h36m_format, render
+from kinpose_jax.data import DataError, h36m_format, records, render
 
 GENERATOR_VERSION = 2  # 2: float64 forward kinematics on the CPU device
 #: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
@@ -160,8 +160,7 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
         _refuse_foreign_data(hm36)
     os.makedirs(hm36, exist_ok=True)
     # mark the folder as ours *before* writing anything, so an interrupted run is cleaned up next time
-    with open(marker, "w") as f:
-        json.dump({"params": params, "complete": False}, f, indent=1, sort_keys=True)
+    records.write_json(marker, {"params": params, "complete": False})
     removed = remove_generated_outputs(hm36)
     if removed:
         log(f"removed {len(removed)} outputs of an earlier synthetic set in {hm36}")
@@ -194,17 +193,13 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
         counts[split] = len(recs)
     summary = {"params": params, "counts": counts, "caches": caches, "root": hm36, "complete": True,
                "seconds": round(time.perf_counter() - t0, 2)}
-    tmp = marker + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-    os.replace(tmp, marker)
+    records.write_json(marker, summary)
     log(f"synthetic Human3.6M written to {hm36}: {counts} frames in {summary['seconds']} s")
     return summary
 
 
 MARKER_FILE = "synthetic.json"
 #: Cache pickles of the sets the generator writes (``HM36_<set>_cache/<name>``).
-_CACHE_RE = re.compile(r"^HM36_(train|validmin)_w\d+xh\d+_keypoint_db_sample-?\d+\.pkl(\.tmp)?$")
 
 
 def _read_marker(marker: str) -> dict | None:
@@ -256,7 +251,7 @@ def remove_generated_outputs(hm36: str) -> list[str]:
         if os.path.isdir(folder):
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if _CACHE_RE.match(name) and name.startswith(f"HM36_{image_set}_") and os.path.isfile(path):
+                if h36m_format.is_cache_file_name(name, image_set, partial=True) and os.path.isfile(path):
                     os.remove(path)
                     removed.append(path)
     for sub in ("annot", "images", "HM36_train_cache", "HM36_validmin_cache"):
