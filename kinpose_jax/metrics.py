@@ -120,6 +120,11 @@ def bone_error(pred: jax.Array, gt: jax.Array, bones: Sequence[tuple[int, int]] 
     return jnp.mean(per_joint_error(vp, vg), axis=-1)
 
 
+def h36m_error_names(groups: Mapping[str, Sequence[int]] = skeleton.H36M_EVAL_GROUPS) -> tuple[str, ...]:
+    """The keys of :func:`h36m_errors` (same ``groups``), in its order."""
+    return (*groups, "x", "y", "z", "mpjpe", "pa_mpjpe", "rigid_aligned", "bone")
+
+
 def h36m_errors(
     pred_cam: jax.Array,
     gt_cam: jax.Array,

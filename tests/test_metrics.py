@@ -120,3 +120,9 @@ def test_back_projection_inverts_projection():
     np.testing.assert_allclose(np.asarray(metrics.pixel_to_camera(one, np.array([4000.0]), focal[:1], center[:1]))[0, 0],
                                [4000.0, 0.0, 4000.0], rtol=1e-5)
     assert math.isfinite(float(np.asarray(metrics.pa_mpjpe(cam, cam)).sum()))
+
+
+def test_error_names_are_the_keys_of_the_table():
+    rng = np.random.default_rng(0)
+    table = metrics.h36m_errors(rng.normal(size=(2, 18, 3)), rng.normal(size=(2, 18, 3)))
+    assert tuple(table) == metrics.h36m_error_names()
