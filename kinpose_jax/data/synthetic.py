@@ -199,7 +199,6 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
 
 
 MARKER_FILE = "synthetic.json"
-#: Cache pickles of the sets the generator writes (``HM36_<set>_cache/<name>``).
 
 
 def _read_marker(marker: str) -> dict | None:
