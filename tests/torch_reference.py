@@ -100,17 +100,17 @@ def softargmax_3d_nchw(heatmaps: torch.Tensor, num_joints: int, depth: int) -> t
     """The seed's integral: reshape, softmax over D*H*W, marginals times bin index."""
     b, _, h, w = heatmaps.shape
     p = torch.softmax(heatmaps.reshape(b, num_joints, depth * h * w), dim=2).reshape(b, num_joints, depth, h, w)
-    x = (p.sum(dim=(2, 3)) * torch.arange(w, dtype=p.dtype)).sum(-1) / w - 0.5
-    y = (p.sum(dim=(2, 4)) * torch.arange(h, dtype=p.dtype)).sum(-1) / h - 0.5
-    z = (p.sum(dim=(3, 4)) * torch.arange(depth, dtype=p.dtype)).sum(-1) / depth - 0.5
+    x = (p.sum(dim=(2, 3)) * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1) / w - 0.5
+    y = (p.sum(dim=(2, 4)) * torch.arange(h, dtype=p.dtype, device=p.device)).sum(-1) / h - 0.5
+    z = (p.sum(dim=(3, 4)) * torch.arange(depth, dtype=p.dtype, device=p.device)).sum(-1) / depth - 0.5
     return torch.stack([x, y, z], dim=-1)
 
 
 def softargmax_2d_nchw(heatmaps: torch.Tensor) -> torch.Tensor:
     b, j, h, w = heatmaps.shape
     p = torch.softmax(heatmaps.reshape(b, j, h * w), dim=2).reshape(b, j, h, w)
-    x = (p.sum(dim=2) * torch.arange(w, dtype=p.dtype)).sum(-1) / w - 0.5
-    y = (p.sum(dim=3) * torch.arange(h, dtype=p.dtype)).sum(-1) / h - 0.5
+    x = (p.sum(dim=2) * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1) / w - 0.5
+    y = (p.sum(dim=3) * torch.arange(h, dtype=p.dtype, device=p.device)).sum(-1) / h - 0.5
     return torch.stack([x, y], dim=-1)
 
 
