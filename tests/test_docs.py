@@ -47,7 +47,7 @@ def test_every_design_link_names_an_existing_anchor():
                 links += 1
                 if anchor not in anchors:
                     bad.append(f"{rel}:{lineno}: #{anchor}")
-    assert links > 70  # the code cites the design notes throughout
+    assert links >= 40  # the code cites the design notes throughout (guards against an empty walk)
     assert not bad, "links to anchors missing from docs/DESIGN.md:\n" + "\n".join(bad)
 
 
