@@ -37,6 +37,10 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and torch share the GPU
+# jax 0.11.2 (CUDA 13): XLA's Triton GEMM fusion aborts compiling the bfloat16 integral model
+# (triton_tiling_propagation check failure); cuBLAS GEMMs compile it. Remove the flag to retry.
+if "xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
 
 import jax  # noqa: E402
 
