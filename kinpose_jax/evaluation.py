@@ -1,6 +1,6 @@
 """Evaluation: predict -> (flip test) -> decode to image space -> back-project with the true
 root depth -> Protocol #1 / #2, the seed's errors, PCK, per-joint-group / per-action / per-subject /
-per-camera tables (SPEC §4-§5, :mod:`kinpose_jax.metrics`).
+per-camera tables (docs/DESIGN.md#evaluation, :mod:`kinpose_jax.metrics`).
 
 The device part (:func:`make_predict_fn`) returns patch-pixel joints; the host part
 (:class:`ErrorAccumulator`) sums per-sample errors over *valid* samples only, so padded
@@ -24,7 +24,7 @@ from kinpose_jax.data import augment, h36m_format
 def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l1") -> Callable:
     """``predict(variables, batch) -> (joints_px [B, J, 3] patch pixels, per-sample loss [B])``.
 
-    With ``flip_test`` the mirrored patch is run too and merged (SPEC §4 "Flip test").
+    With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
     The loss is the training loss on normalized coordinates (for best-checkpoint selection).
     """
     loss_fn = losses.get_loss(loss_name)

@@ -1,4 +1,5 @@
-"""Human3.6M evaluation metrics (SPEC §5), batched and pure ``jax.numpy`` (vmappable, per sample).
+"""Human3.6M evaluation metrics (docs/DESIGN.md#evaluation), batched and pure ``jax.numpy`` (vmappable,
+per sample).
 
 Names as papers use them; all errors in mm on the 17 evaluation joints (0-16, thorax excluded):
 
@@ -9,7 +10,7 @@ Names as papers use them; all errors in mm on the 17 evaluation joints (0-16, th
   translation, *no scale*) on all 18 joints, then the aligned prediction's root and the truth's
   root are subtracted and the 17 evaluation joints averaged. Not Protocol #2.
 * ``bone``: the seed's bone error — per joint the error of its ``joint - parent`` vector (seed
-  parent ids, SPEC §1); the root, its own parent, keeps its absolute position error.
+  parent ids, docs/DESIGN.md#bones); the root, its own parent, keeps its absolute position error.
 * PCK (percent of joints with root-relative error *strictly below* a threshold): the seed's
   thresholds 5 and 105 mm (``range(5, 205, 100)`` in its ``evaluate``), and the standard 3DPCK
   at 150 mm with its AUC, the mean PCK over thresholds 0, 5, ..., 150 mm (Mehta et al. 2017,

@@ -81,7 +81,7 @@ def format_group_tables(tables: Mapping[str, Mapping], title: str = "") -> str:
             out.append(row.format("**mean over frames**", frames["mpjpe"], frames["pa_mpjpe"], frames["num_samples"]))
         out.append("")
     out.append("Rows are means over their frames; \"mean over actions\" is the unweighted mean of the action "
-               "rows (as papers report Human3.6M). Ground-truth boxes and root depth (SPEC §5).")
+               "rows (as papers report Human3.6M). Ground-truth boxes and root depth (docs/DESIGN.md#evaluation).")
     return "\n".join(out)
 
 

@@ -11,7 +11,7 @@ Module names follow the seed / torchvision ``state_dict`` layout that
 
 Forward kinematics is implemented twice, both independently of the JAX code: generically from a
 tree's static description (:func:`generic_fk`, a per-joint loop over 4x4 matrices) and by hand
-from the chains of SPEC §6 (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
+from the chains of docs/DESIGN.md#original-model (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class TorchResNet(nn.Module):
 
 
 def softargmax_3d_nchw(heatmaps: torch.Tensor, num_joints: int, depth_bins: int) -> torch.Tensor:
-    """SPEC §4, literally: [B, J*D, H, W] -> softmax over D*H*W -> expected x, y, z -> normalized."""
+    """docs/DESIGN.md#soft-argmax, literally: [B, J*D, H, W] -> softmax over D*H*W -> expected x, y, z -> normalized."""
     b, _, h, w = heatmaps.shape
     p = F.softmax(heatmaps.reshape(b, num_joints, depth_bins * h * w), dim=2)
     p = p.reshape(b, num_joints, depth_bins, h, w)
@@ -226,7 +226,7 @@ class KinematicHead(nn.Module):
         return dict(joints=t[:, None, :] + local @ self.view.to(raw.dtype).T)
 
 
-# Seed (SPEC §6) -------------------------------------------------------------------------------
+# Seed (docs/DESIGN.md#original-model) -------------------------------------------------------------------------------
 SEED_NAMES = ("TransX TransY TransZ Root_RotZ Root_RotX Root_RotY Pelvis_RotY Pelvis_RotX Pelvis_RotZ "
               "L_Hip_RotZ L_Hip_RotX L_Hip_RotY L_Knee_RotX R_Hip_RotZ R_Hip_RotX R_Hip_RotY R_Knee_RotX "
               "L_Shoulder_RotZ L_Shoulder_RotX L_Shoulder_RotY L_Elbow_RotX R_Shoulder_RotZ R_Shoulder_RotX "
@@ -235,7 +235,7 @@ X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
 
 def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The seed's kinematic model written out chain by chain from SPEC §6, with bugs (a)-(c) fixed
+    """The seed's kinematic model written out chain by chain from docs/DESIGN.md#original-model, with bugs (a)-(c) fixed
     (translation applied, a fresh matrix per operation, both shoulders on the neck).
 
     motion [B, 29] (seed order), scale [B] -> joints [B, 18, 3] in H36M order, axes (x, z, y).
