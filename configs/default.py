@@ -70,5 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_eval_batches = -1  # Cap on evaluation batches (-1 = the whole evaluation set).
     c.flip_test = False  # Evaluation: average with the mirrored patch's prediction.
     c.num_vis_samples = 4  # Validation samples drawn into the PNG at each evaluation.
+    c.save_predictions = False  # Evaluation: also write eval/predictions_<step>.npz (image index, folder,
+    #   frame, subject/action/subaction/camera, predicted and true camera-space joints in mm, per-sample
+    #   loss); `python -m kinpose_jax.evaluate_predictions FILE.npz` recomputes every table from it.
     c.progress_bar = True  # tqdm progress bar per epoch.
     return c

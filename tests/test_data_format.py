@@ -329,6 +329,10 @@ def test_names_and_rerooting():
     with pytest.raises(DataError):
         h36m_format.parse_folder_name("s_11_act_16")
     assert h36m_format.image_name("f", 0) == "f_000001.jpg"
+    folder = "s_09_act_12_subact_02_ca_01"
+    assert h36m_format.parse_image_path(f"{folder}/{folder}_000123.jpg") == (folder, 122)
+    with pytest.raises(DataError, match="abc.jpg"):
+        h36m_format.parse_image_path(f"{folder}/abc.jpg")
     windows = r"D:\data\hm36\images\fold\f_000001.jpg"
     assert h36m_format.reroot_image_path(windows, "/new", 2) == "/new/fold/f_000001.jpg"
     assert h36m_format.reroot_image_path("/x/mpii/images/abc.jpg", "/m", 1) == "/m/abc.jpg"

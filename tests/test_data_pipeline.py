@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kinpose_jax import skeleton
-from kinpose_jax.data import augment, pipeline, records
+from kinpose_jax.data import augment, h36m_format, pipeline, records
 from tests.test_data_fixtures import synthetic_root
 
 MEAN = np.array([123.675, 116.28, 103.53])
@@ -261,6 +261,15 @@ def test_eval_padding_counts_every_sample_once():
     assert valid.tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
     assert index.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
     assert np.all(batches[1]["joints_vis"][2:] == 0)
+    # each valid row names its record's folder and frame; padding rows -1
+    shards = _shards("hm36_validmin")
+    seq = np.concatenate([b["sequence"] for b in batches])
+    frame = np.concatenate([b["frame"] for b in batches])
+    for i in range(n):
+        folder, name = shards[i]["image_path"].split("/")
+        assert h36m_format.folder_name(*seq[i].tolist()) == folder
+        assert h36m_format.image_name(folder, int(frame[i])) == name
+    assert np.all(seq[n:] == -1) and np.all(frame[n:] == -1)
     # across 2 processes the union is the same, each sample valid exactly once
     seen = []
     for p in (0, 1):

@@ -51,6 +51,13 @@ BOX_MM = 2000.0
 H36M_32_TO_17_ONE_BASED: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 26, 27, 28)
 
 _FOLDER_RE = re.compile(r"^s_(\d+)_act_(\d+)_subact_(\d+)_ca_(\d+)$")
+_IMAGE_RE = re.compile(r"^(s_\d+_act_\d+_subact_\d+_ca_\d+)_(\d+)\.jpg$")
+#: Human3.6M action ids (the ``act_AA`` of a folder name) and their names as papers print them.
+ACTION_NAMES: dict[int, str] = {
+    2: "Directions", 3: "Discussion", 4: "Eating", 5: "Greeting", 6: "Phoning", 7: "Posing", 8: "Purchases",
+    9: "Sitting", 10: "SittingDown", 11: "Smoking", 12: "Photo", 13: "Waiting", 14: "Walking", 15: "WalkDog",
+    16: "WalkTogether",
+}
 
 
 # ---------------------------------------------------------------------------------------- names
@@ -75,6 +82,16 @@ def is_folder_name(name: str) -> bool:
 def image_name(folder: str, frame: int) -> str:
     """Image file name of zero-based ``frame`` in ``folder`` (the file number is frame + 1)."""
     return f"{folder}_{frame + 1:06d}.jpg"
+
+
+def parse_image_path(path: str) -> tuple[str, int]:
+    """(folder, zero-based frame) of ``.../<folder>/<folder>_%06d.jpg`` (inverse of :func:`image_name`);
+    DataError if the file name is not of that form."""
+    m = _IMAGE_RE.match(os.path.basename(path))
+    if not m:
+        raise DataError(f"image file name {os.path.basename(path)!r} (of {path!r}) is not of the form "
+                        f"s_SS_act_AA_subact_BB_ca_CC_NNNNNN.jpg")
+    return m.group(1), int(m.group(2)) - 1
 
 
 def cache_file_name(image_set: str, sample: int, patch_size: int = 256) -> str:
