@@ -12,8 +12,9 @@ evaluation code (:func:`kinpose_jax.evaluation.make_predict_fn`: flip test, deco
 * the distance between the two predictions per joint, camera space mm, over all joints of all
   valid samples: max and mean;
 * both evaluation tables (:func:`kinpose_jax.metrics.h36m_errors`) side by side;
-* images/s of each (prediction calls only, the first batch excluded as warm-up when there are
-  more; the JAX side includes compilation only on that first batch).
+* images/s of each: images over the time of the prediction calls (network, flip test, decoding
+  to patch pixels), the first batch left out as warm-up (JAX compiles on it) unless it is the
+  only one.
 
 The architecture comes from the checkpoint (backbone, head, depth bins, deconv layers, as
 :func:`~kinpose_jax.convert_torch.infer_model_config` reads them); the config gives the data,
