@@ -21,7 +21,7 @@ Layout changes: conv ``OIHW -> HWIO``; ConvTranspose2d ``[in, out, kh, kw] -> [k
 gradient of the conv with that kernel); Linear ``[out, in] -> [in, out]``; BatchNorm
 ``weight/bias/running_mean/running_var -> scale/bias/mean/var`` (``num_batches_tracked`` ignored).
 
-The seed's kinematic layer emits 29*18+1 outputs of which it uses 30 (SPEC §6, bug (d)). We assume
+The seed's kinematic layer emits 29*18+1 outputs of which it uses 30 (docs/DESIGN.md#original-bugs, bug (d)). We assume
 rows 0..28 are the 29 motion parameters (seed order) and the **last** row is the scale, and map
 them onto our head's ``[translation(3), angles(tree.param_names), scale]`` layout: translation rows
 are taken to camera axes (tree output axes, then the head's view rotation), angle rows are picked

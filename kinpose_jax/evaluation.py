@@ -1,5 +1,5 @@
 """Evaluation: predict -> (flip test) -> decode to image space -> back-project with the true
-root depth -> MPJPE / PA-MPJPE / rigid-aligned / per-group table (SPEC §4-§5).
+root depth -> MPJPE / PA-MPJPE / rigid-aligned / per-group table (docs/DESIGN.md#evaluation).
 
 The device part (:func:`make_predict_fn`) returns patch-pixel joints; the host part
 (:class:`ErrorAccumulator`) sums per-sample errors over *valid* samples only, so padded
@@ -21,7 +21,7 @@ from kinpose_jax.data import augment
 def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l1") -> Callable:
     """``predict(variables, batch) -> (joints_px [B, J, 3] patch pixels, per-sample loss [B])``.
 
-    With ``flip_test`` the mirrored patch is run too and merged (SPEC §4 "Flip test").
+    With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
     The loss is the training loss on normalized coordinates (for best-checkpoint selection).
     """
     loss_fn = losses.get_loss(loss_name)

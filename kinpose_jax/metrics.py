@@ -1,4 +1,4 @@
-"""Human3.6M evaluation metrics (SPEC §5), batched and pure ``jax.numpy``.
+"""Human3.6M evaluation metrics (docs/DESIGN.md#evaluation), batched and pure ``jax.numpy``.
 
 * MPJPE: mean per-joint Euclidean error (mm) after subtracting the root joint.
 * PA-MPJPE (Protocol #2): error after a similarity Procrustes fit (rotation, translation and

@@ -239,7 +239,7 @@ def test_matlab_meta_roundtrip_and_camera_convention(tmp_path):
     path = tmp_path / "matlab_meta.txt"
     path.write_text(h36m_format.format_matlab_meta(meta))
     lines = path.read_text().splitlines()
-    # line 2 holds R transposed, row-major (SPEC §2): its first three numbers are R's first column
+    # line 2 holds R transposed, row-major (docs/DESIGN.md#matlab-meta): its first three numbers are R's first column
     np.testing.assert_allclose([float(v) for v in lines[2].split()[1:4]], meta.rotation[:, 0], atol=1e-6)
     got = h36m_format.parse_matlab_meta(str(path))
     np.testing.assert_allclose(got.rotation, meta.rotation, atol=1e-6)

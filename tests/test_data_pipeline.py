@@ -1,4 +1,4 @@
-"""SPEC §3 samples against an independent numpy/OpenCV implementation written here; the grain
+"""Samples (docs/DESIGN.md#training-sample) against an independent numpy/OpenCV implementation written here; the grain
 pipeline's determinism, resumption, epochs, MPII mixing, evaluation padding and multi-process
 layout; decoding predictions back to the image."""
 
@@ -19,9 +19,9 @@ MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
 
 
-# ------------------------------------------------------------------ independent reference of SPEC §3
+# -------------------------------------------------------------- independent reference of docs/DESIGN.md#training-sample
 def reference_sample(img_bgr, cx, cy, bw, bh, joints, vis, scale, rot_deg, flip, gains, patch):
-    """SPEC §3 steps 2-5 written from the text: three point correspondences solved by
+    """docs/DESIGN.md#training-sample steps 3-6 written from the text: three point correspondences solved by
     cv2.getAffineTransform, like the seed; returns (image [P, P, 3], targets [J, 3], weights)."""
     joints = np.array(joints, np.float64)
     vis = np.array(vis, np.float64)
@@ -270,7 +270,7 @@ def test_eval_padding_counts_every_sample_once():
 
 
 def test_decode_inverts_the_targets():
-    """normalized_to_image undoes SPEC §3.5 + the affine: with and without augmentation."""
+    """normalized_to_image undoes docs/DESIGN.md#normalized-units + the affine: with and without augmentation."""
     cfg = _cfg(global_batch_size=4)
     batch = next(pipeline.make_eval_iterator(cfg))
     shards = _shards("hm36_validmin")

@@ -175,7 +175,7 @@ def test_decode_kinematic_matches_torch_loop_fk(tree_name, view):
 
 
 def test_seed_tree_reproduces_spec_chains_with_bugs_fixed():
-    """presets.seed_h36m18 + seed_motion_to_fk_inputs == the SPEC §6 chains written out in torch."""
+    """presets.seed_h36m18 + seed_motion_to_fk_inputs == the chains of docs/DESIGN.md#original-model in torch."""
     rng = np.random.default_rng(1)
     motion = rng.normal(size=(4, 29)) * 0.6
     scale = rng.uniform(0.5, 1.5, size=4)
@@ -258,7 +258,7 @@ def _assert_normal_std(name, kernel, std):
 
 
 def test_head_initialization_follows_the_spec():
-    """SPEC §4: deconv and final conv weights ~ N(0, 0.001), biases 0 (deconvs have none), BN
+    """docs/DESIGN.md#integral-head: deconv and final conv weights ~ N(0, 0.001), biases 0 (deconvs have none), BN
     scale 1 / bias 0 with fresh statistics; the kinematic fc starts at exactly zero (rest pose)."""
     v = init_variables(build_pose_net(small_config()), jax.random.key(0), 32)
     head, stats = v["params"]["head"], v["batch_stats"]["head"]

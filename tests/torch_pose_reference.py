@@ -14,7 +14,7 @@ Module names follow the seed / torchvision ``state_dict`` layout that
 
 Forward kinematics is implemented twice, both independently of the JAX code: generically from a
 tree's static description (:func:`generic_fk`, a per-joint loop over 4x4 matrices) and by hand
-from the chains of SPEC §6 (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
+from the chains of docs/DESIGN.md#original-model (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
 """
 
 from __future__ import annotations
@@ -98,14 +98,14 @@ class TorchResNet(nn.Module):
 
 
 def softargmax_3d_nchw(heatmaps: torch.Tensor, num_joints: int, depth_bins: int) -> torch.Tensor:
-    """SPEC §4, literally: [B, J*D, H, W] -> softmax over D*H*W -> expected x, y, z -> normalized."""
+    """docs/DESIGN.md#soft-argmax, literally: [B, J*D, H, W] -> softmax over D*H*W -> expected x, y, z -> normalized."""
     b, _, h, w = heatmaps.shape
     p = F.softmax(heatmaps.reshape(b, num_joints, depth_bins * h * w), dim=2)
     p = p.reshape(b, num_joints, depth_bins, h, w)
     px, py, pz = p.sum(dim=(2, 3)), p.sum(dim=(2, 4)), p.sum(dim=(3, 4))
-    ex = (px * torch.arange(w, dtype=p.dtype)).sum(-1)
-    ey = (py * torch.arange(h, dtype=p.dtype)).sum(-1)
-    ez = (pz * torch.arange(depth_bins, dtype=p.dtype)).sum(-1)
+    ex = (px * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1)
+    ey = (py * torch.arange(h, dtype=p.dtype, device=p.device)).sum(-1)
+    ez = (pz * torch.arange(depth_bins, dtype=p.dtype, device=p.device)).sum(-1)
     return torch.stack([ex / w - 0.5, ey / h - 0.5, ez / depth_bins - 0.5], dim=-1)
 
 
@@ -164,7 +164,7 @@ def rot_axis(axis, angle: torch.Tensor) -> torch.Tensor:
     x, y, z = a[0], a[1], a[2]
     c, s = torch.cos(angle), torch.sin(angle)
     t = 1 - c
-    m = torch.zeros(angle.shape + (4, 4), dtype=angle.dtype)
+    m = torch.zeros(angle.shape + (4, 4), dtype=angle.dtype, device=angle.device)
     m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = t * x * x + c, t * x * y - s * z, t * x * z + s * y
     m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = t * x * y + s * z, t * y * y + c, t * y * z - s * x
     m[:, 2, 0], m[:, 2, 1], m[:, 2, 2] = t * x * z - s * y, t * y * z + s * x, t * z * z + c
@@ -174,7 +174,7 @@ def rot_axis(axis, angle: torch.Tensor) -> torch.Tensor:
 
 def translate(v: torch.Tensor) -> torch.Tensor:
     """[B, 3] -> [B, 4, 4]."""
-    m = torch.eye(4, dtype=v.dtype).repeat(v.shape[0], 1, 1)
+    m = torch.eye(4, dtype=v.dtype, device=v.device).repeat(v.shape[0], 1, 1)
     m[:, :3, 3] = v
     return m
 
@@ -186,7 +186,7 @@ def generic_fk(spec: dict, angles: torch.Tensor, scale: torch.Tensor) -> torch.T
     output_axes), see :func:`tree_spec`. angles [B, num_dofs] rad, scale [B] -> joints [B, J, 3].
     """
     b = angles.shape[0]
-    offsets = torch.as_tensor(np.asarray(spec["offsets"]), dtype=angles.dtype)
+    offsets = torch.as_tensor(np.asarray(spec["offsets"]), dtype=angles.dtype, device=angles.device)
     e = len(spec["parents"])
     first_angle, k = [], 0
     for axes in spec["dofs"]:
@@ -247,10 +247,10 @@ class KinematicHead(nn.Module):
         raw = self.fc(x.mean(dim=(2, 3)))
         t, angles, s = raw[:, :3], raw[:, 3:3 + self.num_dofs], raw[:, -1]
         local = generic_fk(self.spec, angles, (1 + s) / self.box_mm)
-        return dict(joints=t[:, None, :] + local @ self.view.to(raw.dtype).T)
+        return dict(joints=t[:, None, :] + local @ self.view.to(raw.dtype).to(raw.device).T)
 
 
-# Seed (SPEC §6) -------------------------------------------------------------------------------
+# Seed (docs/DESIGN.md#original-model) -------------------------------------------------------------------------------
 SEED_NAMES = ("TransX TransY TransZ Root_RotZ Root_RotX Root_RotY Pelvis_RotY Pelvis_RotX Pelvis_RotZ "
               "L_Hip_RotZ L_Hip_RotX L_Hip_RotY L_Knee_RotX R_Hip_RotZ R_Hip_RotX R_Hip_RotY R_Knee_RotX "
               "L_Shoulder_RotZ L_Shoulder_RotX L_Shoulder_RotY L_Elbow_RotX R_Shoulder_RotZ R_Shoulder_RotX "
@@ -259,7 +259,7 @@ X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
 
 def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The seed's kinematic model written out chain by chain from SPEC §6, with bugs (a)-(c) fixed
+    """The seed's kinematic model written out chain by chain from docs/DESIGN.md#original-model, with bugs (a)-(c) fixed
     (translation applied, a fresh matrix per operation, both shoulders on the neck).
 
     motion [B, 29] (seed order), scale [B] -> joints [B, 18, 3] in H36M order, axes (x, z, y).

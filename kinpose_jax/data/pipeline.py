@@ -2,7 +2,7 @@
 evaluation (no augmentation, one pass, padded to full batches with a validity mask).
 
 Structure: ``MapDataset.range`` over this process's stream positions -> ``.map`` (plan the
-position: epoch, dataset, record; read it; SPEC §3 sample with a per-record RNG) -> ``.batch``
+position: epoch, dataset, record; read it; sample (docs/DESIGN.md#training-sample) with a per-record RNG) -> ``.batch``
 (per-process batch) -> ``.to_iter_dataset`` (reader threads) -> ``.mp_prefetch`` (worker
 processes). Everything is a pure function of (seed, position), so
 
@@ -23,7 +23,7 @@ records), the union shuffled; a batch therefore holds a fraction f of MPII in ex
 Batch layout (numpy, leading axis = per-process batch ``B/P``):
 
 * ``image`` [B, P, P, 3] float32, normalized RGB (NHWC); ``joints`` [B, 18, 3] float32 normalized
-  targets (SPEC §3.5); ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 =
+  targets (docs/DESIGN.md#normalized-units); ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 =
   real sample, 0 = evaluation padding, always 1 in training).
 * evaluation adds ``center`` [B, 2] px, ``box_size`` [B, 2] (width, height) px, ``fl`` [B, 2],
   ``c_p`` [B, 2] px, ``pelvis`` [B, 3] mm, ``joints_cam`` [B, 18, 3] mm, ``image_index`` [B] int32
@@ -62,12 +62,12 @@ class PipelineConfig:
       patch_size: square network input, px.
       global_batch_size: images per step over all processes.
       seed: data order and augmentation seed.
-      augment: SPEC §3 augmentation in training (evaluation never augments).
+      augment: augmentation (docs/DESIGN.md#augmentation) in training (evaluation never augments).
       aug: augmentation parameters (:class:`~kinpose_jax.data.augment.AugmentConfig`).
       worker_count: grain worker processes (0 = in this process).
       worker_buffer_size: batches each worker prepares ahead.
       read_threads: threads per process preparing batches concurrently.
-      box_mm: side of the 3D box (mm) the patch shows (SPEC §2-§3).
+      box_mm: side of the 3D box (mm) the patch shows (docs/DESIGN.md#normalized-units).
       process_index / process_count: this host's slice of every global batch (None = from JAX).
     """
 

@@ -6,7 +6,7 @@
 * :class:`KinematicHead` — global average pool + linear to (translation, joint angles, scale),
   then forward kinematics of a :class:`~kinpose_jax.kinematics.KinematicTree` to joints [B, J, 3].
 
-Normalized units (SPEC §3/§4): x = u/W - 0.5, y = v/H - 0.5 (fractions of the 256 px patch, which
+Normalized units (docs/DESIGN.md#normalized-units): x = u/W - 0.5, y = v/H - 0.5 (fractions of the 256 px patch, which
 covers a 2000 mm box around the pelvis) and z = (depth - pelvis depth) / 2000 mm. All three are
 therefore about ``1 / box_mm`` per mm, so the kinematic head converts mm to normalized units by
 dividing by ``box_mm`` (default 2000).
