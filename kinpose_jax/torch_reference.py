@@ -8,17 +8,17 @@ loads as it is:
   ``layer{1..4}.{j}.conv{1,2,3}/bn{1,2,3}/downsample.{0,1}``), stride in the 3x3 conv;
 * integral ``head`` (the seed's ``DeconvHead``): one module list ``features`` = L x
   [ConvTranspose2d(k, stride 2, bias=False), BatchNorm2d, ReLU] and the final 1x1 conv (with bias)
-  as ``features.{3L}``; joints by soft-argmax over the [J*D, H, W] heatmap logits (SPEC §4);
+  as ``features.{3L}``; joints by soft-argmax over the [J*D, H, W] heatmap logits (docs/DESIGN.md#soft-argmax);
 * direct ``head``: global average pool -> ``fc`` to J*3 (joint-major);
 * kinematic ``head``: global average pool -> ``fc`` (29*18+1 outputs; the first 29 are the motion
-  parameters, the last is the scale, SPEC §6 bug (d)) -> ``kin_layer``, holding the seed's buffers
+  parameters, the last is the scale, docs/DESIGN.md#original-bugs, bug (d)) -> ``kin_layer``, holding the seed's buffers
   ``M`` (4x4 identity), ``v`` (homogeneous origin [4,1]), ``reorder_idx`` (output axes (x, z, y))
   and ``shape`` (bone lengths / 300 mm, in :data:`~kinpose_jax.kinematics.presets.SEED_BONES`
-  order). Its forward kinematics are the SPEC §6 chains, batched, with the seed's bugs (a)-(c)
+  order). Its forward kinematics are the chains of docs/DESIGN.md#original-model, batched, with the seed's bugs (a)-(c)
   fixed: the outputs :mod:`kinpose_jax.convert_torch` maps the seed layer onto.
 
 Every network maps images [B, 3, H, W] (normalized pixels) to ``{'joints': [B, J, 3]}`` in
-normalized units (SPEC §3; the integral head adds ``'heatmaps'`` [B, J*D, H/4, W/4] for L = 3).
+normalized units (docs/DESIGN.md#normalized-units; the integral head adds ``'heatmaps'`` [B, J*D, H/4, W/4] for L = 3).
 
     python -m kinpose_jax.torch_reference OUT.pth.tar --backbone resnet18 --head integral
 
@@ -117,7 +117,7 @@ def _torch_modules() -> SimpleNamespace:
             return x
 
     def softargmax_3d(heatmaps, num_joints: int, depth_bins: int):
-        """SPEC §4: [B, J*D, H, W] -> softmax over D*H*W -> expected (x, y, z) -> normalized [B, J, 3]."""
+        """docs/DESIGN.md#soft-argmax: [B, J*D, H, W] -> softmax over D*H*W -> expected (x, y, z) -> normalized [B, J, 3]."""
         b, _, h, w = heatmaps.shape
         p = F.softmax(heatmaps.reshape(b, num_joints, depth_bins * h * w), dim=2)
         p = p.reshape(b, num_joints, depth_bins, h, w)
@@ -170,7 +170,7 @@ def _torch_modules() -> SimpleNamespace:
     bone_index = {name: i for i, name in enumerate(SEED_BONES)}
 
     class KinematicLayer(nn.Module):
-        """[B, >= 30] (29 motion parameters first, the scale last) -> joints [B, 18, 3] (SPEC §6)."""
+        """[B, >= 30] (29 motion parameters first, the scale last) -> joints [B, 18, 3] (docs/DESIGN.md#original-model)."""
 
         def __init__(self):
             super().__init__()
