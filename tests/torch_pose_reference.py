@@ -5,9 +5,12 @@ Module names follow the seed / torchvision ``state_dict`` layout that
 
 * backbone (torchvision ResNet v1.5): ``conv1``, ``bn1``, ``layer{1..4}.{j}.conv{1,2,3}``,
   ``.bn{1,2,3}``, ``.downsample.{0,1}``; with ``with_fc=True`` also ``fc`` (a plain ImageNet dict);
-* integral head (seed): ``head.features.{3i}`` ConvTranspose2d(4, 2, 1, bias=False),
-  ``head.features.{3i+1}`` BatchNorm2d, ReLU; ``head.final_layer`` 1x1 conv;
-* direct and kinematic heads: ``head.fc`` after global average pooling.
+* integral head: ``head.features.{3i}`` ConvTranspose2d(4, 2, 1, bias=False),
+  ``head.features.{3i+1}`` BatchNorm2d, ReLU; ``head.final_layer`` 1x1 conv (``"integral"``), or,
+  as the seed's ``DeconvHead`` has it, the 1x1 conv appended to the same ``features`` module list
+  as ``head.features.{3L}`` (``"seed_integral"``);
+* direct and kinematic heads: ``head.fc`` after global average pooling; the seed's kinematic
+  head also holds the buffers ``head.kin_layer.{M, v, reorder_idx, shape}``.
 
 Forward kinematics is implemented twice, both independently of the JAX code: generically from a
 tree's static description (:func:`generic_fk`, a per-joint loop over 4x4 matrices) and by hand
@@ -121,6 +124,27 @@ class IntegralHead(nn.Module):
     def forward(self, x):
         hm = self.final_layer(self.features(x))
         return dict(heatmaps=hm, joints=softargmax_3d_nchw(hm, self.num_joints, self.depth_bins))
+
+
+class SeedDeconvHead(nn.Module):
+    """The seed's ``DeconvHead`` module structure: one ``nn.ModuleList`` ``features`` holding
+    L x [ConvTranspose2d, BatchNorm2d, ReLU] and then the final 1x1 conv (``features.{3L}``)."""
+
+    def __init__(self, cin, num_joints, depth_bins, filters=256, num_layers=3):
+        super().__init__()
+        self.features = nn.ModuleList()
+        for i in range(num_layers):
+            self.features.append(nn.ConvTranspose2d(cin if i == 0 else filters, filters, 4, 2, 1, output_padding=0,
+                                                    bias=False))
+            self.features.append(nn.BatchNorm2d(filters))
+            self.features.append(nn.ReLU(inplace=True))
+        self.features.append(nn.Conv2d(filters, num_joints * depth_bins, 1, padding=0, bias=True))
+        self.num_joints, self.depth_bins = num_joints, depth_bins
+
+    def forward(self, x):
+        for layer in self.features:
+            x = layer(x)
+        return dict(heatmaps=x, joints=softargmax_3d_nchw(x, self.num_joints, self.depth_bins))
 
 
 class DirectHead(nn.Module):
@@ -273,13 +297,28 @@ def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return out[..., [0, 2, 1]]
 
 
+class SeedKinematicLayer(nn.Module):
+    """Holds the buffers of the seed's kinematic layer under its names (identity ``M`` [4,4],
+    homogeneous origin ``v`` [4,1], axis order ``reorder_idx`` [3] int64, bone lengths / 300
+    ``shape`` [12,1]); they are constants, so they are part of the state_dict but not learned."""
+
+    def __init__(self):
+        super().__init__()
+        bones = [300.0, 302.0, 84.7, 165.0, 161.6, 73.46, 29.0, 66.91, 160.6, 187.16, 117.0, 6.5]
+        self.register_buffer("M", torch.eye(4))
+        self.register_buffer("v", torch.tensor([[0.0], [0.0], [0.0], [1.0]]))
+        self.register_buffer("reorder_idx", torch.tensor([0, 2, 1], dtype=torch.long))
+        self.register_buffer("shape", torch.tensor(bones)[:, None] / 300.0)
+
+
 class SeedKinematicHead(nn.Module):
     """The seed's head layout: avg pool -> ``fc`` with 29*18+1 outputs of which the first 29 (motion)
-    and the last (scale) are used (bug (d)); joints = :func:`seed_chain_fk`."""
+    and the last (scale) are used (bug (d)), then ``kin_layer``; joints = :func:`seed_chain_fk`."""
 
     def __init__(self, cin, num_outputs: int = 29 * 18 + 1):
         super().__init__()
         self.fc = nn.Linear(cin, num_outputs)
+        self.kin_layer = SeedKinematicLayer()
 
     def forward(self, x):
         raw = self.fc(x.mean(dim=(2, 3)))
@@ -303,6 +342,8 @@ def build(depth: int, head: str, num_joints=18, depth_bins=8, filters=32, num_la
     c = backbone.out_channels
     if head == "integral":
         h = IntegralHead(c, num_joints, depth_bins, filters, num_layers)
+    elif head == "seed_integral":
+        h = SeedDeconvHead(c, num_joints, depth_bins, filters, num_layers)
     elif head == "direct":
         h = DirectHead(c, num_joints)
     elif head == "kinematic":
@@ -334,8 +375,9 @@ def randomize(model: TorchPoseNet, seed: int = 0, calib_size: int = 64, out_std:
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     # the last BN of each residual branch gets a small scale (as in trained ResNets) so the
     # residual stream does not grow through the blocks; fp32 error grows with activation size
+    # (residual blocks are recognised by their module names, so any torchvision-layout ResNet works)
     last_bns = {id(getattr(b, "bn3", getattr(b, "bn2", None))) for b in model.modules()
-                if isinstance(b, (BasicBlock, Bottleneck))}
+                if hasattr(b, "downsample") and hasattr(b, "bn2")}
     for bn in bns:
         low, width = (0.1, 0.3) if id(bn) in last_bns else (0.5, 1.0)
         bn.weight.copy_(low + width * torch.rand(bn.weight.shape, generator=g))
@@ -355,6 +397,12 @@ def randomize(model: TorchPoseNet, seed: int = 0, calib_size: int = 64, out_std:
     if hasattr(head, "final_layer"):
         h = head.features(feats)
         w = head.final_layer.weight
+    elif isinstance(getattr(head, "features", None), nn.ModuleList):  # the seed's DeconvHead
+        h = feats
+        for layer in head.features[:-1]:
+            h = layer(h)
+        w = head.features[-1].weight
+    if hasattr(head, "features"):
         w.copy_(torch.randn(w.shape, generator=g) * logit_std / (h.pow(2).mean().sqrt() * w.shape[1] ** 0.5))
     else:
         pooled = feats.mean(dim=(2, 3))
