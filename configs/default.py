@@ -26,8 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     d.synthetic_train_folders = 8  # Synthetic generator: sequence folders for the train split.
     d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
     d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
-    d.worker_count = 0  # grain worker processes (0 = in the main process).
+    d.worker_count = -1  # grain worker processes decoding/augmenting: -1 = auto (CPUs of this process - 1,
+    #   at most 16 per local device; 0 on one CPU), 0 = in the main process, N = N processes. Exact resume needs
+    #   the same count (auto: the same kind of machine).
     d.worker_buffer_size = 2  # Batches each grain worker prefetches.
+    d.read_threads = 2  # Threads per decoding process (each worker, or the main one with worker_count=0);
+    #   OpenCV itself runs single-threaded in each of them.
     d.augment = True  # Training augmentation, docs/DESIGN.md#augmentation (scale, rotation, flip, colour).
     d.scale_factor = 0.25  # Scale augmentation: s = 1 + scale_factor * clip(N(0,1), -1, 1).
     d.rotation_factor = 30.0  # Rotation augmentation, degrees: r = factor * clip(N(0,1), -2, 2).

@@ -26,11 +26,13 @@ def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l
 
     With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
     The loss is the training loss on normalized coordinates (for best-checkpoint selection).
+    ``batch``: uint8 ``image`` [B, H, W, 3] (normalized here, with ``gains`` [B, 3] if present),
+    ``joints``, ``joints_vis``.
     """
     loss_fn = losses.get_loss(loss_name)
 
     def predict(variables, batch):
-        images = batch["image"]
+        images = augment.normalize_pixels(batch["image"], batch.get("gains"))
         joints = model.apply(variables, images, train=False)["joints"].astype(jnp.float32)
         px = integral.normalized_to_patch(joints, patch_size, patch_size)
         if flip_test:

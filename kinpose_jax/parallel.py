@@ -11,7 +11,10 @@ process feeds its local slice of the batch (:func:`global_batch`).
 
 from __future__ import annotations
 
+import collections
+import json
 import os
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -68,6 +71,56 @@ def global_batch(mesh: Mesh, local_batch: dict) -> dict:
     sharded over the mesh's batch axis."""
     sharding = data_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+class DevicePrefetch:
+    """Iterator of device batches ``put(next(host_iterator))`` kept ``size`` batches ahead: batch
+    k+1 is copied to the devices (asynchronously) while step k runs.
+
+    Checkpointable like the host iterator it wraps (grain's ``PyGrainCheckpointHandler`` takes it):
+    ``get_state()`` is the host iterator's state after the batches *returned* so far, not after the
+    prefetched ones, so a restored run continues with the first batch it has not consumed;
+    ``set_state()`` drops the prefetched batches. The state is JSON bytes of the host state.
+    """
+
+    def __init__(self, host_iterator, put: Callable[[dict], dict], size: int = 2):
+        if size < 1:
+            raise ValueError(f"prefetch size must be >= 1, got {size}")
+        self._it, self._put, self._size = host_iterator, put, size
+        self._queue: collections.deque = collections.deque()  # (host state after the batch, device batch)
+        self._state = json.dumps(host_iterator.get_state(), indent=4).encode()
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        while len(self._queue) < self._size:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                break
+            self._queue.append((json.dumps(self._it.get_state(), indent=4).encode(), self._put(batch)))
+        if not self._queue:
+            raise StopIteration
+        self._state, device_batch = self._queue.popleft()
+        return device_batch
+
+    def get_state(self) -> bytes:
+        return self._state
+
+    def set_state(self, state: bytes) -> None:
+        self._queue.clear()
+        self._it.set_state(json.loads(state))
+        self._state = json.dumps(self._it.get_state(), indent=4).encode()
+
+    def start_prefetch(self) -> None:
+        """Called by grain's checkpoint handler after a restore; prefetching starts at ``next``."""
+
+    def close(self) -> None:
+        self._queue.clear()
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
 
 
 def local_rows(mesh: Mesh, arrays):

@@ -11,9 +11,6 @@ import numpy as np
 
 from kinpose_jax import skeleton
 
-IMAGE_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-IMAGE_STD = np.array([58.395, 57.12, 57.375], np.float32)
-
 
 class MetricWriter:
     """Appends ``{"step": s, "kind": k, ...}`` lines to ``<workdir>/metrics.jsonl`` and writes the
@@ -134,18 +131,22 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
     """For each sample: the input patch with predicted (red) and true (green) 2D joints, and a
     3D view of both root-relative skeletons (mm).
 
-    images: [N, H, W, 3] normalized patches; *_px: [N, J, >=2] patch pixels; *_cam: [N, J, 3] mm.
+    images: [N, H, W, 3] uint8 RGB patches (the evaluation batch's ``image``); *_px: [N, J, >=2]
+    patch pixels; *_cam: [N, J, 3] mm.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"plot_samples draws uint8 RGB patches, got {images.dtype} images")
     n = len(images)
     fig = plt.figure(figsize=(6, 3 * n))
     bones = skeleton.H36M_BONES
     for i in range(n):
-        img = np.clip(images[i] * IMAGE_STD + IMAGE_MEAN, 0, 255).astype(np.uint8)
+        img = images[i]
         ax = fig.add_subplot(n, 2, 2 * i + 1)
         ax.imshow(img)
         for pts, color in ((gt_px[i], "lime"), (pred_px[i], "red")):

@@ -21,6 +21,8 @@ import numpy as np
 import optax
 
 from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting
+from kinpose_jax.data import augment
+from kinpose_jax.data.pipeline import MODEL_KEYS
 from kinpose_jax.models import build_pose_net
 
 log = logging.getLogger("kinpose_jax")
@@ -68,11 +70,13 @@ def init_variables(model, config, key) -> dict:
 
 
 def make_loss_fn(model, loss_name: str):
-    """``loss(params, batch_stats, batch) -> (loss, new_batch_stats)`` in training mode."""
+    """``loss(params, batch_stats, batch) -> (loss, new_batch_stats)`` in training mode; ``batch``
+    holds uint8 ``image`` and float32 ``gains`` (normalized here, on the device)."""
     loss_fn = losses.get_loss(loss_name)
 
     def loss_of(params, batch_stats, batch):
-        out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+        images = augment.normalize_pixels(batch["image"], batch.get("gains"))
+        out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                     train=True, mutable=["batch_stats"])
         # The mean over the *global* batch: jit partitions it, no explicit pmean needed.
         loss = loss_fn(out["joints"].astype(jnp.float32), batch["joints"], batch["joints_vis"])
@@ -125,7 +129,7 @@ def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writ
     for i, batch in enumerate(data.eval_batches()):
         if 0 <= config.max_eval_batches <= i:
             break
-        device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
+        device_batch = parallel.global_batch(mesh, {k: batch[k] for k in MODEL_KEYS})
         px, per_loss = parallel.local_rows(mesh, predict(variables, device_batch))
         pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size, config.model.box_mm)
         if vis is None and config.num_vis_samples > 0:
@@ -169,7 +173,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_state(config, model, tx, mesh)
 
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    train_iter = data.train_iterator()
+    # Batch k+1 is copied to the devices while step k runs; the checkpointed iterator state counts
+    # only the batches steps consumed.
+    train_iter = parallel.DevicePrefetch(data.train_iterator(),
+                                         lambda b: parallel.global_batch(mesh, {k: b[k] for k in MODEL_KEYS}))
     meta = {"global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
             "processes": jax.process_count(), "seed": config.seed}
     latest = manager.latest_step()
@@ -222,8 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                  "epoch": done / steps_per_epoch})
 
             while step < end:
-                batch = next(train_iter)
-                device_batch = parallel.global_batch(mesh, {k: batch[k] for k in ("image", "joints", "joints_vis")})
+                device_batch = next(train_iter)
                 state, metrics = train_step(state, device_batch)
                 step += 1
                 images += global_batch

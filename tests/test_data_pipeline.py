@@ -55,6 +55,17 @@ def reference_sample(img_bgr, cx, cy, bw, bh, joints, vis, scale, rot_deg, flip,
     return rgb, out, vis
 
 
+def _on_device_batch(images, gains):
+    """The device's pixel normalization (jitted) of uint8 patches [B, H, W, 3] with gains [B, 3]."""
+    import jax
+
+    return np.asarray(jax.jit(augment.normalize_pixels)(images, gains))
+
+
+def _on_device(image, gains):
+    return _on_device_batch(image[None], gains[None])[0]
+
+
 def _shards(name="hm36_train"):
     return records.ShardedRecords(os.path.join(synthetic_root(), "records", name))
 
@@ -78,10 +89,11 @@ def test_sample_matches_independent_reference(aug):
         ref_img, ref_joints, ref_vis = reference_sample(
             img, rec["center"][0], rec["center"][1], rec["box_size"][0], rec["box_size"][1], rec["joints_img"],
             rec["joints_vis"], aug.scale, aug.rotation, aug.flip, aug.gains, 96)
-        assert got["image"].shape == (96, 96, 3) and got["image"].dtype == np.float32
+        assert got["image"].shape == (96, 96, 3) and got["image"].dtype == np.uint8
+        np.testing.assert_array_equal(got["gains"], np.float32(aug.gains))
         np.testing.assert_allclose(got["joints"], ref_joints, atol=2e-5)
         np.testing.assert_array_equal(got["joints_vis"], ref_vis)
-        diff = np.abs(got["image"] - ref_img)
+        diff = np.abs(_on_device(got["image"], got["gains"]) - ref_img)
         # float32 vs float64 affine coefficients may move OpenCV's fixed-point sample by one step
         assert diff.mean() < 2e-3 and diff.max() < 0.1, (diff.mean(), diff.max())
 
@@ -163,8 +175,57 @@ def test_pipeline_batches_are_the_spec_samples():
                 aug.flip, aug.gains, 48)
             np.testing.assert_allclose(batches[step]["joints"][row], ref_joints, atol=2e-5)
             np.testing.assert_array_equal(batches[step]["joints_vis"][row], ref_vis)
-            assert np.abs(batches[step]["image"][row] - ref_img).mean() < 2e-3
+            normalized = _on_device(batches[step]["image"][row], batches[step]["gains"][row])
+            assert np.abs(normalized - ref_img).mean() < 2e-3
     assert np.all(batches[0]["valid"] == 1)
+
+
+def host_normalized_patch(rec, aug, patch):
+    """The float32 patch as the host made it before normalization moved to the device: decode,
+    flip, warp through ``patch_affine``, BGR->RGB, then per channel
+    ``(clip(x * gain, 0, 255) - mean) / std`` in float64, rounded once to float32. Also returns
+    the uint8 RGB patch."""
+    img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    center = np.array(rec["center"], np.float64)
+    if aug.flip:
+        img = np.ascontiguousarray(img[:, ::-1])
+        center[0] = img.shape[1] - center[0] - 1
+    affine = augment.patch_affine(center, rec["box_size"], (patch, patch), aug.scale, aug.rotation)
+    rgb = cv2.warpAffine(img, affine, (patch, patch), flags=cv2.INTER_LINEAR)[:, :, ::-1]
+    out = (np.clip(rgb * np.asarray(aug.gains, np.float64), 0, 255) - MEAN) / STD
+    return out.astype(np.float32), rgb
+
+
+def test_device_normalization_equals_the_host_float32_patch():
+    """Workers send uint8 patches + gains; normalized on the device they equal the float32 patch
+    the host used to send, for the same (seed, epoch, record, draw)."""
+    cfg = _cfg(seed=11)
+    plan, _ = pipeline.train_plan(cfg)
+    shards = _shards()
+    batches = _take(pipeline.make_train_iterator(cfg), 2)
+    assert batches[0]["image"].dtype == np.uint8 and batches[0]["gains"].shape == (4, 3)
+    flips = set()
+    for step, batch in enumerate(batches):
+        device = _on_device_batch(batch["image"], batch["gains"])
+        for row in range(4):
+            ds, idx, draw = plan.epoch_entries(0)[step * 4 + row]
+            aug = augment.draw_augmentation(augment.record_rng(cfg.seed, 0, int(ds), int(idx), int(draw)), cfg.aug)
+            flips.add(aug.flip)
+            host, rgb = host_normalized_patch(shards[idx], aug, 48)
+            np.testing.assert_array_equal(batch["image"][row], rgb)
+            np.testing.assert_array_equal(batch["gains"][row], np.float32(aug.gains))
+            np.testing.assert_allclose(device[row], host, rtol=0, atol=1e-5)
+    assert flips == {False, True}
+    # evaluation: gains 1, the plain normalization
+    batch = next(pipeline.make_eval_iterator(cfg))
+    np.testing.assert_array_equal(batch["gains"], np.ones((4, 3), np.float32))
+    host, _ = host_normalized_patch(_shards("hm36_validmin")[1], augment.NO_AUGMENTATION, 48)
+    np.testing.assert_allclose(_on_device_batch(batch["image"], batch["gains"])[1], host, rtol=0, atol=1e-5)
+
+
+def test_normalize_pixels_refuses_float_images():
+    with pytest.raises(TypeError, match="uint8 pixel values"):
+        augment.normalize_pixels(np.zeros((1, 4, 4, 3), np.float32))
 
 
 def test_epochs_are_permutations_and_steps():

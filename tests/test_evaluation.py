@@ -23,15 +23,16 @@ class MirrorSensitiveModel:
 
 def test_flip_test_averages_with_the_mirrored_back_prediction():
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    images = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
     w = rng.normal(size=(18, 3)).astype(np.float32) * 0.1
     batch = {"image": images, "joints": np.zeros((2, 18, 3), np.float32), "joints_vis": np.ones((2, 18, 3), np.float32)}
     model = MirrorSensitiveModel()
     plain, _ = evaluation.make_predict_fn(model, 32, flip_test=False)({"w": w}, batch)
     merged, _ = evaluation.make_predict_fn(model, 32, flip_test=True)({"w": w}, batch)
-    # independent computation of the flip test in numpy
-    own = (np.asarray(model.apply({"w": w}, images)["joints"]) + [0.5, 0.5, 0.0]) * 32
-    flipped = (np.asarray(model.apply({"w": w}, images[:, :, ::-1])["joints"]) + [0.5, 0.5, 0.0]) * 32
+    # independent computation of the flip test in numpy, on the normalized pixels (no gains)
+    normed = (images - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
+    own = (np.asarray(model.apply({"w": w}, normed)["joints"]) + [0.5, 0.5, 0.0]) * 32
+    flipped = (np.asarray(model.apply({"w": w}, normed[:, :, ::-1])["joints"]) + [0.5, 0.5, 0.0]) * 32
     flipped[..., 0] = 32 - flipped[..., 0] - 1
     perm = np.arange(18)
     for a, b in skeleton.H36M_FLIP_PAIRS:

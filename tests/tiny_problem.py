@@ -21,7 +21,8 @@ def tiny_problem(head: str = "integral"):
     schedule = train.learning_rate_schedule(config, 10)
     tx = train.make_optimizer(config, schedule)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32),
+    batch = {"image": rng.integers(0, 256, size=(8, 64, 64, 3), dtype=np.uint8),
+             "gains": rng.uniform(0.8, 1.2, size=(8, 3)).astype(np.float32),
              "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
              "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
     return config, model, tx, schedule, batch

@@ -1,9 +1,12 @@
-"""One training/evaluation sample, exactly as the seed makes it (docs/DESIGN.md#training-sample) — pure numpy + OpenCV.
+"""One training/evaluation sample, exactly as the seed makes it (docs/DESIGN.md#training-sample).
 
-Pipeline for one record: decode (BGR) -> augmentation draw -> optional horizontal flip of the
-image and labels -> affine warp of the (scaled, rotated) box onto the patch (bilinear) -> BGR to
-RGB -> per-channel gain, clip to [0, 255] -> ``(x - mean) / std`` -> joints through the same
-affine, depth ``z / (box_mm * s) * pw`` -> normalized targets ``x/pw - 0.5, y/ph - 0.5, z/pw``.
+Pipeline for one record, on the host (numpy + OpenCV, in the grain workers): decode (BGR) ->
+augmentation draw -> optional horizontal flip of the image and labels -> affine warp of the
+(scaled, rotated) box onto the patch (bilinear) -> BGR to RGB, kept uint8 -> joints through the
+same affine, depth ``z / (box_mm * s) * pw`` -> normalized targets ``x/pw - 0.5, y/ph - 0.5, z/pw``.
+On the device, inside the jitted step (:func:`normalize_pixels`, jax.numpy): per-channel gain,
+clip to [0, 255] -> ``(x - mean) / std``. A uint8 patch is 4x smaller than the float32 one in
+the workers' shared memory and on the host-to-device copy.
 
 Units: image/patch coordinates in pixels, depth in mm until normalized, angles in degrees.
 """
@@ -111,14 +114,22 @@ def warp_patch(image_bgr: np.ndarray, affine: np.ndarray, patch_size: tuple[int,
     return cv2.warpAffine(image_bgr, affine, (int(patch_size[0]), int(patch_size[1])), flags=cv2.INTER_LINEAR)
 
 
-def normalize_pixels(patch_rgb: np.ndarray, gains: Sequence[float]) -> np.ndarray:
-    """[ph, pw, 3] RGB uint8 -> float32 ``(clip(x * gain, 0, 255) - mean) / std`` (docs/DESIGN.md#pixel-normalization).
+def normalize_pixels(images, gains=None):
+    """uint8 RGB patches [..., H, W, 3] (0..255) -> float32 ``(clip(x * gain, 0, 255) - mean) / std``
+    (docs/DESIGN.md#pixel-normalization), in jax.numpy (runs inside the jitted step / predict).
 
-    Computed as a per-channel 256-entry lookup table (exact in float64, one rounding to float32)."""
-    levels = np.arange(256, dtype=np.float64)[:, None]
-    table = (np.clip(levels * np.asarray(gains, np.float64), 0.0, 255.0) - PIXEL_MEAN.astype(np.float64)) \
-        / PIXEL_STD.astype(np.float64)
-    return cv2.LUT(np.ascontiguousarray(patch_rgb), table.astype(np.float32).reshape(256, 1, 3))
+    gains: per-channel colour gains [..., 3] (one row per image; None = no gain). The network's
+    only pixel normalization: the pipelines deliver uint8 ``image`` and float32 ``gains``.
+    """
+    import jax.numpy as jnp
+
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(f"normalize_pixels expects uint8 pixel values 0..255 (the pipelines' 'image'), got "
+                        f"{images.dtype}: already normalized?")
+    x = jnp.asarray(images, jnp.float32)
+    if gains is not None:
+        x = jnp.clip(x * jnp.asarray(gains, jnp.float32)[..., None, None, :], 0.0, 255.0)
+    return (x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
 
 
 def joints_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, patch_width: int,
@@ -158,7 +169,8 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
       aug: the draw (:data:`NO_AUGMENTATION` for evaluation).
       patch_size: (pw, ph).
     Returns:
-      image [ph, pw, 3] float32 normalized RGB; joints [J, 3] float32 normalized targets;
+      image [ph, pw, 3] uint8 RGB; gains [3] float32 colour gains of ``aug`` (applied on the
+      device by :func:`normalize_pixels`); joints [J, 3] float32 normalized targets;
       joints_vis [J, 3] float32 weights; affine [2, 3] float64 (image px -> patch px of the
       *flipped* image when ``aug.flip``).
     """
@@ -173,7 +185,8 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
     patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
     target = patch_to_normalized(joints_to_patch(joints, affine, aug.scale, patch_size[0], box_mm), patch_size)
     return {
-        "image": normalize_pixels(patch, aug.gains),
+        "image": patch,
+        "gains": np.asarray(aug.gains, np.float32),
         "joints": target.astype(np.float32),
         "joints_vis": vis.astype(np.float32),
         "affine": affine,

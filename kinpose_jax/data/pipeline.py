@@ -8,7 +8,8 @@ processes). Everything is a pure function of (seed, position), so
 
 * the same seed gives the same batches, whatever the worker or thread count;
 * the iterator's ``get_state()`` / ``set_state()`` (or grain's orbax ``PyGrainCheckpointHandler``)
-  resume exactly where a run stopped (same number of workers required);
+  resume exactly where a run stopped (same number of workers required: ``worker_count = -1``
+  derives it from the machine, so resume on the same kind of machine or set it explicitly);
 * a global batch is the same whatever the number of processes: process ``p`` of ``P`` gets
   rows ``[p * B/P, (p+1) * B/P)`` of every global batch of ``B`` (feed them to
   ``jax.make_array_from_process_local_data`` along a batch-sharded mesh axis).
@@ -22,9 +23,13 @@ records), the union shuffled; a batch therefore holds a fraction f of MPII in ex
 
 Batch layout (numpy, leading axis = per-process batch ``B/P``):
 
-* ``image`` [B, P, P, 3] float32, normalized RGB (NHWC); ``joints`` [B, 18, 3] float32 normalized
-  targets (docs/DESIGN.md#normalized-units); ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 =
-  real sample, 0 = evaluation padding, always 1 in training).
+* ``image`` [B, P, P, 3] uint8 RGB (NHWC), the warped (and flipped) patch; ``gains`` [B, 3] float32
+  the colour augmentation's per-channel gains (1 in evaluation): the device applies both with
+  :func:`~kinpose_jax.data.augment.normalize_pixels` (docs/DESIGN.md#pixel-normalization);
+  ``joints`` [B, 18, 3] float32 normalized targets (docs/DESIGN.md#normalized-units);
+  ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 = real sample,
+  0 = evaluation padding, always 1 in training). :data:`MODEL_KEYS` are the fields the jitted
+  train step / predict function read.
 * evaluation adds ``center`` [B, 2] px, ``box_size`` [B, 2] (width, height) px, ``fl`` [B, 2],
   ``c_p`` [B, 2] px, ``pelvis`` [B, 3] mm, ``joints_cam`` [B, 18, 3] mm, ``image_index`` [B] int32
   (record index; -1 for padding), ``sequence`` [B, 4] int32 (subject, action, subaction, camera of
@@ -48,7 +53,11 @@ from kinpose_jax.data import augment as aug_lib
 from kinpose_jax.data import h36m_format
 
 H36M, MPII = 0, 1  # dataset ids (part of the per-record RNG key)
-TRAIN_KEYS = ("image", "joints", "joints_vis", "valid")
+TRAIN_KEYS = ("image", "gains", "joints", "joints_vis", "valid")
+#: the batch fields fed to the devices (train step, evaluation predict)
+MODEL_KEYS = ("image", "gains", "joints", "joints_vis")
+#: ``worker_count = -1`` (auto) starts at most this many worker processes per local device
+MAX_WORKERS_PER_DEVICE = 16
 EVAL_KEYS = TRAIN_KEYS + ("center", "box_size", "fl", "c_p", "pelvis", "joints_cam", "image_index",
                          "sequence", "frame")
 
@@ -68,9 +77,11 @@ class PipelineConfig:
       seed: data order and augmentation seed.
       augment: augmentation (docs/DESIGN.md#augmentation) in training (evaluation never augments).
       aug: augmentation parameters (:class:`~kinpose_jax.data.augment.AugmentConfig`).
-      worker_count: grain worker processes (0 = in this process).
+      worker_count: grain worker processes (0 = in this process; -1 = auto,
+        :func:`auto_worker_count`).
       worker_buffer_size: batches each worker prepares ahead.
-      read_threads: threads per process preparing batches concurrently.
+      read_threads: threads per process (each worker, or this process when ``worker_count`` is 0)
+        preparing samples concurrently.
       box_mm: side of the 3D box (mm) the patch shows (docs/DESIGN.md#normalized-units).
       process_index / process_count: this host's slice of every global batch (None = from JAX).
     """
@@ -100,6 +111,14 @@ class PipelineConfig:
 
         return jax.process_index(), jax.process_count()
 
+    def workers(self) -> int:
+        """The number of worker processes (``worker_count``, -1 resolved by :func:`auto_worker_count`)."""
+        if self.worker_count == -1:
+            return auto_worker_count()
+        if self.worker_count < 0:
+            raise ValueError(f"worker_count must be >= 0 or -1 (auto), got {self.worker_count}")
+        return self.worker_count
+
     def local_batch_size(self) -> int:
         _, count = self.process()
         if self.global_batch_size < 1 or self.global_batch_size % count:
@@ -117,6 +136,7 @@ def config_from_ml_collections(config, global_batch_size: int, **overrides) -> P
         records_dir=records_dir, train_set=d.train_set, eval_set=d.eval_set, mpii_fraction=float(d.mpii_fraction),
         patch_size=int(d.patch_size), global_batch_size=int(global_batch_size), seed=int(config.seed),
         augment=bool(d.augment), worker_count=int(d.worker_count), worker_buffer_size=int(d.worker_buffer_size),
+        read_threads=int(d.read_threads),
         aug=aug_lib.AugmentConfig(scale_factor=float(d.scale_factor), rotation_factor=float(d.rotation_factor),
                                   rotation_prob=float(d.rotation_prob), flip_prob=float(d.flip_prob),
                                   color_factor=float(d.color_factor)),
@@ -125,6 +145,19 @@ def config_from_ml_collections(config, global_batch_size: int, **overrides) -> P
         kwargs["box_mm"] = float(config.model.box_mm)
     kwargs.update(overrides)
     return PipelineConfig(**kwargs)
+
+
+def auto_worker_count(cpu_count: int | None = None, local_devices: int | None = None) -> int:
+    """Worker processes for ``worker_count = -1``: one per CPU of this process but one (kept for
+    the training loop), at most :data:`MAX_WORKERS_PER_DEVICE` per local device; 0 (in-process)
+    on a single CPU. Defaults: the CPUs this process may run on, ``jax.local_device_count()``."""
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_devices is None:
+        import jax
+
+        local_devices = jax.local_device_count()
+    return max(0, min(cpu_count - 1, MAX_WORKERS_PER_DEVICE * local_devices))
 
 
 def dataset_dir(records_dir: str, kind: str, image_set: str) -> str:
@@ -243,7 +276,7 @@ class TrainTransform:
             aug = aug_lib.NO_AUGMENTATION
         name = self.sources.dirs[dataset_id]
         out = _sample(rec, aug, self.cfg, f"{name} record {index}")
-        return {"image": out["image"], "joints": out["joints"], "joints_vis": out["joints_vis"],
+        return {"image": out["image"], "gains": out["gains"], "joints": out["joints"], "joints_vis": out["joints_vis"],
                 "valid": np.float32(1.0)}
 
 
@@ -270,7 +303,7 @@ class EvalTransform:
         except DataError as err:
             raise DataError(f"{where}: {err}") from err
         return {
-            "image": out["image"], "joints": out["joints"], "joints_vis": out["joints_vis"] * np.float32(valid),
+            "image": out["image"], "gains": out["gains"], "joints": out["joints"], "joints_vis": out["joints_vis"] * np.float32(valid),
             "valid": np.float32(valid), "center": f32("center"), "box_size": f32("box_size"), "fl": f32("fl"),
             "c_p": f32("c_p"), "pelvis": f32("pelvis"), "joints_cam": f32("joints_cam"),
             "image_index": np.int32(rec["index"] if valid else -1),
@@ -288,10 +321,16 @@ def _ensure_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _worker_init(worker_index: int, worker_count: int) -> None:
+def _single_threaded_opencv() -> None:
+    """One OpenCV thread in every process that decodes and warps (workers, or this process when
+    ``worker_count`` is 0): parallelism comes from the processes and ``read_threads``."""
     import cv2
 
-    cv2.setNumThreads(1)  # one OpenCV thread per worker process: no oversubscription
+    cv2.setNumThreads(1)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    _single_threaded_opencv()
 
 
 def _to_iterator(ds, cfg: PipelineConfig):
@@ -300,9 +339,12 @@ def _to_iterator(ds, cfg: PipelineConfig):
     ds = ds.batch(cfg.local_batch_size(), drop_remainder=True)
     threads = max(0, int(cfg.read_threads))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 1)))
-    if cfg.worker_count > 0:
+    workers = cfg.workers()
+    if workers == 0:
+        _single_threaded_opencv()
+    else:
         _ensure_absl_flags()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count,
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=cfg.worker_buffer_size),
                             worker_init_fn=_worker_init)
     return iter(ds)
