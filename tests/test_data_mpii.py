@@ -14,7 +14,7 @@ import numpy as np
 
 from kinpose_jax.data import augment, convert, pipeline
 from tests.test_data_fixtures import synthetic_root
-from tests.test_data_pipeline import reference_sample
+from tests.test_data_pipeline import device_normalized, reference_sample
 
 QUIET = dict(progress=False, log=lambda *_: None, num_workers=0)
 #: docs/DESIGN.md#mpii-coco, per H36M joint: the MPII joint it comes from (-1: none).
@@ -66,7 +66,7 @@ def test_mpii_mixing_end_to_end(tmp_path):
     batches = [next(it) for _ in range(plan.steps_per_epoch)]
     vis = np.concatenate([b["joints_vis"] for b in batches])
     joints = np.concatenate([b["joints"] for b in batches])
-    images = np.concatenate([b["image"] for b in batches])
+    images = np.concatenate([device_normalized(b["image"], b["gains"]) for b in batches])  # normalized
     assert vis.shape == (24, 18, 3)
     # Human3.6M samples train depth (weight 1 everywhere), MPII samples never do
     is_mpii = np.all(vis[:, :, 2] == 0, axis=1)

@@ -55,7 +55,7 @@ def reference_sample(img_bgr, cx, cy, bw, bh, joints, vis, scale, rot_deg, flip,
     return rgb, out, vis
 
 
-def _on_device_batch(images, gains):
+def device_normalized(images, gains):
     """The device's pixel normalization (jitted) of uint8 patches [B, H, W, 3] with gains [B, 3]."""
     import jax
 
@@ -63,7 +63,7 @@ def _on_device_batch(images, gains):
 
 
 def _on_device(image, gains):
-    return _on_device_batch(image[None], gains[None])[0]
+    return device_normalized(image[None], gains[None])[0]
 
 
 def _shards(name="hm36_train"):
@@ -206,7 +206,7 @@ def test_device_normalization_equals_the_host_float32_patch():
     assert batches[0]["image"].dtype == np.uint8 and batches[0]["gains"].shape == (4, 3)
     flips = set()
     for step, batch in enumerate(batches):
-        device = _on_device_batch(batch["image"], batch["gains"])
+        device = device_normalized(batch["image"], batch["gains"])
         for row in range(4):
             ds, idx, draw = plan.epoch_entries(0)[step * 4 + row]
             aug = augment.draw_augmentation(augment.record_rng(cfg.seed, 0, int(ds), int(idx), int(draw)), cfg.aug)
@@ -220,7 +220,7 @@ def test_device_normalization_equals_the_host_float32_patch():
     batch = next(pipeline.make_eval_iterator(cfg))
     np.testing.assert_array_equal(batch["gains"], np.ones((4, 3), np.float32))
     host, _ = host_normalized_patch(_shards("hm36_validmin")[1], augment.NO_AUGMENTATION, 48)
-    np.testing.assert_allclose(_on_device_batch(batch["image"], batch["gains"])[1], host, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(device_normalized(batch["image"], batch["gains"])[1], host, rtol=0, atol=1e-5)
 
 
 def test_normalize_pixels_refuses_float_images():
