@@ -8,11 +8,12 @@ Data: a synthetic Human3.6M (seed layout, generated once into --data, default
 converted to ArrayRecord shards.
 
 * grain: ``kinpose_jax.data.pipeline.make_train_iterator`` — records from the shards (JPEG bytes),
-  decode, augmentation (docs/DESIGN.md#augmentation), warp, normalization, batched in the workers.
+  decode, augmentation (docs/DESIGN.md#augmentation), warp, batched in the workers as uint8 patches
+  + colour gains (the pixel normalization runs on the device in training, not timed here).
 * torch: ``torch.utils.data.DataLoader(shuffle=True, drop_last=True)`` over the seed's cache (list
   of dicts) with a ``Dataset.__getitem__`` written in the seed's style: ``cv2.imread`` of the file,
   python ``random`` / ``np.random`` draws, three-point ``cv2.getAffineTransform``, per-channel and
-  per-joint Python loops, CHW float32 tensors.
+  per-joint Python loops, CHW float32 tensors (normalized on the host).
 
 Both use OpenCV with one thread per worker process. Throughput is measured after --warmup
 batches (worker start-up excluded), in --rounds rounds alternating between the two pipelines
@@ -114,15 +115,17 @@ def _torch_worker_init(worker_id):
 
 # ------------------------------------------------------------------ timing
 def measure(iterator, warmup: int, batches: int, batch_size: int) -> dict:
+    """images/s over ``batches`` after ``warmup``, and bytes per image of a batch's arrays."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         next(iterator)
     t1 = time.perf_counter()
     for _ in range(batches):
-        next(iterator)
+        batch = next(iterator)
     t2 = time.perf_counter()
+    arrays = batch.values() if isinstance(batch, dict) else batch
     return {"images_per_s": batches * batch_size / (t2 - t1), "warmup_s": t1 - t0, "seconds": t2 - t1,
-            "batches": batches}
+            "batches": batches, "bytes_per_image": sum(np.asarray(a).nbytes for a in arrays) // batch_size}
 
 
 def main(argv=None) -> dict:
@@ -203,8 +206,10 @@ def main(argv=None) -> dict:
     }
     print(f"images {args.image_size}px -> patch {args.patch}, batch {args.batch}, {args.workers} workers "
           f"({os.cpu_count()} CPUs)")
-    print(f"  grain pipeline        : {grain_res['images_per_s']:8.1f} images/s")
-    print(f"  torch seed-style      : {torch_res['images_per_s']:8.1f} images/s")
+    print(f"  grain pipeline        : {grain_res['images_per_s']:8.1f} images/s, "
+          f"{grain_res['bytes_per_image']:,} bytes/image (uint8 patch)")
+    print(f"  torch seed-style      : {torch_res['images_per_s']:8.1f} images/s, "
+          f"{torch_res['bytes_per_image']:,} bytes/image (float32 patch)")
     print(f"  ratio grain / torch   : {ratio:8.2f}")
     if args.out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
