@@ -384,3 +384,53 @@ def test_setup_from_the_training_config(tmp_path):
     cfg = pipeline.config_from_ml_collections(c, 4)
     assert cfg.aug.flip_prob == 0.0 and cfg.seed == c.seed and cfg.records_dir == os.path.join(str(tmp_path), "records")
     assert sum(b["valid"].sum() for b in data.eval_batches()) == 64
+
+
+# ------------------------------------------------------------------ crops (patch-sized records, geometry)
+def _crop_pair(rec, aug, patch, resample, image=None):
+    img = augment.decode_image(rec["image"]) if image is None else image
+    crop = augment.crop_geometry(rec["center"], rec["box_size"], (patch, patch), augment.AugmentConfig(), resample)
+    args = (rec["center"], rec["box_size"], rec["joints_img"], rec["joints_vis"], aug, (patch, patch),
+            skeleton.H36M_FLIP_PAIRS)
+    full = augment.make_sample(img, *args)
+    cropped = augment.make_sample(augment.cut_crop(img, crop), *args, crop=crop, image_width=img.shape[1])
+    return full, cropped, crop
+
+
+EXTREME_AUGS = [augment.Augmentation(s, r, f, (1.0, 1.0, 1.0)) for s in (0.75, 1.25) for r in (-60.0, 0.0, 45.0)
+                for f in (False, True)]
+
+
+def test_patch_from_the_crop_is_the_patch_from_the_image():
+    """Unresampled crop: the same patch (OpenCV's 1/32 px coordinate rounding aside) and labels,
+    for the extreme draws (largest/smallest scale, +-rotation, flip)."""
+    shards = _shards()
+    diffs = []
+    for i in (0, 7):
+        for aug in EXTREME_AUGS:
+            full, cropped, crop = _crop_pair(shards[i], aug, 48, resample=False)
+            assert crop.scale == (1.0, 1.0)
+            np.testing.assert_array_equal(cropped["joints"], full["joints"])
+            np.testing.assert_array_equal(cropped["joints_vis"], full["joints_vis"])
+            np.testing.assert_array_equal(cropped["affine"], full["affine"])
+            diffs.append(np.abs(cropped["image"].astype(int) - full["image"].astype(int)))
+    assert np.max(diffs) <= 1 and np.mean(diffs) < 1e-3
+
+
+def test_resampled_crop_covers_every_draw_and_is_smaller():
+    """Resampled to the scale-1 patch's resolution: a white image gives white patches for every
+    extreme draw (no sample falls outside the stored crop), the crop stores fewer pixels."""
+    rec = _shards()[3]
+    white = np.full((600, 600, 3), 255, np.uint8)  # the box is well inside: no image border
+    rec = dict(rec, center=np.array([300.0, 300.0]))
+    for aug in EXTREME_AUGS:
+        full, cropped, crop = _crop_pair(rec, aug, 32, resample=True, image=white)
+        assert np.all(full["image"] == 255)
+        assert np.all(cropped["image"] == 255), aug
+    assert crop.scale[0] < 0.5 and crop.resampled_size()[0] < crop.size[0] / 2
+    # on the synthetic images (sharp capsule edges) the anti-aliased crop differs from the aliased
+    # direct warp by ~6 grey levels on average at 0.56 crop px per image px (measured: mean 6.05)
+    shards = _shards()
+    diffs = [np.abs(c["image"].astype(int) - f["image"].astype(int))
+             for i in range(4) for aug in AUGS for f, c, _ in [_crop_pair(shards[i], aug, 48, resample=True)]]
+    assert np.mean(diffs) < 10

@@ -14,6 +14,7 @@ Units: image/patch coordinates in pixels, depth in mm until normalized, angles i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import cv2
@@ -149,6 +150,72 @@ def patch_to_normalized(joints_patch: np.ndarray, patch_size: tuple[int, int]) -
                     axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """Where a stored crop sits in its image: crop px = ``scale * (image px - origin + 0.5) - 0.5``
+    per axis (pixel centres map to pixel centres, as ``cv2.resize`` samples).
+
+    origin: (x0, y0) integer image px of the crop's first (unresampled) pixel; size: (w, h) of the
+    region before resampling, px; scale: (sx, sy) crop px per image px (<= 1: never upsampled)."""
+
+    origin: tuple[int, int]
+    size: tuple[int, int]
+    scale: tuple[float, float]
+
+    def to_crop(self) -> np.ndarray:
+        """[2, 3] affine image px -> crop px."""
+        sx, sy = self.scale
+        return np.array([[sx, 0.0, sx * (0.5 - self.origin[0]) - 0.5],
+                         [0.0, sy, sy * (0.5 - self.origin[1]) - 0.5]])
+
+    def resampled_size(self) -> tuple[int, int]:
+        """(w, h) of the stored crop, px."""
+        return (int(round(self.size[0] * self.scale[0])), int(round(self.size[1] * self.scale[1])))
+
+
+def crop_geometry(center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
+                  aug: AugmentConfig, resample: bool = True) -> Crop:
+    """The smallest stored crop from which every draw of ``aug`` samples the patch as from the image.
+
+    Region: the box scaled by the largest draw ``1 + scale_factor``, and, when rotations are drawn,
+    the circle through its corners (any angle), plus one pixel for bilinear sampling; it is the
+    same for the flipped draw (symmetric about the box centre). Resolution: what a scale-1 patch
+    samples, ``max(pw / w, ph / h)`` crop px per image px, never above 1 (a zoomed-in draw then
+    upsamples by at most ``1 / (1 - scale_factor)``); ``resample=False`` keeps the image's
+    resolution (patches then equal the whole image's up to OpenCV's 1/32 px rounding; resampled
+    ones are anti-aliased where the direct warp aliases). Parts outside the image are black, as
+    the warp's border."""
+    w, h = float(box_size[0]), float(box_size[1])
+    s_max = 1.0 + aug.scale_factor
+    if aug.rotation_factor != 0.0 and aug.rotation_prob > 0.0:
+        half = np.full(2, s_max * math.hypot(w, h) / 2.0)
+    else:
+        half = np.array([s_max * w / 2.0, s_max * h / 2.0])
+    c = np.asarray(center, np.float64)
+    lo = np.floor(c - half - 1.0).astype(np.int64)
+    hi = np.ceil(c + half + 1.0).astype(np.int64) + 1
+    size = hi - lo
+    k = min(1.0, max(patch_size[0] / w, patch_size[1] / h)) if resample else 1.0
+    out = np.maximum(np.round(size * k), 1.0)
+    return Crop((int(lo[0]), int(lo[1])), (int(size[0]), int(size[1])),
+                (float(out[0] / size[0]), float(out[1] / size[1])))
+
+
+def cut_crop(image_bgr: np.ndarray, crop: Crop) -> np.ndarray:
+    """The stored crop of an HxWx3 uint8 image: the region (black outside the image), area-resampled
+    to :meth:`Crop.resampled_size`."""
+    (x0, y0), (cw, ch) = crop.origin, crop.size
+    height, width = image_bgr.shape[:2]
+    region = np.zeros((ch, cw, 3), np.uint8)
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + cw, width), min(y0 + ch, height)
+    if xa < xb and ya < yb:
+        region[ya - y0:yb - y0, xa - x0:xb - x0] = image_bgr[ya:yb, xa:xb]
+    size = crop.resampled_size()
+    if size == (cw, ch):
+        return region
+    return cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """JPEG (or any OpenCV format) bytes -> HxWx3 uint8 BGR, like ``cv2.imread`` in the seed."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -159,11 +226,13 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray, joints_img: np.ndarray,
                 joints_vis: np.ndarray, aug: Augmentation, patch_size: tuple[int, int],
-                flip_pairs: Sequence[tuple[int, int]], box_mm: float = 2000.0) -> dict[str, np.ndarray]:
+                flip_pairs: Sequence[tuple[int, int]], box_mm: float = 2000.0, crop: Crop | None = None,
+                image_width: int | None = None) -> dict[str, np.ndarray]:
     """docs/DESIGN.md#training-sample for one decoded image.
 
     Args:
-      image_bgr: HxWx3 uint8 (OpenCV channel order).
+      image_bgr: HxWx3 uint8 (OpenCV channel order): the whole image, or with ``crop`` its stored
+        crop (:func:`cut_crop`; then ``image_width`` is the whole image's width, for the flip).
       center: [2] box centre px; box_size: [2] box width, height px.
       joints_img: [J, 3] u px, v px, depth - pelvis depth mm; joints_vis: [J, 3] weights.
       aug: the draw (:data:`NO_AUGMENTATION` for evaluation).
@@ -174,15 +243,27 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
       joints_vis [J, 3] float32 weights; affine [2, 3] float64 (image px -> patch px of the
       *flipped* image when ``aug.flip``).
     """
-    width = image_bgr.shape[1]
     center = np.asarray(center, np.float64)
     joints, vis = np.asarray(joints_img, np.float64), np.asarray(joints_vis, np.float64)
-    if aug.flip:
-        image_bgr = cv2.flip(image_bgr, 1)  # mirror (as a numpy [:, ::-1] copy, but much faster)
-        center = flip_box_center(center, width)
-        joints, vis = flip_joints(joints, vis, width, flip_pairs)
-    affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
-    patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
+    if crop is None:
+        width = image_bgr.shape[1]
+        if aug.flip:
+            image_bgr = cv2.flip(image_bgr, 1)  # mirror (as a numpy [:, ::-1] copy, but much faster)
+            center = flip_box_center(center, width)
+            joints, vis = flip_joints(joints, vis, width, flip_pairs)
+        affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+        sample_affine = affine
+    else:
+        width = int(image_width)
+        mirror = np.eye(3)
+        if aug.flip:  # the mirror goes into the affine: u -> W - u - 1 of the original image
+            mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+            center = flip_box_center(center, width)
+            joints, vis = flip_joints(joints, vis, width, flip_pairs)
+        affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+        from_crop = np.linalg.inv(np.vstack([crop.to_crop(), [0.0, 0.0, 1.0]]))
+        sample_affine = (np.vstack([affine, [0.0, 0.0, 1.0]]) @ mirror @ from_crop)[:2]
+    patch = cv2.cvtColor(warp_patch(image_bgr, sample_affine, patch_size), cv2.COLOR_BGR2RGB)
     target = patch_to_normalized(joints_to_patch(joints, affine, aug.scale, patch_size[0], box_mm), patch_size)
     return {
         "image": patch,
