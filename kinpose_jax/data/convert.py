@@ -3,7 +3,9 @@
 Every record is validated (keys, shapes, finite values, joint set, image present, complete and
 decodable); a bad record raises :class:`~kinpose_jax.data.DataError` naming the record and field,
 or — with ``on_error="skip"`` — is left out, counted and listed in ``dataset_info.json``.
-Images are stored as the original file bytes (no re-encoding).
+Images are stored as the original file bytes (no re-encoding), or — with a ``crop`` layout
+(:func:`crop_layout`) — as a JPEG of just the region any augmentation draw can sample, at the
+resolution a scale-1 patch samples (``augment.crop_geometry``), with its geometry per record.
 
 Idempotent and resumable: shards are written one at a time (temporary file, then rename) and
 recorded in ``.progress.json``; a re-run with the same source and options skips finished shards,
@@ -30,6 +32,35 @@ from kinpose_jax.data import DataError, h36m_format, records
 PROGRESS_FILE = ".progress.json"
 
 
+def crop_layout(patch_size: int = 256, scale_factor: float = 0.25, rotation_factor: float = 30.0,
+                rotation_prob: float = 0.6, resample: bool = True, quality: int = 95) -> dict:
+    """The ``crop`` option of :func:`convert_records`: crops valid for training at ``patch_size``
+    with augmentation scale/rotation up to these (``configs/default.py`` names), stored as JPEG of
+    ``quality`` (1-100), resampled to the scale-1 patch's resolution unless ``resample`` is False."""
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"crop JPEG quality must be in [1, 100], got {quality}")
+    return dict(patch_size=int(patch_size), scale_factor=float(scale_factor), rotation_factor=float(rotation_factor),
+                rotation_prob=float(rotation_prob), resample=bool(resample), quality=int(quality))
+
+
+def _crop_record(data: bytes, rec: dict, crop: dict) -> tuple[bytes, dict]:
+    """The stored crop of one image (JPEG bytes) and its geometry fields."""
+    import cv2
+
+    from kinpose_jax.data import augment
+
+    aug = augment.AugmentConfig(scale_factor=crop["scale_factor"], rotation_factor=crop["rotation_factor"],
+                                rotation_prob=crop["rotation_prob"])
+    size = (crop["patch_size"], crop["patch_size"])
+    geom = augment.crop_geometry(rec["center"], rec["box_size"], size, aug, crop["resample"])
+    image = augment.decode_image(data)
+    ok, enc = cv2.imencode(".jpg", augment.cut_crop(image, geom), [cv2.IMWRITE_JPEG_QUALITY, crop["quality"]])
+    if not ok:
+        raise DataError("cannot encode the crop as JPEG")
+    return enc.tobytes(), {"crop_origin": np.array(geom.origin, np.int64), "crop_size": np.array(geom.size, np.int64),
+                           "crop_scale": np.array(geom.scale, np.float64)}
+
+
 def _sha256_files(paths: Sequence[str]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -45,9 +76,10 @@ def prepare_record(task: tuple) -> tuple:
     """Validates one raw cache record and reads its image (runs in worker processes).
 
     ``task`` = (kind "h36m"|"mpii", raw record dict, source index, source description, image
-    root, path components kept when re-rooting). Returns ("ok", source_index, record dict — the
+    root, path components kept when re-rooting, crop layout or None). Returns ("ok", source_index, record dict — the
     :mod:`~kinpose_jax.data.records` fields except ``index``) or ("error", source_index, message)."""
-    kind, raw, source_index, source, image_root, keep = task
+    kind, raw, source_index, source, image_root, keep, *rest = task
+    crop = rest[0] if rest else None
     try:
         validate = h36m_format.validate_h36m_record if kind == "h36m" else h36m_format.validate_mpii_record
         rec = validate(raw, source_index, source)
@@ -63,6 +95,9 @@ def prepare_record(task: tuple) -> tuple:
             raise DataError(f"{where}: cannot read the image: {err}") from err
         height, width = h36m_format.check_image_bytes(data, where)
         out = {k: v for k, v in rec.items() if k != "image"}
+        if crop is not None:
+            data, geometry = _crop_record(data, rec, crop)
+            out.update(geometry)
         out.update(image=data, image_path="/".join(os.path.normpath(path).split(os.sep)[-keep:]),
                    image_size=np.array([width, height], np.int64), source_index=int(source_index), dataset=kind)
         return ("ok", source_index, out)
@@ -179,6 +214,7 @@ def convert_records(
     progress: bool = True,
     force: bool = False,
     annot_dir: str | None = None,
+    crop: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Validates ``raw_records`` (seed cache dicts of ``kind`` "h36m" or "mpii") and writes them to
@@ -187,7 +223,8 @@ def convert_records(
     ``force``: discard existing shards and progress and convert afresh. Needed after fixing
     image files that an ``on_error="skip"`` run left out: the up-to-date check covers the source
     (cache hash) and the options, not the image files. ``annot_dir``: ``hm36/annot`` whose
-    ``matlab_meta.txt`` headers give the cameras' rotation and position for dataset_info.json."""
+    ``matlab_meta.txt`` headers give the cameras' rotation and position for dataset_info.json.
+    ``crop``: :func:`crop_layout` to store patch-sized crops (None: the original image files)."""
     if kind not in ("h36m", "mpii"):
         raise ValueError(f"kind must be 'h36m' or 'mpii', got {kind!r}")
     if on_error not in ("raise", "skip"):
@@ -200,6 +237,8 @@ def convert_records(
     image_root = os.path.abspath(image_root)
     options = dict(format_version=records.FORMAT_VERSION, kind=kind, source_hash=source_hash, image_root=image_root,
                    records_per_shard=records_per_shard, on_error=on_error, num_source_records=len(raw_records))
+    if crop is not None:
+        options["crop"] = crop
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
     name = os.path.basename(os.path.normpath(dataset_dir))
     os.makedirs(dataset_dir, exist_ok=True)
@@ -246,7 +285,7 @@ def convert_records(
             if k in done:
                 continue
             start_index = sum(done[j]["count"] for j in range(k))
-            tasks = [(kind, raw_records[i], i, source, image_root, keep) for i in range(lo, hi)]
+            tasks = [(kind, raw_records[i], i, source, image_root, keep, crop) for i in range(lo, hi)]
             payloads, skipped = [], []
             for status, src_index, value in runner.map(tasks):
                 if status == "error":
@@ -281,6 +320,8 @@ def convert_records(
         "num_records": count, "num_source_records": n, "num_skipped": len(skipped), "skipped": skipped,
         "num_shards": num_shards, "shard_counts": [done[k]["count"] for k in range(num_shards)],
         "records_per_shard": records_per_shard,
+        "layout": "full" if crop is None else "crop",  # records hold the image files, or crops (fields crop_*)
+        **({} if crop is None else {"crop": crop}),
         "joint_set": {"name": "h36m18", "joints": list(skeleton.H36M_JOINT_NAMES),
                       "flip_pairs": [list(p) for p in skeleton.H36M_FLIP_PAIRS],
                       "parent_ids": list(skeleton.H36M_PARENT_IDS)},

@@ -230,14 +230,52 @@ class _Sources:
         return src
 
 
+def _record_crop(rec: dict, image: np.ndarray, where: str) -> aug_lib.Crop | None:
+    """The stored crop's geometry (crop-layout records; None for whole images), checked against
+    the decoded crop's size."""
+    if "crop_origin" not in rec:
+        return None
+    crop = aug_lib.Crop(tuple(int(v) for v in rec["crop_origin"]), tuple(int(v) for v in rec["crop_size"]),
+                        tuple(float(v) for v in rec["crop_scale"]))
+    if (image.shape[1], image.shape[0]) != crop.resampled_size():
+        raise DataError(f"{where} field image: the stored crop is {image.shape[1]}x{image.shape[0]} px, its recorded "
+                        f"geometry (crop_size {crop.size}, crop_scale {crop.scale}) needs "
+                        f"{crop.resampled_size()[0]}x{crop.resampled_size()[1]} px")
+    return crop
+
+
 def _sample(rec: dict, aug: aug_lib.Augmentation, cfg: PipelineConfig, where: str) -> dict[str, np.ndarray]:
+    if "crop_origin" in rec and not h36m_format.jpeg_is_complete(rec["image"]):
+        raise DataError(f"{where} field image: the stored JPEG crop is truncated ({len(rec['image'])} bytes)")
     try:
         image = aug_lib.decode_image(rec["image"])
     except ValueError as err:
         raise DataError(f"{where}: {err}") from err
+    crop = _record_crop(rec, image, where)
     size = (cfg.patch_size, cfg.patch_size)
     return aug_lib.make_sample(image, rec["center"], rec["box_size"], rec["joints_img"], rec["joints_vis"], aug, size,
-                               skeleton.H36M_FLIP_PAIRS, cfg.box_mm)
+                               skeleton.H36M_FLIP_PAIRS, cfg.box_mm, crop=crop, image_width=int(rec["image_size"][0]))
+
+
+def check_crop_layout(info: dict, cfg: PipelineConfig, path: str) -> None:
+    """Refuses training augmentation that could sample outside the stored crops of a crop-layout
+    dataset (``dataset_info.json`` ``layout: crop``); whole-image datasets take any."""
+    spec = info.get("crop")
+    if info.get("layout", "full") != "crop" or not cfg.augment:
+        return
+    rotates = cfg.aug.rotation_factor != 0.0 and cfg.aug.rotation_prob > 0.0
+    stored_rotates = spec["rotation_factor"] != 0.0 and spec["rotation_prob"] > 0.0
+    problems = []
+    if cfg.aug.scale_factor > spec["scale_factor"]:
+        problems.append(f"data.scale_factor={cfg.aug.scale_factor} > {spec['scale_factor']}")
+    if rotates and not stored_rotates:
+        problems.append(f"rotations (data.rotation_factor={cfg.aug.rotation_factor}, data.rotation_prob="
+                        f"{cfg.aug.rotation_prob}) but the crops were cut for none")
+    if problems:
+        raise ValueError(f"{path} holds patch-sized crops that cover augmentation up to scale_factor "
+                         f"{spec['scale_factor']}, rotation_factor {spec['rotation_factor']} (rotation_prob "
+                         f"{spec['rotation_prob']}); this config has {'; '.join(problems)}. Lower those options or "
+                         f"re-convert with matching crop options (or the full-image layout).")
 
 
 class TrainTransform:
@@ -364,6 +402,8 @@ def train_plan(cfg: PipelineConfig) -> tuple[TrainPlan, _Sources]:
     if cfg.mpii_fraction > 0:
         dirs[MPII] = dataset_dir(cfg.records_dir, "mpii", cfg.mpii_set)
         num_mpii = records.load_info(dirs[MPII])["num_records"]
+    for path in dirs.values():
+        check_crop_layout(records.load_info(path), cfg, path)
     num_h36m = records.load_info(dirs[H36M])["num_records"]
     plan = TrainPlan(num_h36m, num_mpii, cfg.mpii_fraction, cfg.seed, cfg.global_batch_size)
     if plan.steps_per_epoch < 1:

@@ -23,6 +23,10 @@ their dtype and shape, the image as the original file's bytes (never re-encoded)
 ``pelvis``         [3] f64      camera mm (zeros for MPII)
 ``fl``, ``c_p``    [2] f64      focal length, principal point px (zeros for MPII)
 ``bone_len``       [] f64       total skeleton length mm (0 for MPII)
+``crop_origin``    [2] int      crop layout only (``dataset_info.json`` ``layout: crop``): ``image``
+                                is a JPEG crop; :class:`~kinpose_jax.data.augment.Crop` origin px,
+``crop_size``      [2] int      region size px before resampling,
+``crop_scale``     [2] f64      crop px per image px; every other field stays the whole image's
 =================  ===========  ===================================================================
 """
 
