@@ -12,6 +12,12 @@ Exit status 2 with a message naming the record and field on bad input (or use --
 bad records are left out, counted and listed in dataset_info.json). The up-to-date check covers
 the cache (or annotations) and the options, not the image files: after fixing the images of
 skipped records, re-run with --force to convert afresh.
+
+``--layout crop`` stores, instead of each image file, a JPEG (``--crop_quality``) of only the region
+that training augmentation up to ``--crop_scale_factor`` / ``--crop_rotation_factor`` can sample
+for ``--crop_patch_size`` patches, at the resolution a scale-1 patch samples: far fewer pixels to
+decode per sample. Training refuses augmentation beyond those options (re-convert, or use the
+default full-image layout, which takes any augmentation and patch size).
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes validating and reading images (0 = in this process)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--layout", default="full", choices=["full", "crop"],
+                   help="full: the image files as they are; crop: patch-sized JPEG crops (module docstring)")
+    p.add_argument("--crop_patch_size", type=int, default=256, help="crop layout: training patch size, px")
+    p.add_argument("--crop_scale_factor", type=float, default=0.25,
+                   help="crop layout: largest data.scale_factor the crops cover")
+    p.add_argument("--crop_rotation_factor", type=float, default=30.0,
+                   help="crop layout: data.rotation_factor the crops are cut for (0 = no rotation)")
+    p.add_argument("--crop_rotation_prob", type=float, default=0.6, help="crop layout: data.rotation_prob")
+    p.add_argument("--crop_quality", type=int, default=95, help="crop layout: JPEG quality of the crops, 1-100")
+    p.add_argument("--crop_no_resample", action="store_true",
+                   help="crop layout: keep the image's resolution (larger crops; patches as from the image)")
     args = p.parse_args(argv)
     if args.cache and len(args.sets) != 1:
         p.error("--cache needs exactly one --sets entry")
@@ -65,6 +82,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     common = dict(records_per_shard=args.records_per_shard, on_error=args.on_error, num_workers=args.num_workers,
                   progress=not args.no_progress, force=args.force)
+    if args.layout == "crop":
+        common["crop"] = convert.crop_layout(args.crop_patch_size, args.crop_scale_factor, args.crop_rotation_factor,
+                                             args.crop_rotation_prob, not args.crop_no_resample, args.crop_quality)
     try:
         for image_set in args.sets:
             convert.convert_h36m(args.root, image_set, args.out_dir or None, cache=args.cache or None,

@@ -336,3 +336,29 @@ def test_skip_then_fix_images_needs_force(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["--help"])
     assert "--force" in capsys.readouterr().out
+
+
+def test_cli_crop_layout(tmp_path):
+    """--layout crop: JPEG crops with their geometry, options recorded; a different crop option
+    is a different conversion (not "up to date")."""
+    cli = _convert_cli()
+    out = str(tmp_path / "out")
+    argv = ["--root", synthetic_root(), "--sets", "validmin", "--out_dir", out, "--num_workers", "0",
+            "--no_progress", "--layout", "crop", "--crop_patch_size", "32", "--crop_rotation_factor", "0",
+            "--crop_quality", "90"]
+    assert cli.main(argv) == 0
+    info = json.loads((tmp_path / "out" / "hm36_validmin" / records.INFO_FILE).read_text())
+    assert info["layout"] == "crop"
+    assert info["crop"] == dict(patch_size=32, scale_factor=0.25, rotation_factor=0.0, rotation_prob=0.6,
+                                resample=True, quality=90)
+    rec = records.ShardedRecords(os.path.join(out, "hm36_validmin"))[0]
+    full = records.ShardedRecords(os.path.join(synthetic_root(), "records", "hm36_validmin"))[0]
+    height, width = h36m_format.check_image_bytes(rec["image"], "crop")
+    size = np.round(rec["crop_size"] * rec["crop_scale"]).astype(int)
+    assert (width, height) == tuple(size) and width < full["image_size"][0]
+    for key in ("center", "box_size", "joints_img", "joints_cam", "image_size", "fl", "c_p", "image_path"):
+        np.testing.assert_array_equal(rec[key], full[key])
+    assert cli.main(argv[:-1] + ["80"]) == 0
+    assert json.loads((tmp_path / "out" / "hm36_validmin" / records.INFO_FILE).read_text())["crop"]["quality"] == 80
+    with pytest.raises(ValueError, match="quality"):
+        convert.crop_layout(quality=0)
