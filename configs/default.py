@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.train_set = "train"  # H36M cache set used for training (train, validmin, ...: docs/DESIGN.md#h36m-on-disk).
     d.eval_set = "validmin"  # H36M cache set used for evaluation.
     d.patch_size = 256  # Network input patch, pixels (square).
+    d.record_layout = "full"  # Shards main.py converts: full (image files as they are) | crop (patch-sized JPEG
+    #   crops for this patch_size and augmentation, far less to decode; README "which record layout").
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
     d.synthetic_train_folders = 8  # Synthetic generator: sequence folders for the train split.

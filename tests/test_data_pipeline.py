@@ -484,3 +484,26 @@ def test_crop_records_refuse_augmentation_beyond_the_crop_and_bad_crops(tmp_path
                          "hm36_train record 2")
     with pytest.raises(DataError, match="record 2 field image: the stored crop is .* px, its recorded geometry"):
         pipeline._sample(dict(rec, crop_size=rec["crop_size"] + 8), augment.NO_AUGMENTATION, cfg, "hm36_train record 2")
+
+
+def test_setup_converts_the_configured_record_layout(tmp_path):
+    """config.data.record_layout = crop: main.py's conversion writes crops for the config's patch
+    size and augmentation, and training reads them; back to full converts the images again."""
+    from configs import default
+    from kinpose_jax.data import setup
+
+    c = default.get_config()
+    c.data.root, c.data.synthetic = str(tmp_path), True
+    c.data.synthetic_train_folders, c.data.synthetic_frames_per_folder, c.data.synthetic_image_size = 1, 5, 96
+    c.data.patch_size, c.data.worker_count, c.data.record_layout = 32, 0, "crop"
+    data = setup.create(c, 4)
+    info = records.load_info(os.path.join(str(tmp_path), "records", "hm36_train"))
+    assert info["layout"] == "crop" and info["crop"]["patch_size"] == 32
+    assert info["crop"]["rotation_factor"] == c.data.rotation_factor
+    assert next(data.train_iterator())["image"].shape == (4, 32, 32, 3)
+    c.data.record_layout = "full"
+    setup.create(c, 4)
+    assert records.load_info(os.path.join(str(tmp_path), "records", "hm36_train"))["layout"] == "full"
+    c.data.record_layout = "patches"
+    with pytest.raises(ValueError, match="record_layout"):
+        setup.create(c, 4)

@@ -35,7 +35,9 @@ def ensure_dataset(config, train: bool = True, process_index: int | None = None,
 
     With ``config.data.synthetic`` the synthetic Human3.6M is generated under ``config.data.root``
     first (``synthetic_train_folders`` x ``synthetic_frames_per_folder`` frames of
-    ``synthetic_image_size`` px). Missing shards are converted from ``root/hm36`` (``root/mpii``).
+    ``synthetic_image_size`` px). Missing shards are converted from ``root/hm36`` (``root/mpii``),
+    in ``config.data.record_layout``; shards converted with another layout or other crop options
+    are converted again to match the config.
     """
     if process_index is None:
         import jax
@@ -59,12 +61,19 @@ def ensure_dataset(config, train: bool = True, process_index: int | None = None,
         synthetic.generate(d.root, train_folders=d.synthetic_train_folders,
                            frames_per_folder=d.synthetic_frames_per_folder, image_size=d.synthetic_image_size,
                            log=log)
+    layout = d.get("record_layout", "full")
+    if layout not in ("full", "crop"):
+        raise ValueError(f"config.data.record_layout must be 'full' or 'crop', got {layout!r}")
+    crop = None
+    if layout == "crop":
+        crop = convert.crop_layout(int(d.patch_size), float(d.scale_factor), float(d.rotation_factor),
+                                   float(d.rotation_prob))
     for kind, image_set in needed:
         progress = bool(config.get("progress_bar", True))
         if kind == "h36m":
-            convert.convert_h36m(d.root, image_set, out, progress=progress, log=log)
+            convert.convert_h36m(d.root, image_set, out, progress=progress, log=log, crop=crop)
         else:
-            convert.convert_mpii(d.root, image_set, out, progress=progress, log=log)
+            convert.convert_mpii(d.root, image_set, out, progress=progress, log=log, crop=crop)
 
 
 def create(config, global_batch_size: int, train: bool = True) -> pipeline.DataPipeline:
