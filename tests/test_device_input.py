@@ -161,3 +161,24 @@ def test_in_process_decoding_runs_opencv_single_threaded():
         assert cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(before)
+
+
+def test_prefetch_with_workers_resumes_exactly_on_crop_records(tmp_path):
+    from tests.test_data_pipeline import _crop_records
+
+    out, _ = _crop_records(tmp_path)
+    mesh = _mesh()
+    ref = [_host(b) for b in _take(_prefetching(_cfg(records_dir=out), mesh), 4)]
+    cfg = _cfg(records_dir=out, worker_count=2, worker_buffer_size=1)
+    it = _prefetching(cfg, mesh)
+    try:
+        assert _same(ref[:2], [_host(b) for b in _take(it, 2)])
+        state = it.get_state()
+    finally:
+        it.close()
+    it = _prefetching(cfg, mesh)
+    try:
+        it.set_state(state)
+        assert _same(ref[2:], [_host(b) for b in _take(it, 2)])
+    finally:
+        it.close()
