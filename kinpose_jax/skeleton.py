@@ -35,7 +35,3 @@ MPII_NUM_JOINTS = 16
 MPII_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
 #: For every H36M joint, the MPII joint it is read from (-1: none, visibility 0).
 MPII_TO_H36M: tuple[int, ...] = (6, 2, 1, 0, 3, 4, 5, -1, 8, -1, 9, 13, 14, 15, 12, 11, 10, 7)
-
-COCO_NUM_JOINTS = 17
-#: For every H36M joint, the COCO joint it is read from (-1: none, visibility 0).
-COCO_TO_H36M: tuple[int, ...] = (-1, 12, 14, 16, 11, 13, 15, -1, -1, 0, -1, 5, 7, 9, 6, 8, 10, -1)
