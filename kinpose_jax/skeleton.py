@@ -10,6 +10,9 @@ H36M_JOINT_NAMES: tuple[str, ...] = (
     "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist", "thorax",
 )
 H36M_NUM_JOINTS = 18
+#: Side (mm) of the 3D box centred on the pelvis that a patch shows: the image box is its
+#: projection, and one normalized depth unit is this many mm (docs/DESIGN.md#normalized-units).
+BOX_MM = 2000.0
 H36M_ROOT = 0
 #: Left/right pairs swapped by a horizontal flip.
 H36M_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))

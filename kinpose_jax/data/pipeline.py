@@ -88,7 +88,7 @@ class PipelineConfig:
     worker_count: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 2
-    box_mm: float = 2000.0
+    box_mm: float = skeleton.BOX_MM
     process_index: int | None = None
     process_count: int | None = None
 

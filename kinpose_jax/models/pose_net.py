@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import integral
+from kinpose_jax.skeleton import BOX_MM
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
 from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
@@ -40,7 +41,7 @@ class PoseNet(nn.Module):
     deconv_kernel: int = 4
     tree: KinematicTree | None = None
     kinematic_view: str = "upright"
-    box_mm: float = 2000.0
+    box_mm: float = BOX_MM
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -72,7 +73,7 @@ class PoseNet(nn.Module):
 #: Defaults of the ``config.model`` fields read by :func:`build_pose_net`.
 CONFIG_DEFAULTS: dict[str, Any] = dict(
     backbone="resnet50", head="integral", num_joints=18, depth_bins=64, deconv_filters=256, num_deconv_layers=3,
-    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=2000.0, dtype="float32",
+    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=BOX_MM, dtype="float32",
     bn_axis_name=None,
 )
 
@@ -110,7 +111,7 @@ def build_pose_net(model_config: Any) -> PoseNet:
         KinematicTree, kinematic head only.
       kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
         (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
-      box_mm (2000.0): mm per normalized unit (side of the 3D box the patch covers).
+      box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
     """
