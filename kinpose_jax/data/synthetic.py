@@ -33,6 +33,8 @@ import numpy as np
 from kinpose_jax.data import DataError, h36m_format, records, render
 
 GENERATOR_VERSION = 2  # 2: float64 forward kinematics on the CPU device
+#: Smallest image side, px.
+MIN_IMAGE_SIZE = 64
 #: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
 _FOCAL_1000 = np.array([1145.0, 1144.0])
 #: World <- model axes: model x (left) -> world x, model y (up) -> world z, model z (forward) -> world -y.
@@ -142,8 +144,8 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
     for key in ("train_folders", "frames_per_folder", "valid_folders", "valid_frames_per_folder"):
         if params[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {params[key]}")
-    if image_size < 64:
-        raise ValueError(f"image_size must be >= 64 px, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE} px, got {image_size}")
     hm36 = os.path.join(os.path.abspath(root), "hm36")
     marker = os.path.join(hm36, MARKER_FILE)
     caches = {
