@@ -96,7 +96,8 @@ def load_torch_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with advice
-        refused = isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()
+        # weights_only refuses a pickled Python object as an "Unsupported global"
+        refused = isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
         if allow_pickle or not refused:  # a damaged or foreign file, not a weights_only refusal
             raise ValueError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: "
                              f"{' '.join(str(err).split())[:300]}") from err
