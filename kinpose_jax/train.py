@@ -408,11 +408,12 @@ def _check_finite(values: dict, step: int, epoch: int, workdir: str, manager) ->
     if "state_finite" in values and not values["state_finite"]:
         bad.append("the updated parameters / optimizer state hold NaN/inf")
     if bad:
-        what = " and ".join(bad)
+        latest = manager.latest_step()
+        kept = (f"The checkpoints in {workdir}/checkpoints are untouched and hold finite values (latest: step "
+                f"{latest})." if latest is not None else "No checkpoint was written yet.")
         raise NonFiniteLossError(
-            f"{what} at step {step} (epoch {epoch + 1}); stopping without saving. The checkpoints in "
-            f"{workdir}/checkpoints are untouched and hold finite values (latest: step "
-            f"{manager.latest_step()}). Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
+            f"{' and '.join(bad)} at step {step} (epoch {epoch + 1}); stopping without saving. {kept} "
+            f"Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
 
 
 #: checkpoint metadata that must match for an exact resume (data order, epoch boundaries, schedule,
