@@ -29,6 +29,8 @@ from kinpose_jax import skeleton
 from kinpose_jax.data import DataError, h36m_format, records
 
 PROGRESS_FILE = ".progress.json"
+#: The plausibility limits of :func:`prepare_record` by default (see ``convert_records``).
+DEFAULT_LIMITS = dict(max_box_scale=h36m_format.MAX_BOX_SCALE, max_reprojection_px=h36m_format.MAX_REPROJECTION_PX)
 
 
 def _sha256_files(paths: Sequence[str]) -> str:
