@@ -27,11 +27,15 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = None) -> None:
     """Defines main.py's flags on ``flag_values`` (``sys_argv``: the command line whose
-    ``--config.*`` overrides are accepted; default ``sys.argv``)."""
-    config_flags.DEFINE_config_file(
-        "config", "configs/synthetic.py",
-        "Experiment config file (get_config()); override any field with --config.a.b=value, every field "
-        "is documented in configs/default.py.", flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+    ``--config.*`` overrides are accepted; default ``sys.argv``). UsageError for an override
+    naming no field of the default config (ml_collections resolves them here)."""
+    try:
+        config_flags.DEFINE_config_file(
+            "config", "configs/synthetic.py",
+            "Experiment config file (get_config()); override any field with --config.a.b=value, every field "
+            "is documented in configs/default.py.", flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+    except (AttributeError, KeyError) as err:
+        raise UsageError(_override_problem(sys.argv if sys_argv is None else sys_argv, err)) from None
     flags.DEFINE_string("workdir", "workdirs/synthetic", "Where checkpoints, logs, TensorBoard events and PNGs go.",
                         flag_values=flag_values)
     flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval only.",
@@ -44,8 +48,6 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
     flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.", flag_values=flag_values)
     flags.DEFINE_integer("process_id", -1, "Multi-host: this process's id.", flag_values=flag_values)
 
-
-define_flags(FLAGS)
 
 
 class UsageError(Exception):
@@ -60,6 +62,13 @@ def _override_problem(argv: list[str], err: Exception) -> str:
         if m and (not bad or m.group(1) in bad or any(part in bad for part in m.group(1).split("."))):
             return f"{arg.split('=')[0]}: no such config field (every field is listed in configs/default.py)"
     return f"bad --config override: {err} (every field is listed in configs/default.py)"
+
+
+try:
+    define_flags(FLAGS)
+    _DEFINE_ERROR = None
+except UsageError as _err:  # reported by _flags_parser, in one line
+    _DEFINE_ERROR = _err
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -87,6 +96,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[
 
 def _flags_parser(argv: list[str]) -> list[str]:
     try:
+        if _DEFINE_ERROR is not None:
+            raise _DEFINE_ERROR
         return parse_flags(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,7 @@ def parse(*args, config="configs/synthetic.py"):
     """Parses main.py's command line ``args`` in-process; returns the config."""
     argv = ["main.py", f"--config={config}", *args]
     fv = flags.FlagValues()
-    main.define_flags(fv, sys_argv=argv)
+    main.define_flags(fv, sys_argv=argv)  # ml_collections resolves --config.* overrides here already
     main.parse_flags(argv, fv)
     return fv.config
 
