@@ -45,8 +45,8 @@ class NoUsableCheckpointError(RuntimeError):
 
 
 #: Failures ``main.py`` reports in one line (no traceback).
-EXPECTED_ERRORS = (NonFiniteLossError, CheckpointMismatchError, NoUsableCheckpointError, pretrained.PretrainedMismatchError,
-                   DataError, checkpointing.WorkdirLockedError, OSError)
+EXPECTED_ERRORS = (NonFiniteLossError, CheckpointMismatchError, NoUsableCheckpointError,
+                   pretrained.PretrainedMismatchError, DataError, checkpointing.WorkdirLockedError, OSError)
 
 
 def describe_error(err: BaseException) -> str:
@@ -59,7 +59,8 @@ def describe_error(err: BaseException) -> str:
 
 def tree_all_finite(tree) -> jax.Array:
     """Whether every float leaf of ``tree`` is finite (a scalar bool; True for no float leaves)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -197,11 +198,10 @@ def run_meta(config, global_batch: int, steps_per_epoch: int) -> dict:
 def _restore_newest_usable(manager, workdir: str, meta: dict, abstract_state, new_iterator):
     """Restores the newest checkpoint that restores completely and holds finite values.
 
-    Checkpoints that fail (unreadable or missing files, non-finite values) are reported and
-    moved to ``<workdir>/damaged_checkpoints/`` by process 0, never deleted. A checkpoint of
-    another run configuration raises CheckpointMismatchError (never skipped). Returns
-    ``(step, state, iterator)`` (``step`` None: nothing to resume) and the list of moved steps.
-    """
+    Returns ``(step, state, iterator, skipped)``: ``step`` None when none restores, ``skipped``
+    the ``(step, reason)`` of each newer checkpoint that failed (unreadable or missing files,
+    non-finite values). A checkpoint of another run configuration raises
+    CheckpointMismatchError (never skipped)."""
     skipped = []
     for step in manager.all_steps()[::-1]:
         where = f"{workdir}/checkpoints/{step}"

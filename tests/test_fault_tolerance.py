@@ -28,8 +28,9 @@ def compilation_cache(tmp_path_factory):
     """Each train_and_evaluate call jits afresh: a persistent cache compiles the tiny model once."""
     from jax._src import compilation_cache as cc
 
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                                             "jax_persistent_cache_min_entry_size_bytes")}
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -108,7 +108,8 @@ def test_the_names_checked_without_jax_are_the_models():
 
 def test_a_bad_config_stops_main_before_jax_is_imported(tmp_path):
     """The process boundary is the point: JAX must not even be imported for a bad config."""
-    code = ("import sys; sys.argv = ['main.py', '--config.data.flip_prob=2.0', '--workdir=" + str(tmp_path / "w") + "']\n"
+    workdir = str(tmp_path / "w")
+    code = ("import sys; sys.argv = ['main.py', '--config.data.flip_prob=2.0', '--workdir=" + workdir + "']\n"
             "import main\n"
             "try:\n"
             "    main.app.run(main.main, flags_parser=main._flags_parser)\n"

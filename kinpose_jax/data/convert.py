@@ -187,7 +187,8 @@ def _camera_disagreements(raw_records: Sequence[dict], source: str) -> dict[int,
         common = max(counts, key=counts.get)
         for i, cam in items:
             if cam != common:
-                out[i] = (f"{source} record {i} fields 'fl'/'c_p' (image {raw_records[i]['image']}): fl {list(cam[:2])} "
+                out[i] = (f"{source} record {i} fields 'fl'/'c_p' (image {raw_records[i]['image']}): "
+                          f"fl {list(cam[:2])} "
                           f"c_p {list(cam[2:])} differ from fl {list(common[:2])} c_p {list(common[2:])} of "
                           f"{counts[common]} other records of sequence folder {folder} (one camera films a sequence)")
     return out
@@ -266,7 +267,8 @@ def convert_records(
     keep = 2 if kind == "h36m" else 1
     image_root = os.path.abspath(image_root)
     if not (max_box_scale > 0 and max_reprojection_px > 0):
-        raise ValueError(f"max_box_scale and max_reprojection_px must be > 0, got {max_box_scale}, {max_reprojection_px}")
+        raise ValueError(f"max_box_scale and max_reprojection_px must be > 0, got {max_box_scale}, "
+                         f"{max_reprojection_px}")
     limits = dict(max_box_scale=float(max_box_scale), max_reprojection_px=float(max_reprojection_px))
     options = dict(format_version=records.FORMAT_VERSION, kind=kind, source_hash=source_hash, image_root=image_root,
                    records_per_shard=records_per_shard, on_error=on_error, num_source_records=len(raw_records),

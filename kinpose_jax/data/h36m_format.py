@@ -330,7 +330,8 @@ def check_plausible(rec: dict, image_size: tuple[int, int], where: str, *, max_b
         err = np.abs(project(rec["joints_cam"], rec["fl"], rec["c_p"]) - rec["joints_img"][:, :2])
         joint = int(np.argmax(err.max(axis=1)))
         if err[joint].max() > max_reprojection_px:
-            raise DataError(f"{where} field 'joints_3d': joint {joint} is {err[joint].max():.1f} px from the projection "
+            raise DataError(f"{where} field 'joints_3d': joint {joint} is {err[joint].max():.1f} px from the "
+                            f"projection "
                             f"of 'joints_3d_cam' with the record's fl {rec['fl'].tolist()} and c_p "
                             f"{rec['c_p'].tolist()} (limit {max_reprojection_px:g} px, option max_reprojection_px): "
                             f"the labels contradict the camera")
@@ -505,7 +506,8 @@ def _parse_header(numbered: list[tuple[int, str]], path: str) -> dict:
     rot = field(2, 9, "rotation").reshape(3, 3).T
     if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4):
         raise DataError(f"{path} line {numbered[2][0] + 1} (rotation): not a rotation matrix")
-    position, focal, center = field(3, 3, "camera position"), field(4, 2, "focal length"), field(5, 2, "principal point")
+    position, focal = field(3, 3, "camera position"), field(4, 2, "focal length")
+    center = field(5, 2, "principal point")
     radial, tangential = field(6, 3, "radial distortion"), field(7, 2, "tangential distortion")
     ids = field(8, 17, "joint indices")
     if np.any(ids != np.round(ids)) or np.any(ids < 1) or np.any(ids > 32):
