@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.patch_size = 256  # Network input patch, pixels (square).
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
-    d.synthetic_train_folders = 8  # Synthetic generator: sequence folders for the train split.
+    # Synthetic generator (the defaults are kinpose_jax.data.synthetic.DEFAULTS, the README's set):
+    d.synthetic_train_folders = 16  # Synthetic generator: sequence folders for the train split.
     d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
     d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
     d.worker_count = 0  # grain worker processes (0 = in the main process).
