@@ -10,8 +10,8 @@ import numbers
 
 import ml_collections
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-HEADS = ("integral", "direct", "kinematic")
+from kinpose_jax.registry import BACKBONES, HEADS
+
 #: Names of ``kinpose_jax.kinematics.presets.PRESETS`` (kept jax-free here; a test checks they agree).
 KINEMATIC_TREES = ("h36m17", "h36m18", "mpii16", "seed_h36m18")
 #: Views of ``kinpose_jax.models.heads.view_matrix``.

@@ -52,6 +52,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from kinpose_jax.registry import HEAD_FIELDS
+
 REPORT_FILE = "kinpose_conversion.json"
 SEED_NUM_MOTION = 29
 SEED_LAYOUT_OUTPUTS = (SEED_NUM_MOTION * 18 + 1, SEED_NUM_MOTION + 1)
@@ -410,12 +412,6 @@ def convert_state_dict(
 
 
 # ----------------------------------------------------------------------------- saving / loading
-#: Model config fields a converted checkpoint can fix (compared by kinpose_jax.pretrained).
-HEAD_FIELDS = {
-    "integral": ("depth_bins", "num_deconv_layers", "deconv_filters", "deconv_kernel"),
-    "direct": (),
-    "kinematic": ("kinematic_tree", "kinematic_view", "box_mm"),
-}
 
 
 def determined_fields(model_config: Mapping[str, Any], source: str) -> list[str]:

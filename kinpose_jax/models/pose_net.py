@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import integral
+from kinpose_jax.registry import HEADS
 from kinpose_jax.skeleton import BOX_MM
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
 from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
 
-HEADS = ("integral", "direct", "kinematic")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
