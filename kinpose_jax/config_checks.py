@@ -14,15 +14,13 @@ def _fail(field: str, value, expected: str):
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises ValueError naming the first bad field; returns the config unchanged."""
-    from kinpose_jax.kinematics.presets import PRESETS
-
     m = config.model
     if m.backbone not in BACKBONES:
         _fail("model.backbone", m.backbone, f"one of {BACKBONES}")
     if m.head not in HEADS:
         _fail("model.head", m.head, f"one of {HEADS}")
-    if m.head == "kinematic" and m.kinematic_tree not in PRESETS:
-        _fail("model.kinematic_tree", m.kinematic_tree, f"one of {sorted(PRESETS)}")
+    if m.head == "kinematic":
+        _check_kinematic_tree(m.kinematic_tree, m.num_joints)
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "'float32' or 'bfloat16'")
     if m.depth_bins < 1:
@@ -53,3 +51,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.num_vis_samples < 0:
         _fail("num_vis_samples", config.num_vis_samples, "an integer >= 0")
     return config
+
+
+def _check_kinematic_tree(name: str, num_joints: int) -> None:
+    """``model.kinematic_tree``: a preset or ``module.path:function`` returning a tree that holds
+    the dataset's joints (kinpose_jax.models.dataset_joint_indices)."""
+    from kinpose_jax.kinematics.presets import PRESETS, get_tree
+    from kinpose_jax.models import dataset_joint_indices
+
+    expected = f"one of {sorted(PRESETS)} or 'module.path:function' returning a KinematicTree"
+    if name not in PRESETS and ":" not in name:
+        _fail("model.kinematic_tree", name, expected)
+    try:
+        dataset_joint_indices(get_tree(name), num_joints)
+    except ValueError as err:
+        _fail("model.kinematic_tree", name, f"{expected} ({err})")
