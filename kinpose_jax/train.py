@@ -292,8 +292,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
         step = 0
     else:
         manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-        step = checkpointing.best_step(manager)
-        step = manager.latest_step() if step is None else step
+        step = checkpointing.best_or_latest_step(manager)
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no --checkpoint given")
         # Only the weights: the optimizer settings of the evaluating config do not matter.
