@@ -224,18 +224,19 @@ def decode(joints_px: np.ndarray, center: np.ndarray, box_size: np.ndarray, patc
 
     Args:
       joints_px: [B, J, 3] patch px (depth in patch-width units), as the network outputs them.
-      center, box_size: [B, 2] px, the patch boxes. focal: [B] px. principal_point: [B, 2] px.
+      center, box_size: [B, 2] px, the patch boxes. focal: [B] or [B, 2] (fx, fy) px.
+      principal_point: [B, 2] px.
     Returns:
       joints_2d [B, J, 2] image px; joints_cam [B, J, 3] camera mm with depth = root depth + the
       predicted depth relative to the root (subtract the root joint for the root-relative pose);
-      root_depth [B] mm = ``focal * box_mm / box width`` (the depth at which the box spans ``box_mm``).
+      root_depth [B] mm = ``fx * box_mm / box width`` (the depth at which the box spans ``box_mm``).
     """
     norm = np.asarray(integral.patch_to_normalized(np.asarray(joints_px, np.float32), patch_size, patch_size))
     img = augment.normalized_to_image(norm, center, box_size, (patch_size, patch_size), box_mm)
     focal = np.asarray(focal, np.float64)
-    root_depth = focal * box_mm / np.asarray(box_size, np.float64)[:, 0]
-    cam = metrics.pixel_to_camera(img.astype(np.float32), root_depth.astype(np.float32),
-                                  np.stack([focal, focal], -1).astype(np.float32),
+    focal = np.stack([focal, focal], -1) if focal.ndim == 1 else focal
+    root_depth = focal[:, 0] * box_mm / np.asarray(box_size, np.float64)[:, 0]
+    cam = metrics.pixel_to_camera(img.astype(np.float32), root_depth.astype(np.float32), focal.astype(np.float32),
                                   np.asarray(principal_point, np.float32))
     return img[..., :2], np.asarray(cam, np.float64), root_depth
 
