@@ -214,3 +214,16 @@ def test_training_with_the_extended_tree_checkpoints_resumes_and_evaluates(tmp_p
     out = capsys.readouterr().out
     assert "Evaluating checkpoint step" in out and "MPJPE" in out
     assert evaluated["num_samples"] == second["num_samples"] and np.isfinite(evaluated["mpjpe"])
+    # the workdir runs on images too, with every tree joint in the output
+    from kinpose_jax import predict
+
+    folder = os.path.join(data_root, "hm36", "images")
+    seq = os.path.join(folder, sorted(os.listdir(folder))[-1])
+    image = os.path.join(seq, sorted(os.listdir(seq))[0])
+    out = str(tmp_path / "predictions")
+    assert predict.main(["--checkpoint", workdir, "--images", image, "--out", out, "--no-plots"]) == 0
+    with open(os.path.join(out, os.path.splitext(os.path.basename(image))[0] + ".json")) as f:
+        result = json.load(f)
+    assert result["tree_joint_names"][18:] == list(NEW_JOINTS) and len(result["tree_joints_3d_mm"]) == 23
+    np.testing.assert_allclose(np.asarray(result["tree_joints_3d_mm"])[:18], result["joints_3d_mm"], atol=1e-3)
+    np.testing.assert_allclose(np.asarray(result["tree_joints_2d_px"])[:18], result["joints_2d_px"], atol=1e-3)
