@@ -100,8 +100,19 @@ def torch_vectorized_seed_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch
     return joints[..., [0, 2, 1]]
 
 
+def _torch_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def bench_fk(batches, loop_max):
+    """Poses/s of kinpose_jax's FK (default JAX backend) vs the torch FKs (CUDA when available)."""
     tree = presets.seed_h36m18()
+    dev = _torch_device()
 
     @jax.jit
     def jax_fk(motion, scale):
@@ -114,12 +125,13 @@ def bench_fk(batches, loop_max):
         motion = rng.uniform(-1, 1, size=(b, 29)).astype(np.float32)
         scale = rng.uniform(3e-4, 7e-4, size=b).astype(np.float32)
         jm, js = jnp.asarray(motion), jnp.asarray(scale)
-        tm, ts = torch.from_numpy(motion), torch.from_numpy(scale)
+        tm, ts = torch.from_numpy(motion).to(dev), torch.from_numpy(scale).to(dev)
         with torch.no_grad():
-            check = np.abs(np.asarray(jax_fk(jm, js)) - torch_vectorized_seed_fk(tm, ts).numpy()).max()
+            check = np.abs(np.asarray(jax_fk(jm, js)) - torch_vectorized_seed_fk(tm, ts).cpu().numpy()).max()
             t_jax = timeit(lambda: jax_fk(jm, js).block_until_ready())
-            t_torch = timeit(lambda: torch_vectorized_seed_fk(tm, ts))
-            t_loop = timeit(lambda: ref.seed_fk_per_sample(tm, ts), max_reps=5, warmup=1) if b <= loop_max else None
+            t_torch = timeit(lambda: (torch_vectorized_seed_fk(tm, ts), _torch_sync()))
+            t_loop = (timeit(lambda: (ref.seed_fk_per_sample(tm, ts), _torch_sync()), max_reps=5, warmup=1)
+                      if b <= loop_max else None)
         row = dict(batch=b, max_abs_diff=float(check), kinpose_jax_poses_per_s=b / t_jax,
                    torch_vectorized_poses_per_s=b / t_torch,
                    torch_seed_loop_poses_per_s=(b / t_loop) if t_loop else None)
@@ -136,36 +148,43 @@ def bench_softargmax(shape, num_joints, depth):
     nbytes = hm.nbytes
     jhm = jnp.asarray(hm)
     jax_fn = jax.jit(lambda x: integral.softargmax_3d(x, num_joints, depth, layout="NCHW"))
-    th = torch.from_numpy(hm)
+    th = torch.from_numpy(hm).to(_torch_device())
     with torch.no_grad():
-        diff = float(np.abs(np.asarray(jax_fn(jhm)) - ref.softargmax_3d_nchw(th, num_joints, depth).numpy()).max())
+        diff = float(np.abs(np.asarray(jax_fn(jhm))
+                            - ref.softargmax_3d_nchw(th, num_joints, depth).cpu().numpy()).max())
         t_jax = timeit(lambda: jax_fn(jhm).block_until_ready(), min_time=2.0, max_reps=20)
-        t_torch = timeit(lambda: ref.softargmax_3d_nchw(th, num_joints, depth), min_time=2.0, max_reps=20)
+        t_torch = timeit(lambda: (ref.softargmax_3d_nchw(th, num_joints, depth), _torch_sync()),
+                         min_time=2.0, max_reps=20)
     dst = np.empty_like(hm)
     t_copy = timeit(lambda: np.copyto(dst, hm), min_time=1.0, max_reps=20)
+    negate = jax.jit(jnp.negative)  # one read + one write of the array on JAX's device
+    t_device_copy = timeit(lambda: negate(jhm).block_until_ready(), min_time=1.0, max_reps=50)
     return dict(
         shape=list(shape), heatmap_bytes=nbytes, max_abs_diff=diff,
         kinpose_jax_ms=t_jax * 1e3, torch_ms=t_torch * 1e3, speedup_vs_torch=t_torch / t_jax,
         kinpose_jax_read_gb_per_s=nbytes / t_jax / 1e9, torch_read_gb_per_s=nbytes / t_torch / 1e9,
         numpy_copy_gb_per_s=nbytes / t_copy / 1e9,
+        jax_device_negate_gb_per_s=nbytes / t_device_copy / 1e9,
         kinpose_jax_fraction_of_copy_bandwidth=(nbytes / t_jax) / (nbytes / t_copy),
     )
 
 
-def main():
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/core_ops.json")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
     batches = [1, 256, 4096] if args.quick else [1, 256, 65536]
     shape = (4, 18 * 64, 32, 32) if args.quick else (32, 18 * 64, 64, 64)
-    fk = bench_fk(batches, loop_max=256)
+    # the per-sample loop is the CPU cost model of the original; on CUDA it would time kernel launches
+    fk = bench_fk(batches, loop_max=0 if torch.cuda.is_available() else 256)
     sa = bench_softargmax(shape, 18, 64)
     result = dict(
         benchmark="core_ops", platform=platform.platform(), cpu_count=os.cpu_count(), jax=jax.__version__,
-        jax_backend=jax.default_backend(), torch=torch.__version__, fk=fk, softargmax=sa,
+        jax_backend=jax.default_backend(), torch=torch.__version__, torch_device=str(_torch_device()),
+        fk=fk, softargmax=sa,
         notes=dict(
             torch_seed_loop=("not the seed's code: a Python loop over samples, each running an "
                              "intended-semantics per-sample 4x4 reference FK (tests/torch_reference.seed_fk)"),
@@ -198,6 +217,7 @@ def main():
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
     assert all(math.isfinite(r["kinpose_jax_poses_per_s"]) for r in fk)
+    return result
 
 
 if __name__ == "__main__":

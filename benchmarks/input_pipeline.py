@@ -8,7 +8,7 @@ Data: a synthetic Human3.6M (seed layout, generated once into --data, default
 converted to ArrayRecord shards.
 
 * grain: ``kinpose_jax.data.pipeline.make_train_iterator`` — records from the shards (JPEG bytes),
-  decode, SPEC §3 augmentation, warp, normalization, batched in the workers.
+  decode, augmentation (docs/DESIGN.md#augmentation), warp, normalization, batched in the workers.
 * torch: ``torch.utils.data.DataLoader(shuffle=True, drop_last=True)`` over the seed's cache (list
   of dicts) with a ``Dataset.__getitem__`` written in the seed's style: ``cv2.imread`` of the file,
   python ``random`` / ``np.random`` draws, three-point ``cv2.getAffineTransform``, per-channel and

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.root = "data"  # Folder holding hm36/ (and mpii/) in the seed layout (README "Prepare Human3.6M").
     d.records_dir = ""  # ArrayRecord shards; "" = <root>/records.
-    d.train_set = "train"  # H36M cache set used for training (SPEC §2: train, validmin, valid, ...).
+    d.train_set = "train"  # H36M cache set used for training (train, validmin, ...: docs/DESIGN.md#h36m-on-disk).
     d.eval_set = "validmin"  # H36M cache set used for evaluation.
     d.patch_size = 256  # Network input patch, pixels (square).
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
     d.worker_count = 0  # grain worker processes (0 = in the main process).
     d.worker_buffer_size = 2  # Batches each grain worker prefetches.
-    d.augment = True  # SPEC §3 training augmentation (scale, rotation, flip, colour).
+    d.augment = True  # Training augmentation, docs/DESIGN.md#augmentation (scale, rotation, flip, colour).
     d.scale_factor = 0.25  # Scale augmentation: s = 1 + scale_factor * clip(N(0,1), -1, 1).
     d.rotation_factor = 30.0  # Rotation augmentation, degrees: r = factor * clip(N(0,1), -2, 2).
     d.rotation_prob = 0.6  # Probability of applying the rotation.
@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.backbone = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152.
     m.head = "integral"  # integral (3D heatmap + soft-argmax) | direct (joint regression) | kinematic.
-    m.num_joints = 18  # Output joints (H36M-18 order, SPEC §1).
+    m.num_joints = 18  # Output joints (H36M-18 order, docs/DESIGN.md#joints).
     m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.
     m.deconv_filters = 256  # Integral head: filters of each transposed convolution.
     m.num_deconv_layers = 3  # Integral head: number of 4x4 stride-2 transposed convolutions.
@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.pretrained = ""  # Orbax checkpoint from `python -m kinpose_jax.convert_torch` to start from ("" = random).
 
     # ---------------------------------------------------------------- optimisation
-    c.loss = "l1"  # Weighted joint loss: l1 | l2 (SPEC §4).
+    c.loss = "l1"  # Weighted joint loss: l1 | l2 (docs/DESIGN.md#losses).
     c.num_epochs = 300  # Training length in epochs.
     c.steps_per_epoch = -1  # -1 = dataset size // global batch size.
     c.per_device_batch_size = 32  # Images per device; global batch = this * number of devices.
@@ -72,5 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_eval_batches = -1  # Cap on evaluation batches (-1 = the whole evaluation set).
     c.flip_test = False  # Evaluation: average with the mirrored patch's prediction.
     c.num_vis_samples = 4  # Validation samples drawn into the PNG at each evaluation.
+    c.save_predictions = False  # Evaluation: also write eval/predictions_<step>.npz (image index, folder,
+    #   frame, subject/action/subaction/camera, predicted and true camera-space joints in mm, per-sample
+    #   loss); `python -m kinpose_jax.evaluate_predictions FILE.npz` recomputes every table from it.
     c.progress_bar = True  # tqdm progress bar per epoch.
     return c

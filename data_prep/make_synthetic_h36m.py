@@ -1,4 +1,4 @@
-"""Writes a small synthetic Human3.6M in the seed's exact layout (SPEC §2) and, by default,
+"""Writes a small synthetic Human3.6M in the seed's exact layout (docs/DESIGN.md#h36m-on-disk) and, by default,
 converts it to shards:
 
     python data_prep/make_synthetic_h36m.py --root data/synthetic

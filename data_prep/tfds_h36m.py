@@ -37,11 +37,11 @@ LABELS = {"center": (2,), "box_size": (2,), "joints_img": (18, 3), "joints_vis":
 
 
 class H36mSeed(tfds.core.GeneratorBasedBuilder):
-    """Human3.6M frames with the seed's labels (SPEC §2)."""
+    """Human3.6M frames with the seed's labels (docs/DESIGN.md#cache-format)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Seed caches / annotations, JPEG bytes as stored."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the data root holding hm36/ (SPEC §2 layout) as --manual_dir."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the data root holding hm36/ (docs/DESIGN.md#h36m-on-disk) as --manual_dir."
 
     def __init__(self, *, image_root: str | None = None, **kwargs):
         """``image_root``: folder holding ``<folder>/<file>.jpg`` (default ``<manual_dir>/hm36/images``);

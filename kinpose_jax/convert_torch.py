@@ -6,7 +6,11 @@ Inputs understood:
 
 (a) a seed checkpoint: a dict whose ``'network'`` entry is the ``state_dict`` (keys possibly
     prefixed ``module.`` by DataParallel), with ``backbone.*`` and ``head.*`` keys; a bare
-    ``state_dict`` of the same network works too;
+    ``state_dict`` of the same network works too. The seed's integral head (``DeconvHead``) keeps
+    its final 1x1 conv in the same ``features`` list as the L deconv layers (3 entries each:
+    ConvTranspose, BN, ReLU), so it is ``head.features.{3L}``; it is read as ``head.final_layer``
+    (:func:`canonical_seed_keys`), which is also accepted as is. The seed kinematic layer's
+    buffers (``head.kin_layer.{M,v,reorder_idx,shape}``) are constants, listed as ignored;
 (b) a plain torchvision ResNet ImageNet ``state_dict`` (``conv1.weight``, ``layer1.0...``,
     ``fc.*``): only the backbone is converted and saved (``fc.*`` is listed as ignored); loading
     it (:func:`kinpose_jax.pretrained.load_pretrained`) fills the backbone of a model with any
@@ -17,7 +21,7 @@ Layout changes: conv ``OIHW -> HWIO``; ConvTranspose2d ``[in, out, kh, kw] -> [k
 gradient of the conv with that kernel); Linear ``[out, in] -> [in, out]``; BatchNorm
 ``weight/bias/running_mean/running_var -> scale/bias/mean/var`` (``num_batches_tracked`` ignored).
 
-The seed's kinematic layer emits 29*18+1 outputs of which it uses 30 (SPEC §6, bug (d)). We assume
+The seed's kinematic layer emits 29*18+1 outputs of which it uses 30 (docs/DESIGN.md#original-bugs, bug (d)). We assume
 rows 0..28 are the 29 motion parameters (seed order) and the **last** row is the scale, and map
 them onto our head's ``[translation(3), angles(tree.param_names), scale]`` layout: translation rows
 are taken to camera axes (tree output axes, then the head's view rotation), angle rows are picked
@@ -137,6 +141,36 @@ def detect_source(state_dict: Mapping[str, Any]) -> str:
     raise ValueError(f"unrecognised state_dict: keys start with {sorted({k.split('.')[0] for k in state_dict})}")
 
 
+#: Buffers of the seed's kinematic layer (identity matrix, homogeneous origin, axis order, bone
+#: lengths): constants of its forward kinematics, not parameters.
+SEED_KINEMATIC_BUFFERS = tuple(f"head.kin_layer.{name}" for name in ("M", "v", "reorder_idx", "shape"))
+
+
+def canonical_seed_keys(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Renames the seed ``DeconvHead``'s final conv ``head.features.{3L}.{weight,bias}`` (L deconv
+    layers before it) to ``head.final_layer.*``. Returns (state_dict, {new key: original key}).
+
+    It is recognised as the last 4-D ``head.features.{k}.weight`` with ``k = 3L`` that has a bias
+    (the deconvolutions have none) and no BatchNorm after it; a state_dict that already has
+    ``head.final_layer.*`` is returned unchanged."""
+    sd = dict(state_dict)
+    if "head.final_layer.weight" in sd:
+        return sd, {}
+    convs = [int(m.group(1)) for k, v in sd.items()
+             if (m := re.match(r"head\.features\.(\d+)\.weight$", k)) and np.ndim(v) == 4]
+    if not convs:
+        return sd, {}
+    k = max(convs)
+    if k % 3 or f"head.features.{k}.bias" not in sd or f"head.features.{k + 1}.weight" in sd:
+        return sd, {}
+    renamed = {}
+    for leaf in ("weight", "bias"):
+        old, new = f"head.features.{k}.{leaf}", f"head.final_layer.{leaf}"
+        sd[new] = sd.pop(old)
+        renamed[new] = old
+    return sd, renamed
+
+
 # ----------------------------------------------------------------------------- inference of the config
 def infer_model_config(state_dict: Mapping[str, np.ndarray], overrides: Mapping[str, Any] | None = None) -> dict:
     """Model config fields (see :func:`kinpose_jax.models.build_pose_net`) read off the tensors:
@@ -145,7 +179,8 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], overrides: Mapping[
     from kinpose_jax.models.resnet import RESNET_SPECS
 
     overrides = dict(overrides or {})
-    sd = {("backbone." + k if not k.startswith(("backbone.", "head.")) else k): v for k, v in state_dict.items()}
+    sd = {("backbone." + k if not k.startswith(("backbone.", "head.")) else k): v
+          for k, v in canonical_seed_keys({strip_module_prefix(k): v for k, v in state_dict.items()})[0].items()}
     blocks = [len({m.group(1) for k in sd if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.", k))}) for i in range(1, 5)]
     bottleneck = any(".conv3." in k for k in sd)
     cfg: dict[str, Any] = {}
@@ -318,6 +353,10 @@ def convert_state_dict(
     sd = {strip_module_prefix(k): np.asarray(v) for k, v in state_dict.items()}
     source = detect_source(sd)
     report = ConversionReport(source=source)
+    sd, original = canonical_seed_keys(sd) if source == "seed" else (sd, {})
+    if original:
+        report.notes.append("the seed DeconvHead's final conv " + " and ".join(
+            f"{original[k]} -> {k}" for k in sorted(original)))
     if source == "torchvision":
         renamed = {}
         for k, v in sd.items():
@@ -334,23 +373,23 @@ def convert_state_dict(
     filled: dict[tuple[str, ...], np.ndarray] = {}
     for key in sorted(sd):
         value = sd[key]
-        if key.endswith("num_batches_tracked"):
+        if key.endswith("num_batches_tracked") or key in SEED_KINEMATIC_BUFFERS:
             report.ignored.append(key)
             continue
         dest = _dest(key, value)
         if dest is None or dest[0] not in target:
-            report.unexpected.append(key)
+            report.unexpected.append(original.get(key, key))
             continue
         path, array = dest
         want = tuple(np.shape(target[path]))
         if tuple(array.shape) != want:
             raise ValueError(
-                f"shape mismatch for torch key {key!r} -> Flax {_fmt(path)!r}: the checkpoint has shape "
+                f"shape mismatch for torch key {original.get(key, key)!r} -> Flax {_fmt(path)!r}: the checkpoint has shape "
                 f"{tuple(value.shape)} but the model expects {_torch_layout(want)} (Flax layout {want}); "
                 "check the model config (backbone, head, num_joints, depth_bins, deconv_filters)"
             )
         filled[path] = np.ascontiguousarray(array, dtype=np.float32)
-        report.loaded.append(key)
+        report.loaded.append(original.get(key, key))
     report.missing = sorted(_fmt(p) for p in target if p not in filled)
     if source == "torchvision":
         report.notes.append("torchvision ImageNet weights: only the backbone is converted; a model loading them "

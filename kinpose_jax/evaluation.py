@@ -1,13 +1,16 @@
 """Evaluation: predict -> (flip test) -> decode to image space -> back-project with the true
-root depth -> MPJPE / PA-MPJPE / rigid-aligned / per-group table (SPEC §4-§5).
+root depth -> Protocol #1 / #2, the seed's errors, PCK, per-joint-group / per-action / per-subject /
+per-camera tables (docs/DESIGN.md#evaluation, :mod:`kinpose_jax.metrics`).
 
 The device part (:func:`make_predict_fn`) returns patch-pixel joints; the host part
 (:class:`ErrorAccumulator`) sums per-sample errors over *valid* samples only, so padded
-evaluation batches never count a sample twice.
+evaluation batches never count a sample twice, and can keep every prediction
+(:func:`save_predictions`) for :mod:`kinpose_jax.evaluate_predictions` to recompute all numbers.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinpose_jax import integral, losses, metrics, skeleton
-from kinpose_jax.data import augment
+from kinpose_jax.data import augment, h36m_format
 
 
 def make_joints_fn(model, patch_size: int, flip_test: bool) -> Callable:
@@ -23,7 +26,7 @@ def make_joints_fn(model, patch_size: int, flip_test: bool) -> Callable:
     in patch-width units), plus ``'tree_joints'`` [B, J_tree, 3] when the model outputs them (a
     kinematic tree larger than the dataset's joint set; from the unflipped patch only).
 
-    With ``flip_test`` the mirrored patch is run too and merged (SPEC §4 "Flip test").
+    With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
     """
     def to_px(x):
         return integral.normalized_to_patch(x.astype(jnp.float32), patch_size, patch_size)
@@ -61,13 +64,31 @@ def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l
     return predict
 
 
-class ErrorAccumulator:
-    """Sums per-sample errors over valid samples; ``result()`` gives means in mm."""
+#: Per-group tables: the column of the batch's ``sequence`` [B, 4] (subject, action, subaction,
+#: camera) each is grouped by.
+GROUPINGS: dict[str, int] = {"action": 1, "subject": 0, "camera": 3}
+#: Metrics of the per-group tables: Protocol #1 and Protocol #2.
+TABLE_METRICS: tuple[str, ...] = ("mpjpe", "pa_mpjpe")
+#: Ids are two-digit numbers in folder names (``s_SS_act_AA_..._ca_CC``): a dense table per grouping.
+MAX_GROUP_ID = 100
+#: Per-sample arrays kept for ``save_predictions`` (and the ``.npz`` written from them).
+PREDICTION_KEYS: tuple[str, ...] = ("image_index", "sequence", "frame", "pred_cam", "gt_cam", "loss")
 
-    def __init__(self):
+
+class ErrorAccumulator:
+    """Sums per-sample errors over valid samples, overall and per action / subject / camera;
+    ``result()`` gives the overall means, ``tables()`` the per-group ones (mm).
+
+    With ``keep_predictions`` every added row is kept too (``predictions()``), so a run's
+    predictions can be saved and every number recomputed from them."""
+
+    def __init__(self, keep_predictions: bool = False):
         self.sums: dict[str, float] = {}
         self.count = 0
         self.loss_sum = 0.0
+        # [grouping][id] -> sums of TABLE_METRICS, then the sample count
+        self.group_sums = {g: np.zeros((MAX_GROUP_ID, len(TABLE_METRICS) + 1)) for g in GROUPINGS}
+        self._rows: list[dict[str, np.ndarray]] | None = [] if keep_predictions else None
 
     def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = 2000.0
             ) -> tuple[np.ndarray, np.ndarray]:
@@ -76,38 +97,150 @@ class ErrorAccumulator:
         Decoding to the image (inverse patch affine, scale 1, no rotation; depth ``z * box_mm``)
         is the data pipeline's own :func:`~kinpose_jax.data.augment.normalized_to_image`.
         """
-        valid = np.asarray(batch["valid"]).astype(bool)
         norm = np.asarray(integral.patch_to_normalized(np.asarray(joints_px), patch_size, patch_size))
         img = augment.normalized_to_image(norm, batch["center"], batch["box_size"], (patch_size, patch_size), box_mm)
         pelvis_depth = np.asarray(batch["pelvis"])[:, 2]
         pred_cam = np.asarray(metrics.pixel_to_camera(img, pelvis_depth, np.asarray(batch["fl"]),
                                                       np.asarray(batch["c_p"])))
         gt_cam = np.asarray(batch["joints_cam"])
-        if valid.any():
-            errs = metrics.h36m_errors(pred_cam[valid], gt_cam[valid])
-            for k, v in errs.items():
-                self.sums[k] = self.sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
-            self.loss_sum += float(np.sum(np.asarray(per_sample_loss)[valid]))
-            self.count += int(valid.sum())
+        self.add_camera(pred_cam, gt_cam, batch["valid"], batch["sequence"], per_sample_loss,
+                        batch["image_index"], batch["frame"])
         return pred_cam, gt_cam
+
+    def add_camera(self, pred_cam, gt_cam, valid, sequence, per_sample_loss, image_index=None, frame=None) -> None:
+        """Adds camera-space joints: pred_cam, gt_cam [B, 18, 3] mm (absolute), valid [B] (0 =
+        padding, ignored), sequence [B, 4] int (subject, action, subaction, camera), per_sample_loss
+        [B]; image_index, frame [B] int are only kept (``keep_predictions``)."""
+        valid = np.asarray(valid).astype(bool)
+        sequence = np.asarray(sequence, np.int64)
+        loss = np.asarray(per_sample_loss, np.float64)
+        if self._rows is not None:
+            b = len(valid)
+            self._rows.append({
+                "valid": valid.astype(np.int32), "image_index": np.asarray(image_index if image_index is not None else np.full(b, -1)),
+                "sequence": sequence, "frame": np.asarray(frame if frame is not None else np.full(b, -1)),
+                "pred_cam": np.asarray(pred_cam, np.float32), "gt_cam": np.asarray(gt_cam, np.float32), "loss": loss})
+        if not valid.any():
+            return
+        errs = {k: np.asarray(v, np.float64) for k, v in metrics.h36m_errors(pred_cam[valid], gt_cam[valid]).items()}
+        for k, v in errs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(np.sum(v))
+        self.loss_sum += float(np.sum(loss[valid]))
+        self.count += int(valid.sum())
+        seq = sequence[valid]
+        if seq.min() < 0 or seq.max() >= MAX_GROUP_ID:
+            raise ValueError(f"sequence ids must be in [0, {MAX_GROUP_ID}), got {seq.min()}..{seq.max()}")
+        columns = np.stack([errs[k] for k in TABLE_METRICS] + [np.ones(len(seq))], axis=1)
+        for grouping, col in GROUPINGS.items():
+            np.add.at(self.group_sums[grouping], seq[:, col], columns)
 
     def summed_over_processes(self) -> "ErrorAccumulator":
         """A new accumulator holding the sums of every process's accumulator (multi-process
-        evaluation: each process saw its own rows). Every process must call it."""
+        evaluation: each process saw its own rows), and all processes' kept predictions.
+        Every process must call it."""
         from jax.experimental import multihost_utils
 
         keys = metrics.h36m_error_names()
-        local = np.asarray([self.sums.get(k, 0.0) for k in keys] + [self.loss_sum, self.count], np.float64)
+        groups = np.concatenate([self.group_sums[g].ravel() for g in GROUPINGS])
+        local = np.concatenate([[self.sums.get(k, 0.0) for k in keys], groups, [self.loss_sum, self.count]])
         total = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, local.size).sum(axis=0)
         out = ErrorAccumulator()
         out.sums = {k: float(v) for k, v in zip(keys, total[:len(keys)])}
+        size = MAX_GROUP_ID * (len(TABLE_METRICS) + 1)
+        for i, g in enumerate(GROUPINGS):
+            out.group_sums[g] = total[len(keys) + i * size: len(keys) + (i + 1) * size].reshape(MAX_GROUP_ID, -1)
         out.loss_sum, out.count = float(total[-2]), int(round(total[-1]))
+        if self._rows is not None:  # every process holds the same number of (padded) rows
+            local_rows = self._stacked_rows()
+            out._rows = [{k: np.asarray(multihost_utils.process_allgather(v)).reshape(-1, *v.shape[1:])
+                          for k, v in local_rows.items()}]
         return out
 
     def result(self) -> dict[str, float]:
+        """Means over the valid samples of every :func:`~kinpose_jax.metrics.h36m_errors` entry,
+        plus ``val_loss`` and ``num_samples``."""
         if not self.count:
             raise ValueError("evaluation saw no valid samples")
         out = {k: v / self.count for k, v in self.sums.items()}
         out["val_loss"] = self.loss_sum / self.count
         out["num_samples"] = float(self.count)
         return out
+
+    def tables(self) -> dict:
+        """Protocol #1 / #2 (mm) per action, subject and camera, and the overall row.
+
+        Every group row is the mean over its frames. ``overall`` holds the mean over all frames
+        and the mean over actions (each action's frame mean, then the unweighted mean over the
+        actions present, as papers report Human3.6M). Actions are named as in
+        :data:`~kinpose_jax.data.h36m_format.ACTION_NAMES`, subjects ``S9``, cameras ``1``-``4``.
+        """
+        res = self.result()
+        out: dict = {}
+        for grouping in GROUPINGS:
+            rows = {}
+            for gid in np.flatnonzero(self.group_sums[grouping][:, -1]):
+                s = self.group_sums[grouping][gid]
+                rows[_group_label(grouping, int(gid))] = {
+                    **{k: float(v / s[-1]) for k, v in zip(TABLE_METRICS, s[:-1])}, "num_samples": int(s[-1])}
+            out[f"per_{grouping}"] = rows
+        actions = out["per_action"].values()
+        out["overall"] = {
+            "mean_over_frames": {**{k: res[k] for k in TABLE_METRICS}, "num_samples": self.count},
+            "mean_over_actions": {**{k: float(np.mean([r[k] for r in actions])) for k in TABLE_METRICS},
+                                  "num_actions": len(actions)},
+        }
+        return out
+
+    def _stacked_rows(self) -> dict[str, np.ndarray]:
+        keys = ("valid",) + PREDICTION_KEYS
+        if not self._rows:
+            return {k: np.zeros((0,)) for k in keys}
+        return {k: np.concatenate([r[k] for r in self._rows]) for k in keys}
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        """The kept valid rows, sorted by image index: ``image_index`` [N], ``sequence`` [N, 4]
+        (subject, action, subaction, camera), ``frame`` [N], ``pred_cam`` / ``gt_cam`` [N, 18, 3]
+        mm, ``loss`` [N]. Needs ``keep_predictions``."""
+        if self._rows is None:
+            raise ValueError("this accumulator was made without keep_predictions=True")
+        rows = self._stacked_rows()
+        valid = rows.pop("valid").astype(bool)
+        order = np.argsort(rows["image_index"][valid], kind="stable")
+        return {k: v[valid][order] for k, v in rows.items()}
+
+
+def _group_label(grouping: str, gid: int) -> str:
+    if grouping == "action":
+        return h36m_format.ACTION_NAMES.get(gid, f"act_{gid:02d}")
+    return f"S{gid}" if grouping == "subject" else str(gid)
+
+
+def save_predictions(path: str, preds: dict[str, np.ndarray]) -> None:
+    """Writes :meth:`ErrorAccumulator.predictions` to ``path`` (.npz), adding ``folder`` [N] str
+    (``s_SS_act_AA_subact_BB_ca_CC``) and ``subject`` / ``action`` / ``subaction`` / ``camera`` [N]."""
+    folders = np.asarray([h36m_format.folder_name(*map(int, s)) for s in preds["sequence"]], dtype=str)
+    extra = {name: preds["sequence"][:, i] for i, name in enumerate(("subject", "action", "subaction", "camera"))}
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, folder=folders, **extra, **preds)
+    os.replace(tmp, path)
+
+
+def load_predictions(path: str) -> dict[str, np.ndarray]:
+    """Reads a file written by :func:`save_predictions`; ValueError naming a missing field."""
+    with np.load(path) as data:
+        missing = [k for k in PREDICTION_KEYS if k not in data.files]
+        if missing:
+            raise ValueError(f"{path}: missing field(s) {missing}; expected a predictions file written by "
+                             f"evaluation with save_predictions=True (fields {list(PREDICTION_KEYS)})")
+        return {k: data[k] for k in data.files}
+
+
+def accumulate_predictions(preds: dict[str, np.ndarray], batch_size: int = 4096) -> ErrorAccumulator:
+    """An accumulator fed with saved predictions (in chunks of ``batch_size`` rows)."""
+    acc = ErrorAccumulator()
+    n = len(preds["image_index"])
+    for lo in range(0, n, batch_size):
+        sl = slice(lo, lo + batch_size)
+        acc.add_camera(preds["pred_cam"][sl], preds["gt_cam"][sl], np.ones(len(preds["image_index"][sl])),
+                       preds["sequence"][sl], preds["loss"][sl])
+    return acc

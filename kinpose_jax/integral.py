@@ -1,6 +1,6 @@
 """Integral regression: soft-argmax over heatmaps, decoding to patch pixels, flip-test merging.
 
-Normalized coordinates (SPEC §4): for a heatmap of W x H x D bins the expected bin index ``i``
+Normalized coordinates (docs/DESIGN.md#soft-argmax): for a heatmap of W x H x D bins the expected bin index ``i``
 along an axis gives ``i / W - 0.5`` (x), ``i / H - 0.5`` (y), ``i / D - 0.5`` (z). Decoding to
 patch pixels: ``x_px = (x + 0.5) * patch_w``, ``y_px = (y + 0.5) * patch_h``, ``z = z * patch_w``.
 

@@ -1,4 +1,4 @@
-"""Joint regression losses (SPEC §4): weighted L1 / L2 summed over joints and axes, divided by
+"""Joint regression losses (docs/DESIGN.md#losses): weighted L1 / L2 summed over joints and axes, divided by
 the batch size. Inputs are normalized coordinates [B, J, 3] with 0/1 visibility weights."""
 
 from __future__ import annotations

@@ -1,10 +1,20 @@
-"""Human3.6M evaluation metrics (SPEC §5), batched and pure ``jax.numpy``.
+"""Human3.6M evaluation metrics (docs/DESIGN.md#evaluation), batched and pure ``jax.numpy`` (vmappable,
+per sample).
 
-* MPJPE: mean per-joint Euclidean error (mm) after subtracting the root joint.
-* PA-MPJPE (Protocol #2): error after a similarity Procrustes fit (rotation, translation and
-  *scale*) of the prediction onto the ground truth.
-* Rigid-aligned error (``rigid_aligned_mpjpe``): the seed's "aligned" number — rotation and
-  translation only, *no scale*. Not the same as PA-MPJPE; both are reported under their names.
+Names as papers use them; all errors in mm on the 17 evaluation joints (0-16, thorax excluded):
+
+* **Protocol #1** (``mpjpe``): mean per-joint Euclidean error after subtracting the root joint.
+* **Protocol #2** (``pa_mpjpe``): per frame, a similarity Procrustes fit (rotation, translation,
+  *scale*) of the 17 root-relative predicted joints onto the truth, then the mean error.
+* The seed's aligned error (``seed_aligned``, its ``hm36_17j_align``): a rigid fit (rotation and
+  translation, *no scale*) on all 18 joints, then the aligned prediction's root and the truth's
+  root are subtracted and the 17 evaluation joints averaged. Not Protocol #2.
+* ``bone``: the seed's bone error — per joint the error of its ``joint - parent`` vector (seed
+  parent ids, docs/DESIGN.md#bones); the root, its own parent, keeps its absolute position error.
+* PCK (percent of joints with root-relative error *strictly below* a threshold): the seed's
+  thresholds 5 and 105 mm (``range(5, 205, 100)`` in its ``evaluate``), and the standard 3DPCK
+  at 150 mm with its AUC, the mean PCK over thresholds 0, 5, ..., 150 mm (Mehta et al. 2017,
+  ``mpii_compute_3d_pck``), here on the 17 Human3.6M joints.
 """
 
 from __future__ import annotations
@@ -45,8 +55,11 @@ def root_relative(joints: jax.Array, root: int = skeleton.H36M_ROOT) -> jax.Arra
 
 
 def per_joint_error(pred: jax.Array, gt: jax.Array) -> jax.Array:
-    """Euclidean distance per joint, [..., J, 3] x2 -> [..., J]."""
-    return jnp.sqrt(jnp.sum(jnp.square(pred - gt), axis=-1))
+    """Euclidean distance per joint, [..., J, 3] x2 -> [..., J]. Its gradient at a zero distance
+    (e.g. the root after root subtraction) is 0, not NaN."""
+    sq = jnp.sum(jnp.square(pred - gt), axis=-1)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 def mpjpe(pred: jax.Array, gt: jax.Array, root: int | None = skeleton.H36M_ROOT) -> jax.Array:
@@ -106,41 +119,82 @@ def pa_mpjpe(pred: jax.Array, gt: jax.Array) -> jax.Array:
     return jnp.mean(per_joint_error(procrustes_align(pred, gt, with_scale=True), gt), axis=-1)
 
 
-def rigid_aligned_mpjpe(pred: jax.Array, gt: jax.Array) -> jax.Array:
-    """The seed's "aligned" error: rigid Procrustes (rotation + translation, no scale); [...] mm."""
-    return jnp.mean(per_joint_error(procrustes_align(pred, gt, with_scale=False), gt), axis=-1)
+#: The seed's PCK thresholds, mm (``range(5, 205, 100)`` in its ``evaluate``; computed, never printed).
+SEED_PCK_THRESHOLDS_MM: tuple[float, ...] = (5.0, 105.0)
+#: Standard 3DPCK threshold and the AUC's thresholds 0, 5, ..., 150 mm (Mehta et al. 2017).
+PCK3D_THRESHOLD_MM = 150.0
+AUC_THRESHOLDS_MM: tuple[float, ...] = tuple(float(t) for t in range(0, 155, 5))
+EVAL_JOINTS: tuple[int, ...] = tuple(range(17))
 
 
-def bone_error(pred: jax.Array, gt: jax.Array, bones: Sequence[tuple[int, int]] = skeleton.H36M_BONES) -> jax.Array:
-    """Mean Euclidean error of bone vectors ``joint[child] - joint[parent]``; [...] mm."""
-    parent = jnp.asarray([p for p, _ in bones])
-    child = jnp.asarray([c for _, c in bones])
-    vp = pred[..., child, :] - pred[..., parent, :]
-    vg = gt[..., child, :] - gt[..., parent, :]
-    return jnp.mean(per_joint_error(vp, vg), axis=-1)
+def seed_aligned_mpjpe(pred: jax.Array, gt: jax.Array, eval_joints: Sequence[int] = EVAL_JOINTS,
+                       root: int = skeleton.H36M_ROOT) -> jax.Array:
+    """The seed's aligned error (``hm36_17j_align``); [..., J, 3] x2 -> [...] mm.
+
+    A rigid Procrustes fit (rotation + translation, no scale) of ``pred`` onto ``gt`` on *all*
+    J joints; then the aligned prediction's root and ``gt``'s root are subtracted and the error
+    averaged over ``eval_joints``. Invariant to translating either input."""
+    aligned = procrustes_align(pred, gt, with_scale=False)
+    err = per_joint_error(root_relative(aligned, root), root_relative(jnp.asarray(gt, aligned.dtype), root))
+    return jnp.mean(err[..., jnp.asarray(eval_joints)], axis=-1)
+
+
+def bone_error(pred: jax.Array, gt: jax.Array, parent_ids: Sequence[int] = skeleton.H36M_PARENT_IDS,
+               joints: Sequence[int] = EVAL_JOINTS) -> jax.Array:
+    """The seed's bone error; [..., J, 3] x2 (camera mm, *absolute*) -> [...] mm.
+
+    Per joint ``j`` the Euclidean error of ``joint[j] - joint[parent_ids[j]]``; a joint that is its
+    own parent (the root) keeps ``joint[j]`` itself, i.e. its absolute position error (0 for
+    root-relative inputs). Averaged over ``joints``."""
+    parent = jnp.asarray(parent_ids)
+    is_root = (parent == jnp.arange(len(parent_ids)))[:, None]
+    vp = pred - jnp.where(is_root, 0.0, pred[..., parent, :])
+    vg = gt - jnp.where(is_root, 0.0, gt[..., parent, :])
+    return jnp.mean(per_joint_error(vp, vg)[..., jnp.asarray(joints)], axis=-1)
+
+
+def pck(per_joint_err: jax.Array, threshold_mm: float | jax.Array) -> jax.Array:
+    """Percent of joints with error strictly below ``threshold_mm``: [..., J] -> [...] (0-100)."""
+    return 100.0 * jnp.mean((per_joint_err < threshold_mm).astype(jnp.float32), axis=-1)
+
+
+def pck_auc(per_joint_err: jax.Array, thresholds_mm: Sequence[float] = AUC_THRESHOLDS_MM) -> jax.Array:
+    """Area under the PCK curve: the mean of :func:`pck` over ``thresholds_mm``; [..., J] -> [...] (0-100)."""
+    t = jnp.asarray(thresholds_mm, jnp.float32)
+    return jnp.mean(pck(per_joint_err[..., None, :], t[:, None]), axis=-1)
+
+
+def _pck_name(threshold_mm: float) -> str:
+    return f"pck_{threshold_mm:g}mm"
 
 
 def h36m_error_names(groups: Mapping[str, Sequence[int]] = skeleton.H36M_EVAL_GROUPS) -> tuple[str, ...]:
     """The keys of :func:`h36m_errors` (same ``groups``), in its order."""
-    return (*groups, "x", "y", "z", "mpjpe", "pa_mpjpe", "rigid_aligned", "bone")
+    seed_pck = tuple(f"seed_{_pck_name(t)}" for t in SEED_PCK_THRESHOLDS_MM)
+    return (*groups, "x", "y", "z", "mpjpe", "pa_mpjpe", "seed_aligned", "bone", *seed_pck,
+            _pck_name(PCK3D_THRESHOLD_MM), "auc")
 
 
 def h36m_errors(
     pred_cam: jax.Array,
     gt_cam: jax.Array,
     groups: Mapping[str, Sequence[int]] = skeleton.H36M_EVAL_GROUPS,
-    eval_joints: Sequence[int] = tuple(range(17)),
+    eval_joints: Sequence[int] = EVAL_JOINTS,
     root: int = skeleton.H36M_ROOT,
 ) -> dict[str, jax.Array]:
-    """The seed's evaluation table, per sample (average over valid samples to report).
+    """The evaluation table, per sample (average over valid samples to report).
 
     Args:
-      pred_cam, gt_cam: [B, 18, 3] camera-space joints, mm (absolute or root-relative).
+      pred_cam, gt_cam: [B, 18, 3] camera-space joints, mm, absolute (``bone``'s root term is
+        the absolute root error; every other entry is translation invariant).
     Returns:
-      {name: [B]} mm: one entry per joint group (root-relative per-joint error averaged over
-      the group), ``x``/``y``/``z`` (mean absolute per-axis error over ``eval_joints``),
-      ``mpjpe`` (= ``17j``), ``pa_mpjpe`` (similarity-aligned), ``rigid_aligned`` (the seed's
-      no-scale alignment) and ``bone`` (bone-vector error), all on ``eval_joints``.
+      {name: [B]}: one entry per joint group (root-relative per-joint error averaged over the
+      group, mm; the seed's table), ``x``/``y``/``z`` (mean absolute per-axis error over
+      ``eval_joints``, mm), ``mpjpe`` (Protocol #1, = ``17j``), ``pa_mpjpe`` (Protocol #2),
+      ``seed_aligned`` (the seed's rigid, no-scale aligned error), ``bone`` (the seed's bone
+      error), ``seed_pck_5mm`` / ``seed_pck_105mm`` (the seed's PCK thresholds), ``pck_150mm``
+      (3DPCK) and ``auc`` (0-150 mm); PCK and AUC in percent, over ``eval_joints``,
+      root-relative. See the module docstring for the definitions.
     """
     pred = root_relative(pred_cam, root)
     gt = root_relative(gt_cam, root)
@@ -149,10 +203,13 @@ def h36m_errors(
     ev = jnp.asarray(eval_joints)
     axis_err = jnp.mean(jnp.abs(pred[..., ev, :] - gt[..., ev, :]), axis=-2)
     out.update(x=axis_err[..., 0], y=axis_err[..., 1], z=axis_err[..., 2])
-    out["mpjpe"] = jnp.mean(err[..., ev], axis=-1)
+    err_ev = err[..., ev]
+    out["mpjpe"] = jnp.mean(err_ev, axis=-1)
     out["pa_mpjpe"] = pa_mpjpe(pred[..., ev, :], gt[..., ev, :])
-    out["rigid_aligned"] = rigid_aligned_mpjpe(pred[..., ev, :], gt[..., ev, :])
-    eval_set = set(int(j) for j in eval_joints)
-    bones = tuple(b for b in skeleton.H36M_BONES if b[0] in eval_set and b[1] in eval_set)
-    out["bone"] = bone_error(pred, gt, bones)
+    out["seed_aligned"] = seed_aligned_mpjpe(pred_cam, gt_cam, eval_joints, root)
+    out["bone"] = bone_error(pred_cam, gt_cam, skeleton.H36M_PARENT_IDS, eval_joints)
+    for t in SEED_PCK_THRESHOLDS_MM:
+        out[f"seed_{_pck_name(t)}"] = pck(err_ev, t)
+    out[_pck_name(PCK3D_THRESHOLD_MM)] = pck(err_ev, PCK3D_THRESHOLD_MM)
+    out["auc"] = pck_auc(err_ev)
     return out

@@ -53,14 +53,49 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def format_table(results: Mapping[str, float], title: str) -> str:
-    """The seed's per-group table plus the summary metrics, as aligned text (mm)."""
+    """The seed's per-group table plus the summary metrics, as aligned text (mm; PCK/AUC in %)."""
     groups = list(skeleton.H36M_EVAL_GROUPS)
-    summary = ["mpjpe", "pa_mpjpe", "rigid_aligned", "bone", "x", "y", "z"]
     lines = [title, "  " + " ".join(f"{g:>8}" for g in groups), "  " + " ".join(f"{results[g]:8.1f}" for g in groups)]
-    lines.append("  MPJPE {mpjpe:.1f} mm | PA-MPJPE (similarity, protocol #2) {pa_mpjpe:.1f} mm | "
-                 "rigid-aligned (seed, no scale) {rigid_aligned:.1f} mm | bone {bone:.1f} mm | "
-                 "x/y/z {x:.1f}/{y:.1f}/{z:.1f} mm".format(**{k: results[k] for k in summary}))
+    lines.append("  Protocol #1 MPJPE {mpjpe:.1f} mm | Protocol #2 PA-MPJPE {pa_mpjpe:.1f} mm | "
+                 "seed's aligned (rigid, 18 joints) {seed_aligned:.1f} mm | seed's bone {bone:.1f} mm | "
+                 "x/y/z {x:.1f}/{y:.1f}/{z:.1f} mm".format(**results))
+    lines.append("  PCK3D@150mm {pck_150mm:.1f}% | AUC (0-150 mm) {auc:.1f}% | "
+                 "seed's PCK@5mm {seed_pck_5mm:.1f}% @105mm {seed_pck_105mm:.1f}%".format(**results))
     return "\n".join(lines)
+
+
+def format_group_tables(tables: Mapping[str, Mapping], title: str = "") -> str:
+    """Markdown tables of :meth:`~kinpose_jax.evaluation.ErrorAccumulator.tables`: one row per
+    action (then the overall rows), one per subject, one per camera; Protocol #1 / #2 in mm."""
+    head = ["| {} | Protocol #1 MPJPE (mm) | Protocol #2 PA-MPJPE (mm) | frames |", "| --- | ---: | ---: | ---: |"]
+    row = "| {} | {:.1f} | {:.1f} | {} |"
+    out = [f"### {title}", ""] if title else []
+    for grouping in ("action", "subject", "camera"):
+        out += [head[0].format(grouping), head[1]]
+        for name, r in tables[f"per_{grouping}"].items():
+            out.append(row.format(name, r["mpjpe"], r["pa_mpjpe"], r["num_samples"]))
+        if grouping == "action":
+            frames, actions = tables["overall"]["mean_over_frames"], tables["overall"]["mean_over_actions"]
+            out.append(row.format("**mean over actions**", actions["mpjpe"], actions["pa_mpjpe"],
+                                  f"{actions['num_actions']} actions"))
+            out.append(row.format("**mean over frames**", frames["mpjpe"], frames["pa_mpjpe"], frames["num_samples"]))
+        out.append("")
+    out.append("Rows are means over their frames; \"mean over actions\" is the unweighted mean of the action "
+               "rows (as papers report Human3.6M). Ground-truth boxes and root depth (docs/DESIGN.md#evaluation).")
+    return "\n".join(out)
+
+
+def write_eval_report(stem: str, results: Mapping[str, float], tables: Mapping[str, Mapping], title: str) -> None:
+    """Prints the evaluation (:func:`format_table`, then :func:`format_group_tables`) and writes
+    ``<stem>.json`` (``results`` and ``tables`` in one object) and ``<stem>.md`` (the Markdown tables)."""
+    markdown = format_group_tables(tables, title)
+    print(format_table(results, title))
+    print(markdown)
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump({**results, **tables}, f, indent=2)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown + "\n")
 
 
 def plot_learning_curve(rows: Iterable[dict], path: str) -> None:

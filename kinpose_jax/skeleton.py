@@ -1,4 +1,4 @@
-"""Joint sets, flip pairs and index maps of the Human3.6M-18, MPII-16 and COCO-17 skeletons (SPEC §1).
+"""Joint sets, flip pairs and index maps of the Human3.6M-18, MPII-16 and COCO-17 skeletons (docs/DESIGN.md#skeleton).
 
 All tuples are plain Python data so they can be used as static arguments under ``jax.jit``.
 """

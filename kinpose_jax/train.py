@@ -7,7 +7,6 @@ iterator state for exact resume, evaluation in mm, JSON lines / TensorBoard / PN
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -113,13 +112,15 @@ def make_predict(config, model, mesh):
 
 
 def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None, predict=None) -> dict:
-    """Runs the evaluation set; prints the table, writes JSON (+ PNG of a few samples).
+    """Runs the evaluation set; prints the tables and writes ``eval/eval_<step>.json`` / ``.md``
+    (+ PNG of a few samples, + ``eval/predictions_<step>.npz`` with ``config.save_predictions``).
 
     Every process evaluates its slice of each global batch (its own rows of the predictions);
-    the error sums are then added up over processes, so all processes return the same results.
+    the error sums (and kept predictions) are then added up over processes, so all processes
+    return the same results.
     """
     predict = predict or make_predict(config, model, mesh)
-    acc = evaluation.ErrorAccumulator()
+    acc = evaluation.ErrorAccumulator(keep_predictions=bool(config.save_predictions))
     vis = None
     for i, batch in enumerate(data.eval_batches()):
         if 0 <= config.max_eval_batches <= i:
@@ -136,13 +137,14 @@ def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writ
         acc = acc.summed_over_processes()
     results = acc.result()
     if jax.process_index() == 0:
-        print(reporting.format_table(results, f"Evaluation at step {step} ({int(results['num_samples'])} samples, "
-                                              f"{config.data.eval_set}{', flip test' if config.flip_test else ''})"))
-        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-        with open(os.path.join(workdir, "eval", f"eval_{step:08d}.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        eval_dir = os.path.join(workdir, "eval")
+        title = (f"Evaluation at step {step} ({int(results['num_samples'])} samples, {config.data.eval_set}"
+                 f"{', flip test' if config.flip_test else ''})")
+        reporting.write_eval_report(os.path.join(eval_dir, f"eval_{step:08d}"), results, acc.tables(), title)
+        if config.save_predictions:
+            evaluation.save_predictions(os.path.join(eval_dir, f"predictions_{step:08d}.npz"), acc.predictions())
         if vis is not None:
-            reporting.plot_samples(*vis, os.path.join(workdir, "eval", f"samples_{step:08d}.png"))
+            reporting.plot_samples(*vis, os.path.join(eval_dir, f"samples_{step:08d}.png"))
         if writer is not None:
             writer.write(step, "eval", results)
             reporting.plot_learning_curve(reporting.read_metrics(writer.path),

@@ -75,6 +75,53 @@ def test_converted_seed_checkpoint_matches_torch(tmp_path, depth, head, tree):
                                    atol=TOL)
 
 
+SEED_CASES = [(18, 1), (18, 2), (18, 3), (50, 3)]
+
+
+@pytest.mark.parametrize("depth,layers", SEED_CASES, ids=[f"resnet{d}-{n}deconv" for d, n in SEED_CASES])
+def test_seed_deconv_head_layout_converts_and_matches_torch(tmp_path, depth, layers):
+    """The seed's DeconvHead keeps the final 1x1 conv in ``features`` (``head.features.{3L}``)."""
+    torch.manual_seed(depth + layers)
+    tm = ref.randomize(ref.build(depth, "seed_integral", depth_bins=8, filters=32, num_layers=layers),
+                       seed=depth + layers)
+    keys = set(tm.state_dict())
+    assert {f"head.features.{3 * layers}.weight", f"head.features.{3 * layers}.bias"} <= keys
+    assert not any(k.startswith("head.final_layer") for k in keys)
+    path = save_seed_checkpoint(tm, tmp_path / "seed.pth.tar")
+    cfg, report = C.convert_file(path, str(tmp_path / "ckpt"), strict=True, init_size=SIZE)
+    assert (cfg["head"], cfg["backbone"], cfg["num_deconv_layers"], cfg["depth_bins"], cfg["deconv_filters"]) == (
+        "integral", f"resnet{depth}", layers, 8, 32)
+    assert f"head.features.{3 * layers}.weight" in report.loaded and report.missing == report.unexpected == []
+    assert any(f"head.features.{3 * layers}.weight -> head.final_layer.weight" in n for n in report.notes)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = tm(x)
+    got = run_converted(str(tmp_path / "ckpt"), x)
+    wj = want["joints"].numpy()
+    assert wj.std() > 0.02 and np.abs(wj[0] - wj[1]).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(got["joints"]), wj, atol=TOL)
+    np.testing.assert_allclose(np.asarray(got["heatmaps"]).transpose(0, 3, 1, 2), want["heatmaps"].numpy(), atol=TOL)
+
+
+def test_seed_kinematic_buffers_are_ignored_so_strict_accepts_the_seed_checkpoint(tmp_path):
+    torch.manual_seed(6)
+    tm = ref.build(18, "seed_kinematic")
+    assert set(C.SEED_KINEMATIC_BUFFERS) <= set(tm.state_dict())
+    path = save_seed_checkpoint(tm, tmp_path / "kin.pth.tar")
+    _, report = C.convert_file(path, str(tmp_path / "ckpt"), dict(head="kinematic", kinematic_view="identity"),
+                               strict=True, init_size=SIZE)
+    assert set(C.SEED_KINEMATIC_BUFFERS) <= set(report.ignored) and report.unexpected == []
+    assert report.loaded and report.missing == []
+
+
+def test_canonical_seed_keys_leaves_other_layouts_alone(tiny):
+    _, sd, _, _ = tiny  # this repository's naming: head.final_layer.*
+    same, renamed = C.canonical_seed_keys(sd)
+    assert renamed == {} and same.keys() == sd.keys()
+    no_bias = {k: v for k, v in sd.items() if not k.startswith("head.final_layer")}  # deconvs only: no final conv
+    assert C.canonical_seed_keys(no_bias)[1] == {}
+
+
 def _tiny_integral(seed=0, depth=18):
     torch.manual_seed(seed)
     return ref.randomize(ref.build(depth, "integral", depth_bins=8, filters=32), seed=seed)

@@ -239,7 +239,7 @@ def test_matlab_meta_roundtrip_and_camera_convention(tmp_path):
     path = tmp_path / "matlab_meta.txt"
     path.write_text(h36m_format.format_matlab_meta(meta))
     lines = path.read_text().splitlines()
-    # line 2 holds R transposed, row-major (SPEC §2): its first three numbers are R's first column
+    # line 2 holds R transposed, row-major (docs/DESIGN.md#matlab-meta): its first three numbers are R's first column
     np.testing.assert_allclose([float(v) for v in lines[2].split()[1:4]], meta.rotation[:, 0], atol=1e-6)
     got = h36m_format.parse_matlab_meta(str(path))
     np.testing.assert_allclose(got.rotation, meta.rotation, atol=1e-6)
@@ -329,6 +329,10 @@ def test_names_and_rerooting():
     with pytest.raises(DataError):
         h36m_format.parse_folder_name("s_11_act_16")
     assert h36m_format.image_name("f", 0) == "f_000001.jpg"
+    folder = "s_09_act_12_subact_02_ca_01"
+    assert h36m_format.parse_image_path(f"{folder}/{folder}_000123.jpg") == (folder, 122)
+    with pytest.raises(DataError, match="abc.jpg"):
+        h36m_format.parse_image_path(f"{folder}/abc.jpg")
     windows = r"D:\data\hm36\images\fold\f_000001.jpg"
     assert h36m_format.reroot_image_path(windows, "/new", 2) == "/new/fold/f_000001.jpg"
     assert h36m_format.reroot_image_path("/x/mpii/images/abc.jpg", "/m", 1) == "/m/abc.jpg"

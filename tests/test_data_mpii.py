@@ -1,7 +1,8 @@
-"""MPII + Human3.6M mixing end to end: an MPII cache in the seed's format (SPEC §1-§2) with its
+"""MPII + Human3.6M mixing end to end: an MPII cache in the seed's format (docs/DESIGN.md#mpii-cache) with its
 images -> converter -> training iterator with ``mpii_fraction > 0``. Checked against numbers
 computed here: the share of MPII samples, their weights (depth 0; torso and nose, which MPII
-lacks, 0) and their x/y targets (SPEC §1 joint map + SPEC §3 written independently)."""
+lacks, 0) and their x/y targets (docs/DESIGN.md#mpii-coco and docs/DESIGN.md#training-sample,
+written independently)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.test_data_fixtures import synthetic_root
 from tests.test_data_pipeline import reference_sample
 
 QUIET = dict(progress=False, log=lambda *_: None, num_workers=0)
-#: SPEC §1, per H36M joint: the MPII joint it comes from (-1: none).
+#: docs/DESIGN.md#mpii-coco, per H36M joint: the MPII joint it comes from (-1: none).
 MPII_FOR_H36M = [6, 2, 1, 0, 3, 4, 5, -1, 8, -1, 9, 13, 14, 15, 12, 11, 10, 7]
 MPII_FLIP = [[0, 5], [1, 4], [2, 3], [10, 15], [11, 14], [12, 13]]
 NUM_MPII = 8
@@ -79,7 +80,7 @@ def test_mpii_mixing_end_to_end(tmp_path):
     for row in np.flatnonzero(is_mpii):
         index, draw = int(entries[row, 1]), int(entries[row, 2])
         rec = raw[index]
-        # SPEC §1 mapping to the 18 H36M joints, written here
+        # docs/DESIGN.md#mpii-coco mapping to the 18 H36M joints, written here
         j18, v18 = np.zeros((18, 3)), np.zeros((18, 3))
         for h, m in enumerate(MPII_FOR_H36M):
             if m >= 0:

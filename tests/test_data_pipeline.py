@@ -1,4 +1,4 @@
-"""SPEC §3 samples against an independent numpy/OpenCV implementation written here; the grain
+"""Samples (docs/DESIGN.md#training-sample) against an independent numpy/OpenCV implementation written here; the grain
 pipeline's determinism, resumption, epochs, MPII mixing, evaluation padding and multi-process
 layout; decoding predictions back to the image."""
 
@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from kinpose_jax import skeleton
-from kinpose_jax.data import augment, pipeline, records
+from kinpose_jax.data import augment, h36m_format, pipeline, records
 from tests.test_data_fixtures import synthetic_root
 
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
 
 
-# ------------------------------------------------------------------ independent reference of SPEC §3
+# -------------------------------------------------------------- independent reference of docs/DESIGN.md#training-sample
 def reference_sample(img_bgr, cx, cy, bw, bh, joints, vis, scale, rot_deg, flip, gains, patch):
-    """SPEC §3 steps 2-5 written from the text: three point correspondences solved by
+    """docs/DESIGN.md#training-sample steps 3-6 written from the text: three point correspondences solved by
     cv2.getAffineTransform, like the seed; returns (image [P, P, 3], targets [J, 3], weights)."""
     joints = np.array(joints, np.float64)
     vis = np.array(vis, np.float64)
@@ -261,6 +261,15 @@ def test_eval_padding_counts_every_sample_once():
     assert valid.tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
     assert index.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
     assert np.all(batches[1]["joints_vis"][2:] == 0)
+    # each valid row names its record's folder and frame; padding rows -1
+    shards = _shards("hm36_validmin")
+    seq = np.concatenate([b["sequence"] for b in batches])
+    frame = np.concatenate([b["frame"] for b in batches])
+    for i in range(n):
+        folder, name = shards[i]["image_path"].split("/")
+        assert h36m_format.folder_name(*seq[i].tolist()) == folder
+        assert h36m_format.image_name(folder, int(frame[i])) == name
+    assert np.all(seq[n:] == -1) and np.all(frame[n:] == -1)
     # across 2 processes the union is the same, each sample valid exactly once
     seen = []
     for p in (0, 1):
@@ -270,7 +279,7 @@ def test_eval_padding_counts_every_sample_once():
 
 
 def test_decode_inverts_the_targets():
-    """normalized_to_image undoes SPEC §3.5 + the affine: with and without augmentation."""
+    """normalized_to_image undoes docs/DESIGN.md#normalized-units + the affine: with and without augmentation."""
     cfg = _cfg(global_batch_size=4)
     batch = next(pipeline.make_eval_iterator(cfg))
     shards = _shards("hm36_validmin")

@@ -94,8 +94,10 @@ def test_training_on_four_devices_learns_and_reports(tmp_path, data_root):
     trained_eval = json.load(open(sorted(glob.glob(os.path.join(workdir, "eval", "eval_*.json")))[-1]))
     untrained_eval = json.load(open(sorted(glob.glob(os.path.join(workdir + "_untrained", "eval", "*.json")))[-1]))
     assert trained_eval["mpjpe"] < untrained_eval["mpjpe"], (trained_eval["mpjpe"], untrained_eval["mpjpe"])
-    for key in ("pa_mpjpe", "rigid_aligned", "bone", "hip", "wrist", "17j", "x", "y", "z", "val_loss"):
+    for key in ("pa_mpjpe", "seed_aligned", "bone", "pck_150mm", "auc", "hip", "wrist", "17j", "x", "y", "z",
+                "val_loss"):
         assert np.isfinite(trained_eval[key]), key
+    assert np.isfinite(trained_eval["overall"]["mean_over_actions"]["mpjpe"])
     # what a researcher looks at
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     assert os.path.getsize(os.path.join(workdir, "learning_curve.png")) > 1000
@@ -186,7 +188,7 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
     gives the losses and evaluation of one process with 2 devices: same global batches, BN over
     the global batch, each process evaluating its own rows and the sums added over processes."""
     common = ["--config.num_epochs=1", "--config.steps_per_epoch=3", "--config.per_device_batch_size=4",
-              "--config.log_every_steps=1", "--config.checkpoint_every_steps=2"]
+              "--config.log_every_steps=1", "--config.checkpoint_every_steps=2", "--config.save_predictions=True"]
     single = str(tmp_path / "single")
     proc = run(main_cmd(single, data_root, *common), devices=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -209,8 +211,19 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
     ev_single = json.load(open(os.path.join(single, "eval", "eval_00000003.json")))
     ev_multi = json.load(open(os.path.join(multi, "eval", "eval_00000003.json")))
     assert ev_multi["num_samples"] == ev_single["num_samples"] == 4 * 8  # max_eval_batches x global batch
-    for key in ("mpjpe", "pa_mpjpe", "rigid_aligned", "val_loss", "wrist"):
+    for key in ("mpjpe", "pa_mpjpe", "seed_aligned", "val_loss", "wrist"):
         np.testing.assert_allclose(ev_multi[key], ev_single[key], rtol=1e-3, err_msg=key)
+    # per-group sums and kept predictions are gathered over processes too
+    for grouping in ("per_action", "per_subject", "per_camera"):
+        assert list(ev_multi[grouping]) == list(ev_single[grouping]), grouping
+        for name, row in ev_single[grouping].items():
+            assert ev_multi[grouping][name]["num_samples"] == row["num_samples"], (grouping, name)
+            np.testing.assert_allclose(ev_multi[grouping][name]["mpjpe"], row["mpjpe"], rtol=1e-3)
+    p_single = np.load(os.path.join(single, "eval", "predictions_00000003.npz"))
+    p_multi = np.load(os.path.join(multi, "eval", "predictions_00000003.npz"))
+    assert p_multi["image_index"].tolist() == p_single["image_index"].tolist() == list(range(32))
+    assert p_multi["folder"].tolist() == p_single["folder"].tolist()
+    np.testing.assert_allclose(p_multi["pred_cam"], p_single["pred_cam"], rtol=1e-3, atol=0.5)
 
 
 def test_resume_with_another_global_batch_is_refused(tmp_path, data_root):

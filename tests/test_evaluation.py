@@ -1,5 +1,8 @@
 """Evaluation helpers: flip-test prediction, decoding to the image, padded-batch accounting."""
 
+import json
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,7 +62,8 @@ def test_accumulator_counts_only_valid_samples():
     px = np.stack([(uv[..., 0] - center[:, None, 0]) / 400 * 256 + 128,
                    (uv[..., 1] - center[:, None, 1]) / 400 * 256 + 128, rel_depth / 2000 * 256], -1)
     batch = dict(valid=np.array([1, 1, 1, 0], np.float32), center=center, box_size=box, pelvis=cam[:, 0],
-                 fl=fl, c_p=cp, joints_cam=cam)
+                 fl=fl, c_p=cp, joints_cam=cam, sequence=np.array([[9, 2, 1, 1]] * 3 + [[-1] * 4], np.int32),
+                 frame=np.array([0, 1, 2, -1], np.int32), image_index=np.array([0, 1, 2, -1], np.int32))
     px_bad = px.copy()
     px_bad[3] += 1000.0  # garbage in the padding row must not count
     acc = evaluation.ErrorAccumulator()
@@ -68,3 +72,139 @@ def test_accumulator_counts_only_valid_samples():
     assert res["num_samples"] == 3
     assert res["mpjpe"] < 0.05
     assert res["val_loss"] == pytest.approx(0.2)
+    tables = acc.tables()
+    assert list(tables["per_action"]) == ["Directions"] and tables["per_action"]["Directions"]["num_samples"] == 3
+    assert list(tables["per_subject"]) == ["S9"] and list(tables["per_camera"]) == ["1"]
+
+
+def random_eval_rows(seed, n=40):
+    rng = np.random.default_rng(seed)
+    gt = rng.normal(size=(n, 18, 3)) * 300 + [0, 0, 4500]
+    pred = gt + rng.normal(size=gt.shape) * rng.uniform(10, 120, size=(n, 1, 1))
+    seq = np.stack([rng.choice([9, 11], n), rng.integers(2, 17, n), rng.integers(1, 3, n), rng.integers(1, 5, n)], 1)
+    return pred, gt, seq.astype(np.int32), rng.uniform(size=n)
+
+
+def test_group_tables_match_independent_numpy_grouping():
+    pred, gt, seq, loss = random_eval_rows(3)
+    valid = np.ones(len(pred))
+    valid[-5:] = 0  # padding rows never count, whatever their sequence ids
+    seq[-5:] = -1
+    acc = evaluation.ErrorAccumulator()
+    for lo in range(0, len(pred), 8):  # in batches, as evaluation feeds it
+        acc.add_camera(pred[lo:lo + 8], gt[lo:lo + 8], valid[lo:lo + 8], seq[lo:lo + 8], loss[lo:lo + 8])
+    tables = acc.tables()
+    keep = valid > 0
+    p1 = np.linalg.norm((pred - pred[:, :1]) - (gt - gt[:, :1]), axis=-1)[:, :17].mean(-1)[keep]
+    names = ["Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing", "Purchases", "Sitting",
+             "SittingDown", "Smoking", "Photo", "Waiting", "Walking", "WalkDog", "WalkTogether"]
+    action = seq[keep, 1]
+    per_action = {names[a - 2]: p1[action == a].mean() for a in sorted(set(action.tolist()))}
+    assert set(tables["per_action"]) == set(per_action)
+    for name, want in per_action.items():
+        assert tables["per_action"][name]["mpjpe"] == pytest.approx(want, rel=1e-5)
+    for subject in (9, 11):
+        assert tables["per_subject"][f"S{subject}"]["mpjpe"] == pytest.approx(p1[seq[keep, 0] == subject].mean(),
+                                                                              rel=1e-5)
+    for cam in set(seq[keep, 3].tolist()):
+        row = tables["per_camera"][str(cam)]
+        assert row["num_samples"] == int(np.sum(seq[keep, 3] == cam))
+    overall = tables["overall"]
+    assert overall["mean_over_frames"]["mpjpe"] == pytest.approx(p1.mean(), rel=1e-5)
+    assert overall["mean_over_actions"]["mpjpe"] == pytest.approx(np.mean(list(per_action.values())), rel=1e-5)
+    assert overall["mean_over_actions"]["num_actions"] == len(per_action)
+    # Protocol #2 per group is the group mean of the per-frame PA-MPJPE
+    pa = np.asarray(metrics.pa_mpjpe((pred - pred[:, :1])[:, :17], (gt - gt[:, :1])[:, :17]))[keep]
+    for subject in (9, 11):
+        assert tables["per_subject"][f"S{subject}"]["pa_mpjpe"] == pytest.approx(pa[seq[keep, 0] == subject].mean(),
+                                                                                 rel=1e-4)
+
+
+def assert_nested_close(a, b, rtol=1e-5, where="."):
+    """Same keys at every level, numbers equal to ``rtol``."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{where}: {list(a)} vs {list(b)}"
+        for k in a:
+            assert_nested_close(a[k], b[k], rtol, f"{where}/{k}")
+    else:
+        assert a == pytest.approx(b, rel=rtol), where
+
+
+def test_summed_over_processes_in_one_process_keeps_every_number_and_prediction():
+    pred, gt, seq, loss = random_eval_rows(4, n=12)
+    acc = evaluation.ErrorAccumulator(keep_predictions=True)
+    valid = np.array([1] * 10 + [0] * 2)
+    acc.add_camera(pred, gt, valid, seq, loss, np.arange(12), np.arange(12) * 5)
+    summed = acc.summed_over_processes()
+    assert_nested_close(summed.result(), acc.result(), rtol=1e-6)
+    assert_nested_close(summed.tables(), acc.tables(), rtol=1e-6)
+    mine, theirs = acc.predictions(), summed.predictions()
+    assert list(mine) == list(theirs) and len(mine["image_index"]) == 10
+    for k in mine:
+        np.testing.assert_allclose(theirs[k], mine[k], rtol=1e-6, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def four_sequence_records(tmp_path_factory):
+    """A tiny synthetic set whose validation holds 4 sequences (2 subjects, 4 cameras), 3 frames each."""
+    from kinpose_jax.data import convert, synthetic
+
+    root = str(tmp_path_factory.mktemp("synthetic_eval"))
+    synthetic.generate(root, train_folders=1, frames_per_folder=2, valid_folders=4, valid_frames_per_folder=3,
+                       image_size=96, seed=5, log=lambda *_: None)
+    convert.convert_h36m(root, "validmin", progress=False, log=lambda *_: None)
+    return root
+
+
+def test_saved_predictions_recompute_the_written_tables(four_sequence_records, tmp_path, capsys):
+    from configs import default
+    from kinpose_jax import evaluate_predictions, parallel, train
+    from kinpose_jax.data import h36m_format, pipeline, records
+
+    config = default.get_config()
+    config.data.patch_size = 32
+    config.save_predictions = True
+    config.num_vis_samples = 0
+    config.per_device_batch_size = 5
+    mesh = parallel.make_mesh()
+    records_dir = os.path.join(four_sequence_records, "records")
+    data = pipeline.DataPipeline(pipeline.PipelineConfig(records_dir=records_dir, patch_size=32, global_batch_size=5,
+                                                         read_threads=1), train=False)
+    w = np.random.default_rng(0).normal(size=(18, 3)).astype(np.float32) * 0.1
+    results = train.evaluate(config, MirrorSensitiveModel(), {"w": w}, data, mesh, str(tmp_path), step=7)
+    written = json.load(open(tmp_path / "eval" / "eval_00000007.json"))
+    markdown = (tmp_path / "eval" / "eval_00000007.md").read_text()
+    printed = capsys.readouterr().out
+    assert "| **mean over actions** |" in markdown and markdown.strip() in printed
+    assert results["num_samples"] == 12 and written["mpjpe"] == pytest.approx(results["mpjpe"])
+    assert len(written["per_camera"]) == 4 and len(written["per_subject"]) == 2
+
+    # the file names every image: its folder, frame and true joints are the records'
+    npz = str(tmp_path / "eval" / "predictions_00000007.npz")
+    saved = np.load(npz)
+    src = records.ShardedRecords(os.path.join(records_dir, "hm36_validmin"))
+    assert saved["image_index"].tolist() == list(range(12))
+    for i in range(12):
+        rec = src[i]
+        assert "/".join([saved["folder"][i], h36m_format.image_name(saved["folder"][i], int(saved["frame"][i]))]) \
+            == rec["image_path"]
+        assert h36m_format.parse_folder_name(saved["folder"][i]) == (
+            saved["subject"][i], saved["action"][i], saved["subaction"][i], saved["camera"][i])
+        np.testing.assert_allclose(saved["gt_cam"][i], rec["joints_cam"], rtol=1e-6)
+
+    recomputed = evaluate_predictions.main([npz, "--out", str(tmp_path / "again")])
+    assert_nested_close(json.load(open(tmp_path / "again.json")), written, rtol=1e-5)
+    assert recomputed["pa_mpjpe"] == pytest.approx(results["pa_mpjpe"], rel=1e-5)
+    assert (tmp_path / "again.md").read_text().split("\n")[2:] == markdown.split("\n")[2:]  # all but the title
+
+
+def test_evaluate_predictions_help_and_bad_file(tmp_path, capsys):
+    from kinpose_jax import evaluate_predictions
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_predictions.main(["--help"])
+    assert exit_info.value.code == 0 and "save_predictions" in capsys.readouterr().out
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, pred_cam=np.zeros((1, 18, 3)))
+    with pytest.raises(ValueError, match="missing field.*gt_cam"):
+        evaluate_predictions.main([bad])

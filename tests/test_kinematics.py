@@ -122,7 +122,7 @@ def test_bone_lengths_equal_offset_length_times_scale(name):
 
 def test_zero_angles_give_the_seed_rest_pose():
     joints = np.asarray(kin.rest_pose(presets.seed_h36m18()))
-    # Rest positions from SPEC §6 by hand, model axes (x left, y up), then output (x, z, y).
+    # Rest positions from docs/DESIGN.md#original-model by hand, model axes (x left, y up), then output (x, z, y).
     model = {
         "pelvis": (0, 0, 0), "l_hip": (84.7, 0, 0), "l_knee": (84.7, -302, 0), "l_ankle": (84.7, -602, 0),
         "r_ankle": (-84.7, -602, 0), "torso": (0, 165, 0), "neck": (0, 326.6, 0),
@@ -239,7 +239,7 @@ def test_bug_b_no_rotation_leaks_into_later_translations():
 
 
 def test_bug_c_both_shoulders_hang_off_the_neck():
-    """Right shoulder = neck + R_spine @ (-Neck2ShoulderX, -Neck2ShoulderY, 0) (SPEC §6, mirrored
+    """Right shoulder = neck + R_spine @ (-Neck2ShoulderX, -Neck2ShoulderY, 0) (docs/DESIGN.md#original-model, mirrored
     left side), computed by hand; the seed's bug puts it at torso + the same vector instead."""
     tree = presets.seed_h36m18()
     names = tree.param_names
@@ -357,7 +357,7 @@ def test_forward_kinematics_rejects_wrong_angle_count():
 
 
 # ------------------------------------------------------------------ bone lengths from data
-# H36M joint pairs per bone, from SPEC §1's bone list (written here, not imported).
+# H36M joint pairs per bone, from the bone list of docs/DESIGN.md#bones (written here, not imported).
 SPEC_BONES = {
     "pelvis2hip": [(0, 1), (0, 4)], "hip2knee": [(1, 2), (4, 5)], "knee2ankle": [(2, 3), (5, 6)],
     "pelvis2torso": [(0, 7)], "torso2neck": [(7, 8)], "neck2nose": [(8, 9)], "nose2head": [(9, 10)],

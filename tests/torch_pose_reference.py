@@ -5,13 +5,16 @@ Module names follow the seed / torchvision ``state_dict`` layout that
 
 * backbone (torchvision ResNet v1.5): ``conv1``, ``bn1``, ``layer{1..4}.{j}.conv{1,2,3}``,
   ``.bn{1,2,3}``, ``.downsample.{0,1}``; with ``with_fc=True`` also ``fc`` (a plain ImageNet dict);
-* integral head (seed): ``head.features.{3i}`` ConvTranspose2d(4, 2, 1, bias=False),
-  ``head.features.{3i+1}`` BatchNorm2d, ReLU; ``head.final_layer`` 1x1 conv;
-* direct and kinematic heads: ``head.fc`` after global average pooling.
+* integral head: ``head.features.{3i}`` ConvTranspose2d(4, 2, 1, bias=False),
+  ``head.features.{3i+1}`` BatchNorm2d, ReLU; ``head.final_layer`` 1x1 conv (``"integral"``), or,
+  as the seed's ``DeconvHead`` has it, the 1x1 conv appended to the same ``features`` module list
+  as ``head.features.{3L}`` (``"seed_integral"``);
+* direct and kinematic heads: ``head.fc`` after global average pooling; the seed's kinematic
+  head also holds the buffers ``head.kin_layer.{M, v, reorder_idx, shape}``.
 
 Forward kinematics is implemented twice, both independently of the JAX code: generically from a
 tree's static description (:func:`generic_fk`, a per-joint loop over 4x4 matrices) and by hand
-from the chains of SPEC §6 (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
+from the chains of docs/DESIGN.md#original-model (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
 """
 
 from __future__ import annotations
@@ -95,14 +98,14 @@ class TorchResNet(nn.Module):
 
 
 def softargmax_3d_nchw(heatmaps: torch.Tensor, num_joints: int, depth_bins: int) -> torch.Tensor:
-    """SPEC §4, literally: [B, J*D, H, W] -> softmax over D*H*W -> expected x, y, z -> normalized."""
+    """docs/DESIGN.md#soft-argmax, literally: [B, J*D, H, W] -> softmax over D*H*W -> expected x, y, z -> normalized."""
     b, _, h, w = heatmaps.shape
     p = F.softmax(heatmaps.reshape(b, num_joints, depth_bins * h * w), dim=2)
     p = p.reshape(b, num_joints, depth_bins, h, w)
     px, py, pz = p.sum(dim=(2, 3)), p.sum(dim=(2, 4)), p.sum(dim=(3, 4))
-    ex = (px * torch.arange(w, dtype=p.dtype)).sum(-1)
-    ey = (py * torch.arange(h, dtype=p.dtype)).sum(-1)
-    ez = (pz * torch.arange(depth_bins, dtype=p.dtype)).sum(-1)
+    ex = (px * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1)
+    ey = (py * torch.arange(h, dtype=p.dtype, device=p.device)).sum(-1)
+    ez = (pz * torch.arange(depth_bins, dtype=p.dtype, device=p.device)).sum(-1)
     return torch.stack([ex / w - 0.5, ey / h - 0.5, ez / depth_bins - 0.5], dim=-1)
 
 
@@ -123,6 +126,27 @@ class IntegralHead(nn.Module):
         return dict(heatmaps=hm, joints=softargmax_3d_nchw(hm, self.num_joints, self.depth_bins))
 
 
+class SeedDeconvHead(nn.Module):
+    """The seed's ``DeconvHead`` module structure: one ``nn.ModuleList`` ``features`` holding
+    L x [ConvTranspose2d, BatchNorm2d, ReLU] and then the final 1x1 conv (``features.{3L}``)."""
+
+    def __init__(self, cin, num_joints, depth_bins, filters=256, num_layers=3):
+        super().__init__()
+        self.features = nn.ModuleList()
+        for i in range(num_layers):
+            self.features.append(nn.ConvTranspose2d(cin if i == 0 else filters, filters, 4, 2, 1, output_padding=0,
+                                                    bias=False))
+            self.features.append(nn.BatchNorm2d(filters))
+            self.features.append(nn.ReLU(inplace=True))
+        self.features.append(nn.Conv2d(filters, num_joints * depth_bins, 1, padding=0, bias=True))
+        self.num_joints, self.depth_bins = num_joints, depth_bins
+
+    def forward(self, x):
+        for layer in self.features:
+            x = layer(x)
+        return dict(heatmaps=x, joints=softargmax_3d_nchw(x, self.num_joints, self.depth_bins))
+
+
 class DirectHead(nn.Module):
     def __init__(self, cin, num_joints):
         super().__init__()
@@ -140,7 +164,7 @@ def rot_axis(axis, angle: torch.Tensor) -> torch.Tensor:
     x, y, z = a[0], a[1], a[2]
     c, s = torch.cos(angle), torch.sin(angle)
     t = 1 - c
-    m = torch.zeros(angle.shape + (4, 4), dtype=angle.dtype)
+    m = torch.zeros(angle.shape + (4, 4), dtype=angle.dtype, device=angle.device)
     m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = t * x * x + c, t * x * y - s * z, t * x * z + s * y
     m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = t * x * y + s * z, t * y * y + c, t * y * z - s * x
     m[:, 2, 0], m[:, 2, 1], m[:, 2, 2] = t * x * z - s * y, t * y * z + s * x, t * z * z + c
@@ -150,7 +174,7 @@ def rot_axis(axis, angle: torch.Tensor) -> torch.Tensor:
 
 def translate(v: torch.Tensor) -> torch.Tensor:
     """[B, 3] -> [B, 4, 4]."""
-    m = torch.eye(4, dtype=v.dtype).repeat(v.shape[0], 1, 1)
+    m = torch.eye(4, dtype=v.dtype, device=v.device).repeat(v.shape[0], 1, 1)
     m[:, :3, 3] = v
     return m
 
@@ -162,7 +186,7 @@ def generic_fk(spec: dict, angles: torch.Tensor, scale: torch.Tensor) -> torch.T
     output_axes), see :func:`tree_spec`. angles [B, num_dofs] rad, scale [B] -> joints [B, J, 3].
     """
     b = angles.shape[0]
-    offsets = torch.as_tensor(np.asarray(spec["offsets"]), dtype=angles.dtype)
+    offsets = torch.as_tensor(np.asarray(spec["offsets"]), dtype=angles.dtype, device=angles.device)
     e = len(spec["parents"])
     first_angle, k = [], 0
     for axes in spec["dofs"]:
@@ -223,10 +247,10 @@ class KinematicHead(nn.Module):
         raw = self.fc(x.mean(dim=(2, 3)))
         t, angles, s = raw[:, :3], raw[:, 3:3 + self.num_dofs], raw[:, -1]
         local = generic_fk(self.spec, angles, (1 + s) / self.box_mm)
-        return dict(joints=t[:, None, :] + local @ self.view.to(raw.dtype).T)
+        return dict(joints=t[:, None, :] + local @ self.view.to(raw.dtype).to(raw.device).T)
 
 
-# Seed (SPEC §6) -------------------------------------------------------------------------------
+# Seed (docs/DESIGN.md#original-model) -------------------------------------------------------------------------------
 SEED_NAMES = ("TransX TransY TransZ Root_RotZ Root_RotX Root_RotY Pelvis_RotY Pelvis_RotX Pelvis_RotZ "
               "L_Hip_RotZ L_Hip_RotX L_Hip_RotY L_Knee_RotX R_Hip_RotZ R_Hip_RotX R_Hip_RotY R_Knee_RotX "
               "L_Shoulder_RotZ L_Shoulder_RotX L_Shoulder_RotY L_Elbow_RotX R_Shoulder_RotZ R_Shoulder_RotX "
@@ -235,7 +259,7 @@ X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
 
 def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The seed's kinematic model written out chain by chain from SPEC §6, with bugs (a)-(c) fixed
+    """The seed's kinematic model written out chain by chain from docs/DESIGN.md#original-model, with bugs (a)-(c) fixed
     (translation applied, a fresh matrix per operation, both shoulders on the neck).
 
     motion [B, 29] (seed order), scale [B] -> joints [B, 18, 3] in H36M order, axes (x, z, y).
@@ -273,13 +297,28 @@ def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return out[..., [0, 2, 1]]
 
 
+class SeedKinematicLayer(nn.Module):
+    """Holds the buffers of the seed's kinematic layer under its names (identity ``M`` [4,4],
+    homogeneous origin ``v`` [4,1], axis order ``reorder_idx`` [3] int64, bone lengths / 300
+    ``shape`` [12,1]); they are constants, so they are part of the state_dict but not learned."""
+
+    def __init__(self):
+        super().__init__()
+        bones = [300.0, 302.0, 84.7, 165.0, 161.6, 73.46, 29.0, 66.91, 160.6, 187.16, 117.0, 6.5]
+        self.register_buffer("M", torch.eye(4))
+        self.register_buffer("v", torch.tensor([[0.0], [0.0], [0.0], [1.0]]))
+        self.register_buffer("reorder_idx", torch.tensor([0, 2, 1], dtype=torch.long))
+        self.register_buffer("shape", torch.tensor(bones)[:, None] / 300.0)
+
+
 class SeedKinematicHead(nn.Module):
     """The seed's head layout: avg pool -> ``fc`` with 29*18+1 outputs of which the first 29 (motion)
-    and the last (scale) are used (bug (d)); joints = :func:`seed_chain_fk`."""
+    and the last (scale) are used (bug (d)), then ``kin_layer``; joints = :func:`seed_chain_fk`."""
 
     def __init__(self, cin, num_outputs: int = 29 * 18 + 1):
         super().__init__()
         self.fc = nn.Linear(cin, num_outputs)
+        self.kin_layer = SeedKinematicLayer()
 
     def forward(self, x):
         raw = self.fc(x.mean(dim=(2, 3)))
@@ -303,6 +342,8 @@ def build(depth: int, head: str, num_joints=18, depth_bins=8, filters=32, num_la
     c = backbone.out_channels
     if head == "integral":
         h = IntegralHead(c, num_joints, depth_bins, filters, num_layers)
+    elif head == "seed_integral":
+        h = SeedDeconvHead(c, num_joints, depth_bins, filters, num_layers)
     elif head == "direct":
         h = DirectHead(c, num_joints)
     elif head == "kinematic":
@@ -334,8 +375,9 @@ def randomize(model: TorchPoseNet, seed: int = 0, calib_size: int = 64, out_std:
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     # the last BN of each residual branch gets a small scale (as in trained ResNets) so the
     # residual stream does not grow through the blocks; fp32 error grows with activation size
+    # (residual blocks are recognised by their module names, so any torchvision-layout ResNet works)
     last_bns = {id(getattr(b, "bn3", getattr(b, "bn2", None))) for b in model.modules()
-                if isinstance(b, (BasicBlock, Bottleneck))}
+                if hasattr(b, "downsample") and hasattr(b, "bn2")}
     for bn in bns:
         low, width = (0.1, 0.3) if id(bn) in last_bns else (0.5, 1.0)
         bn.weight.copy_(low + width * torch.rand(bn.weight.shape, generator=g))
@@ -355,6 +397,12 @@ def randomize(model: TorchPoseNet, seed: int = 0, calib_size: int = 64, out_std:
     if hasattr(head, "final_layer"):
         h = head.features(feats)
         w = head.final_layer.weight
+    elif isinstance(getattr(head, "features", None), nn.ModuleList):  # the seed's DeconvHead
+        h = feats
+        for layer in head.features[:-1]:
+            h = layer(h)
+        w = head.features[-1].weight
+    if hasattr(head, "features"):
         w.copy_(torch.randn(w.shape, generator=g) * logit_std / (h.pow(2).mean().sqrt() * w.shape[1] ** 0.5))
     else:
         pooled = feats.mean(dim=(2, 3))

@@ -1,4 +1,4 @@
-"""Independent PyTorch reference implementations, written from SPEC.md (not from kinpose_jax).
+"""Independent PyTorch reference implementations, written from docs/DESIGN.md (not from kinpose_jax).
 
 They are deliberately written the "obvious" way — explicit 4x4 matrix chains, reshape + softmax —
 so that agreement with the JAX library is evidence, not tautology.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# ---------------------------------------------------------------- seed forward kinematics (SPEC §6)
+# -------------------------------------------------------------- seed forward kinematics (docs/DESIGN.md#original-model)
 # Indices into the seed's 29 motion parameters.
 TRANS = (0, 1, 2)
 ROOT_ZXY = (3, 4, 5)
@@ -95,26 +95,26 @@ def seed_fk_per_sample(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     return torch.cat([seed_fk(motion[i : i + 1], scale[i : i + 1]) for i in range(motion.shape[0])], dim=0)
 
 
-# ---------------------------------------------------------------- soft-argmax (SPEC §4)
+# ---------------------------------------------------------------- soft-argmax (docs/DESIGN.md#soft-argmax)
 def softargmax_3d_nchw(heatmaps: torch.Tensor, num_joints: int, depth: int) -> torch.Tensor:
     """The seed's integral: reshape, softmax over D*H*W, marginals times bin index."""
     b, _, h, w = heatmaps.shape
     p = torch.softmax(heatmaps.reshape(b, num_joints, depth * h * w), dim=2).reshape(b, num_joints, depth, h, w)
-    x = (p.sum(dim=(2, 3)) * torch.arange(w, dtype=p.dtype)).sum(-1) / w - 0.5
-    y = (p.sum(dim=(2, 4)) * torch.arange(h, dtype=p.dtype)).sum(-1) / h - 0.5
-    z = (p.sum(dim=(3, 4)) * torch.arange(depth, dtype=p.dtype)).sum(-1) / depth - 0.5
+    x = (p.sum(dim=(2, 3)) * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1) / w - 0.5
+    y = (p.sum(dim=(2, 4)) * torch.arange(h, dtype=p.dtype, device=p.device)).sum(-1) / h - 0.5
+    z = (p.sum(dim=(3, 4)) * torch.arange(depth, dtype=p.dtype, device=p.device)).sum(-1) / depth - 0.5
     return torch.stack([x, y, z], dim=-1)
 
 
 def softargmax_2d_nchw(heatmaps: torch.Tensor) -> torch.Tensor:
     b, j, h, w = heatmaps.shape
     p = torch.softmax(heatmaps.reshape(b, j, h * w), dim=2).reshape(b, j, h, w)
-    x = (p.sum(dim=2) * torch.arange(w, dtype=p.dtype)).sum(-1) / w - 0.5
-    y = (p.sum(dim=3) * torch.arange(h, dtype=p.dtype)).sum(-1) / h - 0.5
+    x = (p.sum(dim=2) * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1) / w - 0.5
+    y = (p.sum(dim=3) * torch.arange(h, dtype=p.dtype, device=p.device)).sum(-1) / h - 0.5
     return torch.stack([x, y], dim=-1)
 
 
-# ---------------------------------------------------------------- losses (SPEC §4)
+# ---------------------------------------------------------------- losses (docs/DESIGN.md#losses)
 def weighted_l1(pred, target, weight):
     return (torch.abs(pred - target) * weight).sum() / pred.shape[0]
 
@@ -123,7 +123,7 @@ def weighted_l2(pred, target, weight):
     return (((pred - target) ** 2) * weight).sum() / pred.shape[0]
 
 
-# ---------------------------------------------------------------- Procrustes (SPEC §5)
+# ---------------------------------------------------------------- Procrustes (docs/DESIGN.md#pa-mpjpe)
 def procrustes(pred: torch.Tensor, gt: torch.Tensor, with_scale: bool) -> torch.Tensor:
     """Per-sample orthogonal Procrustes written with the trace formulation: R = V diag(1,1,d) U^T
     from the SVD of P^T G; scale = trace(S diag(1,1,d)) / |P|^2. pred, gt: [B, J, 3]."""

@@ -1,4 +1,4 @@
-"""One training/evaluation sample, exactly as the seed makes it (SPEC §3) — pure numpy + OpenCV.
+"""One training/evaluation sample, exactly as the seed makes it (docs/DESIGN.md#training-sample) — pure numpy + OpenCV.
 
 Pipeline for one record: decode (BGR) -> augmentation draw -> optional horizontal flip of the
 image and labels -> affine warp of the (scaled, rotated) box onto the patch (bilinear) -> BGR to
@@ -16,14 +16,14 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-#: ImageNet RGB mean / std in 0..255 units (SPEC §3.4).
+#: ImageNet RGB mean / std in 0..255 units (docs/DESIGN.md#pixel-normalization).
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """SPEC §3.1 augmentation parameters (the seed's defaults)."""
+    """Augmentation parameters (docs/DESIGN.md#augmentation; the seed's defaults)."""
 
     scale_factor: float = 0.25  # s = 1 + scale_factor * clip(N(0,1), -1, 1)
     rotation_factor: float = 30.0  # degrees: r = rotation_factor * clip(N(0,1), -2, 2)
@@ -64,7 +64,7 @@ def record_rng(seed: int, epoch: int, dataset_id: int, index: int, draw: int = 0
 
 def patch_affine(center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
                  scale: float = 1.0, rotation: float = 0.0, inverse: bool = False) -> np.ndarray:
-    """[2, 3] affine (float64) taking image px to patch px (SPEC §3.3), or back with ``inverse``.
+    """[2, 3] affine (float64) taking image px to patch px (docs/DESIGN.md#patch-affine), or back with ``inverse``.
 
     The box (centre ``center``, size ``box_size * scale``, rotated ``rotation`` degrees) maps to
     the whole ``patch_size`` = (pw, ph) patch: centre -> patch centre, the box's rotated "down"
@@ -112,7 +112,7 @@ def warp_patch(image_bgr: np.ndarray, affine: np.ndarray, patch_size: tuple[int,
 
 
 def normalize_pixels(patch_rgb: np.ndarray, gains: Sequence[float]) -> np.ndarray:
-    """[ph, pw, 3] RGB uint8 -> float32 ``(clip(x * gain, 0, 255) - mean) / std`` (SPEC §3.4).
+    """[ph, pw, 3] RGB uint8 -> float32 ``(clip(x * gain, 0, 255) - mean) / std`` (docs/DESIGN.md#pixel-normalization).
 
     Computed as a per-channel 256-entry lookup table (exact in float64, one rounding to float32)."""
     levels = np.arange(256, dtype=np.float64)[:, None]
@@ -124,7 +124,7 @@ def normalize_pixels(patch_rgb: np.ndarray, gains: Sequence[float]) -> np.ndarra
 def joints_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, patch_width: int,
                     box_mm: float = 2000.0) -> np.ndarray:
     """Image joints [J, 3] (u px, v px, relative depth mm) -> patch px, depth in patch-width
-    units ``z / (box_mm * scale) * pw`` (SPEC §3.5)."""
+    units ``z / (box_mm * scale) * pw`` (docs/DESIGN.md#normalized-units)."""
     out = np.empty_like(np.asarray(joints_img, np.float64))
     out[:, :2] = apply_affine(np.asarray(joints_img, np.float64)[:, :2], affine)
     out[:, 2] = np.asarray(joints_img, np.float64)[:, 2] / (box_mm * scale) * patch_width
@@ -149,7 +149,8 @@ def decode_image(data: bytes) -> np.ndarray:
 def crop_patch(image_bgr: np.ndarray, center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
                aug: Augmentation = NO_AUGMENTATION) -> tuple[np.ndarray, np.ndarray]:
     """The network input for one box (no flip: flip the image first): affine warp of the scaled,
-    rotated box, BGR -> RGB, gains, normalization (SPEC §3.3-§3.4).
+    rotated box, BGR -> RGB, gains, normalization (docs/DESIGN.md#patch-affine,
+    docs/DESIGN.md#pixel-normalization).
 
     Returns (patch [ph, pw, 3] float32 normalized RGB, affine [2, 3] float64 image px -> patch px).
     """
@@ -161,7 +162,7 @@ def crop_patch(image_bgr: np.ndarray, center: Sequence[float], box_size: Sequenc
 def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray, joints_img: np.ndarray,
                 joints_vis: np.ndarray, aug: Augmentation, patch_size: tuple[int, int],
                 flip_pairs: Sequence[tuple[int, int]], box_mm: float = 2000.0) -> dict[str, np.ndarray]:
-    """SPEC §3 for one decoded image.
+    """docs/DESIGN.md#training-sample for one decoded image.
 
     Args:
       image_bgr: HxWx3 uint8 (OpenCV channel order).
@@ -195,7 +196,7 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
 def normalized_to_image(joints: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: tuple[int, int],
                         box_mm: float = 2000.0, scale: np.ndarray | float = 1.0,
                         rotation: np.ndarray | float = 0.0) -> np.ndarray:
-    """Decodes predicted normalized joints back to the image (SPEC §4 "Decoding").
+    """Decodes predicted normalized joints back to the image (docs/DESIGN.md#decoding).
 
     Args:
       joints: [B, J, 3] normalized (x, y, z). center: [B, 2] box centre px. box_size: [B, 2]

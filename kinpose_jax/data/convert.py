@@ -329,14 +329,14 @@ def convert_h36m(
     """Converts Human3.6M set ``image_set`` (train, validmin, valid, ...) under ``root/hm36``.
 
     Args:
-      root: data root holding ``hm36/`` in the seed layout (SPEC §2).
+      root: data root holding ``hm36/`` in the seed layout (docs/DESIGN.md#h36m-on-disk).
       out_dir: where ``hm36_<set>/`` is written (default ``root/records``).
       cache: the cache pickle (default: the one in ``hm36/HM36_<set>_cache/``).
       image_root: folder holding ``<folder>/<file>.jpg`` (default ``root/hm36/images``); cache
         image paths are re-rooted onto it on their last two components.
       source: "cache", "annotations" (parse ``annot/*/matlab_meta.txt``) or "auto" (the cache if
         one exists, else the annotations).
-      sample: frames per folder when parsing annotations (default: the set's, SPEC §2).
+      sample: frames per folder when parsing annotations (default: the set's, docs/DESIGN.md#h36m-on-disk).
       **kwargs: :func:`convert_records` options (records_per_shard, on_error, num_workers, progress,
         force). With ``on_error="skip"``, re-running after fixing the skipped images needs
         ``force=True`` (the up-to-date check does not look at image files).
@@ -381,7 +381,7 @@ def find_mpii_cache(mpii_dir: str, image_set: str) -> str:
 def convert_mpii(root: str, image_set: str = "train", out_dir: str | None = None, *, cache: str | None = None,
                  image_root: str | None = None, **kwargs) -> dict:
     """Converts an MPII cache (``root/mpii/mpii_<set>_cache/*.pkl``) to ``<out_dir>/mpii_<set>/``;
-    joints are mapped to H36M-18 (SPEC §1) with depth weight 0. Image paths are re-rooted onto
+    joints are mapped to H36M-18 (docs/DESIGN.md#mpii-coco) with depth weight 0. Image paths are re-rooted onto
     ``image_root`` (default ``root/mpii/images``) on their file name."""
     mpii = os.path.join(root, "mpii")
     out_dir = out_dir or os.path.join(root, "records")

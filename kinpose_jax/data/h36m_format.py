@@ -1,4 +1,4 @@
-"""The seed's on-disk formats (SPEC §2): cache pickles, ``matlab_meta.txt``, sequence folder names,
+"""The seed's on-disk formats (docs/DESIGN.md#h36m-on-disk): cache pickles, ``matlab_meta.txt``, sequence folder names,
 image paths — and validation of every record read from them.
 
 A validated record is a plain dict of float64 numpy arrays (plus the image path):
@@ -9,7 +9,7 @@ key                shape        meaning
 ``image``          str          image file path (as resolved on this machine)
 ``center``         [2]          box centre (u, v), image px
 ``box_size``       [2]          box width, height, image px
-``joints_img``     [18, 3]      u px, v px, depth - pelvis depth (mm); H36M-18 order (SPEC §1)
+``joints_img``     [18, 3]      u px, v px, depth - pelvis depth (mm); H36M-18 order (docs/DESIGN.md#joints)
 ``joints_vis``     [18, 3]      0/1 loss weights (MPII: depth weight 0)
 ``joints_cam``     [18, 3]      camera mm (zeros for MPII)
 ``pelvis``         [3]          camera mm (zeros for MPII)
@@ -40,7 +40,7 @@ H36M_CACHE_KEYS: tuple[str, ...] = (
 MPII_CACHE_KEYS: tuple[str, ...] = (
     "image", "center_x", "center_y", "width", "height", "flip_pairs", "joints_3d", "joints_3d_vis",
 )
-#: Subjects of the Human3.6M splits (SPEC §2).
+#: Subjects of the Human3.6M splits (docs/DESIGN.md#h36m-on-disk).
 TRAIN_SUBJECTS: tuple[int, ...] = (1, 5, 6, 7, 8)
 VALID_SUBJECTS: tuple[int, ...] = (9, 11)
 #: Frames sampled per folder by the seed's cache sets (-1 = every frame).
@@ -51,11 +51,18 @@ BOX_MM = 2000.0
 H36M_32_TO_17_ONE_BASED: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 26, 27, 28)
 
 _FOLDER_RE = re.compile(r"^s_(\d+)_act_(\d+)_subact_(\d+)_ca_(\d+)$")
+_IMAGE_RE = re.compile(r"^(s_\d+_act_\d+_subact_\d+_ca_\d+)_(\d+)\.jpg$")
+#: Human3.6M action ids (the ``act_AA`` of a folder name) and their names as papers print them.
+ACTION_NAMES: dict[int, str] = {
+    2: "Directions", 3: "Discussion", 4: "Eating", 5: "Greeting", 6: "Phoning", 7: "Posing", 8: "Purchases",
+    9: "Sitting", 10: "SittingDown", 11: "Smoking", 12: "Photo", 13: "Waiting", 14: "Walking", 15: "WalkDog",
+    16: "WalkTogether",
+}
 
 
 # ---------------------------------------------------------------------------------------- names
 def folder_name(subject: int, action: int, subaction: int, camera: int) -> str:
-    """``s_SS_act_AA_subact_BB_ca_CC`` (SPEC §2)."""
+    """``s_SS_act_AA_subact_BB_ca_CC`` (docs/DESIGN.md#h36m-on-disk)."""
     return f"s_{subject:02d}_act_{action:02d}_subact_{subaction:02d}_ca_{camera:02d}"
 
 
@@ -75,6 +82,16 @@ def is_folder_name(name: str) -> bool:
 def image_name(folder: str, frame: int) -> str:
     """Image file name of zero-based ``frame`` in ``folder`` (the file number is frame + 1)."""
     return f"{folder}_{frame + 1:06d}.jpg"
+
+
+def parse_image_path(path: str) -> tuple[str, int]:
+    """(folder, zero-based frame) of ``.../<folder>/<folder>_%06d.jpg`` (inverse of :func:`image_name`);
+    DataError if the file name is not of that form."""
+    m = _IMAGE_RE.match(os.path.basename(path))
+    if not m:
+        raise DataError(f"image file name {os.path.basename(path)!r} (of {path!r}) is not of the form "
+                        f"s_SS_act_AA_subact_BB_ca_CC_NNNNNN.jpg")
+    return m.group(1), int(m.group(2)) - 1
 
 
 def cache_file_name(image_set: str, sample: int, patch_size: int = 256) -> str:
@@ -139,7 +156,7 @@ class _CacheUnpickler(pickle.Unpickler):
 
 
 def load_cache(path: str) -> list[dict]:
-    """Loads a seed cache: a pickled list of dicts (SPEC §2), including caches written by
+    """Loads a seed cache: a pickled list of dicts (docs/DESIGN.md#cache-format), including caches written by
     Python 2.7/3.6 with numpy 1.x. Raises DataError naming the file if it is missing, not a
     pickle, not a list of dicts, or empty."""
     data, errors = None, []
@@ -232,7 +249,7 @@ def _box(rec: dict, source: str, index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def validate_h36m_record(rec: Any, index: int, source: str) -> dict:
-    """Checks one Human3.6M cache record (SPEC §2) and returns the validated record (module
+    """Checks one Human3.6M cache record (docs/DESIGN.md#cache-format) and returns the validated record (module
     docstring; ``image`` is the path as written in the cache). DataError names the record and
     field otherwise."""
     if not isinstance(rec, dict):
@@ -263,7 +280,7 @@ def validate_h36m_record(rec: Any, index: int, source: str) -> dict:
 
 
 def validate_mpii_record(rec: Any, index: int, source: str) -> dict:
-    """Checks one MPII cache record (16 joints, SPEC §1-§2) and returns it in the validated
+    """Checks one MPII cache record (16 joints, docs/DESIGN.md#mpii-cache) and returns it in the validated
     H36M-18 layout: joints mapped with ``MPII_TO_H36M`` (unmapped joints weight 0), depth
     weights 0, camera fields zero."""
     if not isinstance(rec, dict):
@@ -359,7 +376,7 @@ def check_image_bytes(data: bytes, where: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------- matlab_meta
 @dataclasses.dataclass(frozen=True)
 class MetaSequence:
-    """One parsed ``matlab_meta.txt`` (SPEC §2).
+    """One parsed ``matlab_meta.txt`` (docs/DESIGN.md#matlab-meta).
 
     Attributes:
       image_size: (W, H) px.
@@ -447,7 +464,7 @@ def _parse_header(numbered: list[tuple[int, str]], path: str) -> dict:
 
 
 def parse_matlab_meta(path: str) -> MetaSequence:
-    """Parses ``annot/<folder>/matlab_meta.txt`` (SPEC §2). Every line must hold exactly its
+    """Parses ``annot/<folder>/matlab_meta.txt`` (docs/DESIGN.md#matlab-meta). Every line must hold exactly its
     fields (line 1 the frame count alone, then a tag and 2, 9, 3, 2, 2, 3, 2, 17 numbers, then a
     tag and 96 numbers per frame); blank lines are ignored. DataError names the file and the line
     (as numbered in the file) at fault."""
@@ -509,7 +526,7 @@ def project(points_cam: np.ndarray, focal: np.ndarray, center: np.ndarray) -> np
 
 
 def meta_frame_record(meta: MetaSequence, frame: int, image_path: str) -> dict:
-    """The cache record (SPEC §2 keys, float64) of zero-based ``frame`` of a parsed sequence:
+    """The cache record (docs/DESIGN.md#cache-format keys, float64) of zero-based ``frame`` of a parsed sequence:
     17 selected joints + thorax (mean of shoulders), world -> camera, projection, 2000 mm box."""
     world17 = meta.joints_world[frame][meta.joint_ids - 1]
     world = np.concatenate([world17, world17[[11, 14]].mean(axis=0, keepdims=True)], axis=0)

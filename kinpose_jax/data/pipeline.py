@@ -2,7 +2,7 @@
 evaluation (no augmentation, one pass, padded to full batches with a validity mask).
 
 Structure: ``MapDataset.range`` over this process's stream positions -> ``.map`` (plan the
-position: epoch, dataset, record; read it; SPEC §3 sample with a per-record RNG) -> ``.batch``
+position: epoch, dataset, record; read it; sample (docs/DESIGN.md#training-sample) with a per-record RNG) -> ``.batch``
 (per-process batch) -> ``.to_iter_dataset`` (reader threads) -> ``.mp_prefetch`` (worker
 processes). Everything is a pure function of (seed, position), so
 
@@ -23,11 +23,13 @@ records), the union shuffled; a batch therefore holds a fraction f of MPII in ex
 Batch layout (numpy, leading axis = per-process batch ``B/P``):
 
 * ``image`` [B, P, P, 3] float32, normalized RGB (NHWC); ``joints`` [B, 18, 3] float32 normalized
-  targets (SPEC §3.5); ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 =
+  targets (docs/DESIGN.md#normalized-units); ``joints_vis`` [B, 18, 3] float32 loss weights; ``valid`` [B] float32 (1 =
   real sample, 0 = evaluation padding, always 1 in training).
 * evaluation adds ``center`` [B, 2] px, ``box_size`` [B, 2] (width, height) px, ``fl`` [B, 2],
   ``c_p`` [B, 2] px, ``pelvis`` [B, 3] mm, ``joints_cam`` [B, 18, 3] mm, ``image_index`` [B] int32
-  (record index; -1 for padding).
+  (record index; -1 for padding), ``sequence`` [B, 4] int32 (subject, action, subaction, camera of
+  the image's folder ``s_SS_act_AA_subact_BB_ca_CC``) and ``frame`` [B] int32 (zero-based frame in
+  that folder); both -1 for padding.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ import numpy as np
 from kinpose_jax import skeleton
 from kinpose_jax.data import DataError, records
 from kinpose_jax.data import augment as aug_lib
+from kinpose_jax.data import h36m_format
 
 H36M, MPII = 0, 1  # dataset ids (part of the per-record RNG key)
 TRAIN_KEYS = ("image", "joints", "joints_vis", "valid")
-EVAL_KEYS = TRAIN_KEYS + ("center", "box_size", "fl", "c_p", "pelvis", "joints_cam", "image_index")
+EVAL_KEYS = TRAIN_KEYS + ("center", "box_size", "fl", "c_p", "pelvis", "joints_cam", "image_index",
+                         "sequence", "frame")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +66,12 @@ class PipelineConfig:
       patch_size: square network input, px.
       global_batch_size: images per step over all processes.
       seed: data order and augmentation seed.
-      augment: SPEC §3 augmentation in training (evaluation never augments).
+      augment: augmentation (docs/DESIGN.md#augmentation) in training (evaluation never augments).
       aug: augmentation parameters (:class:`~kinpose_jax.data.augment.AugmentConfig`).
       worker_count: grain worker processes (0 = in this process).
       worker_buffer_size: batches each worker prepares ahead.
       read_threads: threads per process preparing batches concurrently.
-      box_mm: side of the 3D box (mm) the patch shows (SPEC §2-§3).
+      box_mm: side of the 3D box (mm) the patch shows (docs/DESIGN.md#normalized-units).
       process_index / process_count: this host's slice of every global batch (None = from JAX).
     """
 
@@ -245,7 +249,7 @@ class TrainTransform:
 
 class EvalTransform:
     """Local position -> one un-augmented evaluation sample with camera data; padding positions
-    (beyond the dataset) repeat record 0 with ``valid`` 0 and ``image_index`` -1."""
+    (beyond the dataset) repeat record 0 with ``valid`` 0 and ``image_index``, ``sequence``, ``frame`` -1."""
 
     def __init__(self, cfg: PipelineConfig, sources: _Sources, num_records: int):
         self.cfg, self.sources, self.num_records = cfg, sources, num_records
@@ -259,11 +263,19 @@ class EvalTransform:
         rec = self.sources.get(H36M)[index]
         out = _sample(rec, aug_lib.NO_AUGMENTATION, self.cfg, f"{self.sources.dirs[H36M]} record {index}")
         f32 = lambda k: np.asarray(rec[k], np.float32)  # noqa: E731
+        where = f"{self.sources.dirs[H36M]} record {index} field image_path"
+        try:
+            folder, frame = h36m_format.parse_image_path(rec["image_path"])
+            sequence = h36m_format.parse_folder_name(folder)
+        except DataError as err:
+            raise DataError(f"{where}: {err}") from err
         return {
             "image": out["image"], "joints": out["joints"], "joints_vis": out["joints_vis"] * np.float32(valid),
             "valid": np.float32(valid), "center": f32("center"), "box_size": f32("box_size"), "fl": f32("fl"),
             "c_p": f32("c_p"), "pelvis": f32("pelvis"), "joints_cam": f32("joints_cam"),
             "image_index": np.int32(rec["index"] if valid else -1),
+            "sequence": np.asarray(sequence if valid else (-1,) * 4, np.int32),
+            "frame": np.int32(frame if valid else -1),
         }
 
 

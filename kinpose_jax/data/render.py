@@ -1,7 +1,7 @@
 """A tiny painter's-algorithm renderer for the synthetic Human3.6M: a person as shaded capsules
 and spheres, one colour per body part, on a textured background with a perspective floor grid.
 
-Left and right limbs share colours on purpose: horizontal-flip augmentation (SPEC §3) swaps the
+Left and right limbs share colours on purpose: horizontal-flip augmentation (docs/DESIGN.md#flip) swaps the
 left/right *labels* of a mirrored image, which is only consistent if appearance is left/right
 symmetric — as for real people. Which side is left is told by geometry instead: a face marker and
 a chest marker on the front of the body, feet pointing forward, and depth ordering.
@@ -28,7 +28,7 @@ PALETTE = np.array([
 ], np.float64)
 P = {name: i for i, name in enumerate(PART_NAMES)}
 
-# Capsules: (joint a, joint b, radius a mm, radius b mm, part); H36M-18 joint indices (SPEC §1).
+# Capsules: (joint a, joint b, radius a mm, radius b mm, part); H36M-18 joint indices (docs/DESIGN.md#joints).
 CAPSULES = (
     (0, 7, 115, 105, P["torso"]), (7, 17, 105, 110, P["torso"]), (17, 8, 70, 60, P["neck"]),
     (0, 1, 95, 80, P["hip_girdle"]), (0, 4, 95, 80, P["hip_girdle"]),

@@ -1,4 +1,4 @@
-"""A synthetic Human3.6M in the seed's exact on-disk layout (SPEC §2), deterministic by seed.
+"""A synthetic Human3.6M in the seed's exact on-disk layout (docs/DESIGN.md#h36m-on-disk), deterministic by seed.
 
 ``generate(root)`` writes under ``root/hm36/``::
 

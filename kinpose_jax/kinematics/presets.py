@@ -1,6 +1,6 @@
 """Ready-made skeletons.
 
-* :func:`seed_h36m18` — the seed's kinematic model (SPEC §6) with its bone lengths and *intended*
+* :func:`seed_h36m18` — the seed's kinematic model (docs/DESIGN.md#original-model) with its bone lengths and *intended*
   semantics: global translation applied, fresh transforms per operation, both shoulders on the
   neck. Model frame: x = person's left, y = up, nose towards -z; outputs reordered to (x, z, y)
   like the seed.
@@ -25,14 +25,14 @@ import numpy as np
 from kinpose_jax import skeleton
 from kinpose_jax.kinematics.tree import KinematicTree, make_tree
 
-#: Bone lengths of the seed's model, mm (SPEC §6).
+#: Bone lengths of the seed's model, mm (docs/DESIGN.md#original-model).
 SEED_BONES = dict(
     knee2ankle=300.0, hip2knee=302.0, pelvis2hip=84.7, pelvis2torso=165.0, torso2neck=161.6, neck2nose_y=73.46,
     neck2nose_z=29.0, nose2head_y=66.91, elbow2wrist=160.6, shoulder2elbow=187.16, neck2shoulder_x=117.0,
     neck2shoulder_y=6.5,
 )
 
-#: The seed's 29 motion parameters in the order its network emits them (SPEC §6); the 30th
+#: The seed's 29 motion parameters in the order its network emits them (docs/DESIGN.md#original-model); the 30th
 #: network output is the scale.
 SEED_MOTION_NAMES: tuple[str, ...] = (
     "TransX", "TransY", "TransZ", "Root_RotZ", "Root_RotX", "Root_RotY", "Pelvis_RotY", "Pelvis_RotX",
@@ -135,7 +135,7 @@ def _permute(tree: KinematicTree, order: list[int]) -> KinematicTree:
 
 
 def seed_h36m18() -> KinematicTree:
-    """The seed's kinematic model (SPEC §6), bugs (a)-(c) fixed; outputs in (x, z, y) order."""
+    """The seed's kinematic model (docs/DESIGN.md#original-model), bugs (a)-(c) fixed; outputs in (x, z, y) order."""
     s = SEED_BONES
     b = {
         "l_hip": (s["pelvis2hip"], 0, 0), "r_hip": (-s["pelvis2hip"], 0, 0),
@@ -212,7 +212,7 @@ def h36m18_from_joints(joints: np.ndarray, mask: np.ndarray | None = None) -> Ki
 
 
 def mpii16() -> KinematicTree:
-    """The MPII-16 joint set (MPII order, SPEC §1), x = left, y = up, z = forward; mm."""
+    """The MPII-16 joint set (MPII order, docs/DESIGN.md#mpii-coco), x = left, y = up, z = forward; mm."""
     n = H36M_MEAN_BONES
     lim = _limits(1.0)
     sh = n["neck2shoulder"]

@@ -4,7 +4,7 @@
 >>> model = build_pose_net(config.model)           # see build_pose_net for the fields read
 >>> variables = init_variables(model, jax.random.key(0), 256)
 >>> out = model.apply(variables, images, train=False)   # images [B, 256, 256, 3]
->>> out["joints"]                                       # [B, J, 3] normalized (SPEC §3/§4)
+>>> out["joints"]                                       # [B, J, 3] normalized (docs/DESIGN.md#normalized-units)
 
 Importing this package never imports torch; see :mod:`kinpose_jax.convert_torch` for loading
 PyTorch (seed / torchvision) weights.

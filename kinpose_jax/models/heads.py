@@ -6,7 +6,7 @@
 * :class:`KinematicHead` — global average pool + linear to (translation, joint angles, scale),
   then forward kinematics of a :class:`~kinpose_jax.kinematics.KinematicTree` to joints [B, J, 3].
 
-Normalized units (SPEC §3/§4): x = u/W - 0.5, y = v/H - 0.5 (fractions of the 256 px patch, which
+Normalized units (docs/DESIGN.md#normalized-units): x = u/W - 0.5, y = v/H - 0.5 (fractions of the 256 px patch, which
 covers a 2000 mm box around the pelvis) and z = (depth - pelvis depth) / 2000 mm. All three are
 therefore about ``1 / box_mm`` per mm, so the kinematic head converts mm to normalized units by
 dividing by ``box_mm`` (default 2000).
@@ -43,9 +43,10 @@ def torch_deconv_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]
 class IntegralHead(nn.Module):
     """features [B,h,w,C] -> heatmaps [B, h*2^L, w*2^L, J*D] float32 (L = num_deconv_layers).
 
-    Torch equivalent (seed): ``features = Sequential(*[ConvTranspose2d(k=4, s=2, p=1, bias=False),
-    BatchNorm2d, ReLU] * L)``, ``final_layer = Conv2d(1x1, bias=True)``; Flax module names are
-    ``features_{3i}`` (deconv), ``features_{3i+1}`` (BN) and ``final_layer`` to mirror them.
+    Torch equivalent: ``features = [ConvTranspose2d(k=4, s=2, p=1, bias=False), BatchNorm2d, ReLU] * L``
+    then a 1x1 ``Conv2d(bias=True)``, which the seed's ``DeconvHead`` appends to ``features`` (as
+    ``features.{3L}``) and this repository's torch reference names ``final_layer``; Flax module
+    names are ``features_{3i}`` (deconv), ``features_{3i+1}`` (BN) and ``final_layer``.
     The deconv kernel is stored like ``nn.ConvTranspose(transpose_kernel=True)``: [kh, kw, out, in]
     (torch's [in, out, kh, kw] permuted); it runs as 4 phase convolutions (see
     :mod:`kinpose_jax.models.deconv`), which XLA:CPU differentiates much faster.

@@ -18,9 +18,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 class PoseNet(nn.Module):
-    """images [B, H, W, 3] (normalized pixels, SPEC §3) -> dict of outputs.
+    """images [B, H, W, 3] (normalized pixels, docs/DESIGN.md#pixel-normalization) -> dict of outputs.
 
-    Always ``joints`` [B, J, 3] float32 in normalized units (SPEC §3/§4), J = ``num_joints``, the
+    Always ``joints`` [B, J, 3] float32 in normalized units (docs/DESIGN.md#normalized-units), J = ``num_joints``, the
     dataset's joints. The integral head adds ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3
     deconv layers; channel ``j*D + d``); the kinematic head adds ``translation`` [B,3], ``angles``
     [B,num_dofs] (rad) and ``scale`` [B], and, for a tree with more output joints than the dataset
