@@ -69,7 +69,7 @@ def test_dataset_joints_are_mapped_by_name():
         dataset_joint_indices(lacking, 18)
 
 
-def _kinematic_model(tree, patch=64):
+def _kinematic_model(tree, patch=32):
     model = build_pose_net(dict(backbone="resnet18", head="kinematic", kinematic_tree=tree))
     return model, init_variables(model, jax.random.key(0), patch)
 
@@ -79,7 +79,7 @@ def test_model_outputs_the_dataset_joints_and_every_tree_joint():
     # a non-trivial head: random fc so that the joints differ per image
     fc = variables["params"]["head"]["fc"]
     fc["kernel"] = jax.random.normal(jax.random.key(1), fc["kernel"].shape) * 0.05
-    images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+    images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     out = model.apply(variables, images, train=False)
     assert out["tree_joints"].shape == (2, 23, 3) and out["joints"].shape == (2, 18, 3)
     np.testing.assert_array_equal(np.asarray(out["joints"]), np.asarray(out["tree_joints"])[:, :18])
@@ -94,7 +94,7 @@ def test_the_toes_are_predicted_but_not_supervised():
 
     model, variables = _kinematic_model(EXTENDED)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
+    batch = {"image": rng.normal(size=(2, 32, 32, 3)).astype(np.float32),
              "joints": rng.uniform(-0.3, 0.3, (2, 18, 3)).astype(np.float32),
              "joints_vis": np.ones((2, 18, 3), np.float32)}
     loss_of = train.make_loss_fn(model, "l1")

@@ -127,7 +127,8 @@ def test_predict_writes_json_and_png_per_image_matching_an_independent_computati
     with open(boxes_path, "w") as f:
         json.dump(boxes, f)
     out = str(tmp_path / "out")
-    # 3 images in batches of 2: the last batch is padded
+    # 3 images, 2 per device: one batch sharded over the devices (4 simulated, tests/conftest.py), padded
+    assert jax.device_count() > 1
     rc = predict.main(["--checkpoint", path, "--images", *images, "--boxes", boxes_path, "--focal", "300",
                        "--out", out, "--batch-size", "2"])
     assert rc == 0
@@ -143,26 +144,6 @@ def test_predict_writes_json_and_png_per_image_matching_an_independent_computati
         assert os.path.getsize(os.path.join(out, os.path.splitext(os.path.basename(p))[0] + ".png")) > 5000
         uvs.append(np.asarray(r["joints_2d_px"]))
     assert np.abs(uvs[0] - uvs[1]).max() > 1.0  # the predictions are not the same for every image
-
-
-def test_two_devices_give_the_one_device_predictions(tmp_path, workdir, data_root):  # noqa: F811
-    """The command in a process with 2 (simulated CPU) devices, 1 image per device, 3 images (the
-    last batch padded) writes the same predictions as this 1-device process."""
-    path = workdir[0]
-    images = synthetic_images(data_root, 3)
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert predict.main(["--checkpoint", path, "--images", *images, "--out", one, "--no-plots"]) == 0
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run([sys.executable, "-m", "kinpose_jax.predict", "--checkpoint", path, "--images", *images,
-                           "--out", two, "--no-plots", "--batch-size", "1"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 device(s)" in proc.stdout
-    assert sorted(os.listdir(one)) == sorted(os.listdir(two)) and len(os.listdir(one)) == 3
-    for name in os.listdir(one):
-        a, b = (json.load(open(os.path.join(d, name))) for d in (one, two))
-        np.testing.assert_allclose(b["joints_2d_px"], a["joints_2d_px"], atol=0.01)
-        np.testing.assert_allclose(b["joints_3d_mm"], a["joints_3d_mm"], atol=0.5)
 
 
 def test_without_boxes_the_centred_square_is_used_and_the_focal_is_assumed(tmp_path, workdir, data_root):  # noqa: F811,E501
