@@ -46,7 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.
     m.deconv_filters = 256  # Integral head: filters of each transposed convolution.
     m.num_deconv_layers = 3  # Integral head: number of 4x4 stride-2 transposed convolutions.
-    m.kinematic_tree = "seed_h36m18"  # Kinematic head: seed_h36m18 | h36m18 (kinpose_jax.kinematics.presets).
+    m.kinematic_tree = "seed_h36m18"  # Kinematic head: a preset (seed_h36m18 | h36m18 | h36m17 | mpii16) or
+    #   "module.path:function" returning a KinematicTree that holds the 18 H36M joints by name (extra joints
+    #   are predicted, not supervised), e.g. "kinpose_jax.kinematics.examples:h36m18_toes_spine".
     m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
     #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
     m.box_mm = BOX_MM  # mm covered by one normalized unit (side of the 3D box the patch shows).

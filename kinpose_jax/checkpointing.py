@@ -219,3 +219,9 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
         if loss < best_loss:
             best, best_loss = step, loss
     return best
+
+
+def best_or_latest_step(manager: ocp.CheckpointManager) -> int | None:
+    """The step evaluation restores: the best by validation loss, else the latest (None: no checkpoint)."""
+    step = best_step(manager)
+    return manager.latest_step() if step is None else step

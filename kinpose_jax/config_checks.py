@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import ml_collections
 
@@ -16,6 +17,8 @@ from kinpose_jax.registry import BACKBONES, HEADS
 KINEMATIC_TREES = ("h36m17", "h36m18", "mpii16", "seed_h36m18")
 #: Views of ``kinpose_jax.models.heads.view_matrix``.
 KINEMATIC_VIEWS = ("upright", "identity")
+#: ``model.kinematic_tree`` naming a function that returns a KinematicTree.
+TREE_FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 #: Joints of the data (H36M-18, ``kinpose_jax.skeleton.H36M_NUM_JOINTS``).
 NUM_JOINTS = 18
 #: Largest finite float32: the learning rate is applied in float32.
@@ -58,10 +61,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model.backbone", m.backbone, f"one of {BACKBONES}")
     if m.head not in HEADS:
         _fail("model.head", m.head, f"one of {HEADS}")
-    if m.kinematic_tree not in KINEMATIC_TREES:
-        _fail("model.kinematic_tree", m.kinematic_tree, f"one of {KINEMATIC_TREES}")
+    if m.kinematic_tree not in KINEMATIC_TREES and not TREE_FUNCTION.fullmatch(str(m.kinematic_tree)):
+        _fail("model.kinematic_tree", m.kinematic_tree,
+              f"one of {KINEMATIC_TREES} or 'module.path:function' returning a KinematicTree")
     if m.kinematic_view not in KINEMATIC_VIEWS:
         _fail("model.kinematic_view", m.kinematic_view, f"one of {KINEMATIC_VIEWS}")
+    if m.head == "kinematic" and m.kinematic_tree not in KINEMATIC_TREES:
+        _check_kinematic_tree(m.kinematic_tree, m.num_joints)  # imports the user's tree function
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "'float32' or 'bfloat16'")
     if m.num_joints != NUM_JOINTS:
@@ -108,3 +114,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("steps_per_epoch", config.steps_per_epoch, "-1 (dataset size // global batch) or an integer >= 1")
     _number(config, "num_vis_samples", 0, integer=True)
     return config
+
+
+def _check_kinematic_tree(name: str, num_joints: int) -> None:
+    """``model.kinematic_tree``: a preset or ``module.path:function`` returning a tree that holds
+    the dataset's joints (kinpose_jax.models.dataset_joint_indices)."""
+    from kinpose_jax.kinematics.presets import PRESETS, get_tree
+    from kinpose_jax.models import dataset_joint_indices
+
+    expected = f"one of {sorted(PRESETS)} or 'module.path:function' returning a KinematicTree"
+    if name not in PRESETS and ":" not in name:
+        _fail("model.kinematic_tree", name, expected)
+    try:
+        dataset_joint_indices(get_tree(name), num_joints)
+    except ValueError as err:
+        _fail("model.kinematic_tree", name, f"{expected} ({err})")

@@ -173,11 +173,11 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
 
     n = len(images)
     fig = plt.figure(figsize=(6, 3 * n))
-    bones = skeleton.H36M_BONES
     for i in range(n):
         img = np.clip(images[i] * IMAGE_STD + IMAGE_MEAN, 0, 255).astype(np.uint8)
         ax = fig.add_subplot(n, 2, 2 * i + 1)
         ax.imshow(img)
+<<<<<<< HEAD
         for pts, color in ((gt_px[i], TRUTH_COLOR), (pred_px[i], PRED_COLOR)):
             for a, b in bones:
                 ax.plot([pts[a, 0], pts[b, 0]], [pts[a, 1], pts[b, 1]], color=color, lw=1.5)
@@ -196,6 +196,60 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
         ax3.set_zlabel("-y, up (mm)", fontsize=6, labelpad=-6)
         ax3.tick_params(labelsize=5, pad=-2)
         ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
+=======
+        for pts, color in ((gt_px[i], "lime"), (pred_px[i], "red")):
+            draw_skeleton_2d(ax, pts, color)
+        ax.set_axis_off()
+        ax3 = fig.add_subplot(n, 2, 2 * i + 2, projection="3d")
+        for pts, color in ((gt_cam[i], "green"), (pred_cam[i], "red")):
+            draw_skeleton_3d(ax3, pts - pts[0], color)
+        ax3.set_title("3D (mm): green truth, red prediction", fontsize=7)
+>>>>>>> wt/predict
     fig.tight_layout()
     fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def draw_skeleton_2d(ax, joints_px: np.ndarray, color: str, bones=skeleton.H36M_BONES) -> None:
+    """Bones of [J, >=2] pixel joints on a matplotlib image axis."""
+    for a, b in bones:
+        ax.plot([joints_px[a, 0], joints_px[b, 0]], [joints_px[a, 1], joints_px[b, 1]], color=color, lw=1.5)
+
+
+def draw_skeleton_3d(ax3, joints_mm: np.ndarray, color: str, bones=skeleton.H36M_BONES, extent: float = 1000.0
+                     ) -> None:
+    """Bones of root-relative camera-space joints [J, 3] mm on a 3D axis (camera: x right, y down,
+    z forward, plotted as (x, z, -y) so that up is up), limits +-``extent`` mm."""
+    for a, b in bones:
+        ax3.plot([joints_mm[a, 0], joints_mm[b, 0]], [joints_mm[a, 2], joints_mm[b, 2]],
+                 [-joints_mm[a, 1], -joints_mm[b, 1]], color=color)
+    ax3.set_xlim(-extent, extent)
+    ax3.set_ylim(-extent, extent)
+    ax3.set_zlim(-extent, extent)
+
+
+def plot_prediction(image_rgb: np.ndarray, joints_px: np.ndarray, joints_mm: np.ndarray, path: str,
+                    title: str = "") -> None:
+    """One image with its predicted 2D skeleton (red) next to the root-relative 3D pose.
+
+    image_rgb: [H, W, 3] uint8; joints_px: [18, >=2] image pixels; joints_mm: [18, 3] root-relative
+    camera-space mm.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(8, 4))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(image_rgb)
+    draw_skeleton_2d(ax, joints_px, "red")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=7)
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    draw_skeleton_3d(ax3, joints_mm, "red")
+    ax3.set_title("3D, root-relative (mm)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
     plt.close(fig)
