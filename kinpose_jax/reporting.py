@@ -177,34 +177,13 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
         img = np.clip(images[i] * IMAGE_STD + IMAGE_MEAN, 0, 255).astype(np.uint8)
         ax = fig.add_subplot(n, 2, 2 * i + 1)
         ax.imshow(img)
-<<<<<<< HEAD
         for pts, color in ((gt_px[i], TRUTH_COLOR), (pred_px[i], PRED_COLOR)):
-            for a, b in bones:
-                ax.plot([pts[a, 0], pts[b, 0]], [pts[a, 1], pts[b, 1]], color=color, lw=1.5)
-        ax.set_axis_off()
-        ax3 = fig.add_subplot(n, 2, 2 * i + 2, projection="3d")
-        for pts, color in ((gt_cam[i], TRUTH_COLOR), (pred_cam[i], PRED_COLOR)):
-            rel = pts - pts[0]
-            for a, b in bones:  # camera: x right, y down, z forward -> plot (x, z, -y)
-                ax3.plot([rel[a, 0], rel[b, 0]], [rel[a, 2], rel[b, 2]], [-rel[a, 1], -rel[b, 1]], color=color)
-        for set_lim, set_ticks in ((ax3.set_xlim, ax3.set_xticks), (ax3.set_ylim, ax3.set_yticks),
-                                   (ax3.set_zlim, ax3.set_zticks)):
-            set_lim(-1000, 1000)
-            set_ticks([-1000, 0, 1000])  # three ticks: the labels never overlap
-        ax3.set_xlabel("x (mm)", fontsize=6, labelpad=-6)
-        ax3.set_ylabel("z, depth (mm)", fontsize=6, labelpad=-6)
-        ax3.set_zlabel("-y, up (mm)", fontsize=6, labelpad=-6)
-        ax3.tick_params(labelsize=5, pad=-2)
-        ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
-=======
-        for pts, color in ((gt_px[i], "lime"), (pred_px[i], "red")):
             draw_skeleton_2d(ax, pts, color)
         ax.set_axis_off()
         ax3 = fig.add_subplot(n, 2, 2 * i + 2, projection="3d")
-        for pts, color in ((gt_cam[i], "green"), (pred_cam[i], "red")):
+        for pts, color in ((gt_cam[i], TRUTH_COLOR), (pred_cam[i], PRED_COLOR)):
             draw_skeleton_3d(ax3, pts - pts[0], color)
-        ax3.set_title("3D (mm): green truth, red prediction", fontsize=7)
->>>>>>> wt/predict
+        ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
     plt.close(fig)
@@ -223,9 +202,14 @@ def draw_skeleton_3d(ax3, joints_mm: np.ndarray, color: str, bones=skeleton.H36M
     for a, b in bones:
         ax3.plot([joints_mm[a, 0], joints_mm[b, 0]], [joints_mm[a, 2], joints_mm[b, 2]],
                  [-joints_mm[a, 1], -joints_mm[b, 1]], color=color)
-    ax3.set_xlim(-extent, extent)
-    ax3.set_ylim(-extent, extent)
-    ax3.set_zlim(-extent, extent)
+    for set_lim, set_ticks in ((ax3.set_xlim, ax3.set_xticks), (ax3.set_ylim, ax3.set_yticks),
+                               (ax3.set_zlim, ax3.set_zticks)):
+        set_lim(-extent, extent)
+        set_ticks([-extent, 0, extent])  # three ticks: the labels never overlap
+    ax3.set_xlabel("x (mm)", fontsize=6, labelpad=-6)
+    ax3.set_ylabel("z, depth (mm)", fontsize=6, labelpad=-6)
+    ax3.set_zlabel("-y, up (mm)", fontsize=6, labelpad=-6)
+    ax3.tick_params(labelsize=5, pad=-2)
 
 
 def plot_prediction(image_rgb: np.ndarray, joints_px: np.ndarray, joints_mm: np.ndarray, path: str,

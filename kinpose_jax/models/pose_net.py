@@ -8,13 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-<<<<<<< HEAD
-from kinpose_jax import integral
+from kinpose_jax import integral, skeleton
 from kinpose_jax.registry import HEADS
 from kinpose_jax.skeleton import BOX_MM
-=======
-from kinpose_jax import integral, skeleton
->>>>>>> wt/predict
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
 from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
