@@ -17,7 +17,6 @@ from kinpose_jax import config_checks, skeleton
 from kinpose_jax import kinematics as kin
 from kinpose_jax.kinematics import examples, presets
 from kinpose_jax.models import build_pose_net, dataset_joint_indices, init_variables
-from tests.test_e2e_training import data_root  # noqa: F401  (the tiny synthetic set, a fixture)
 
 EXTENDED = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
 NEW_JOINTS = ("l_toe", "r_toe", "spine_1", "spine_2", "spine_3")

@@ -18,48 +18,17 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_e2e_training import ROOT, data_root  # noqa: F401 - the module's tiny synthetic set
+from tests.test_e2e_training import ROOT
+from tests.tiny_problem import tiny_config as shared_tiny_config
 
 sys.path.insert(0, ROOT)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Each train_and_evaluate call jits afresh: a persistent cache compiles the tiny model once."""
-    from jax._src import compilation_cache as cc
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    saved = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-    yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-
-
 def tiny_config(root, **overrides):
-    """configs/synthetic.py shrunk to 2 steps of batch 4 at 64x64, checkpointing every step."""
-    from configs import synthetic
-
-    c = synthetic.get_config()
-    c.data.root = root
-    c.data.synthetic_train_folders, c.data.synthetic_frames_per_folder, c.data.synthetic_image_size = 2, 16, 160
-    c.data.patch_size = 64
-    c.model.depth_bins, c.model.deconv_filters, c.model.num_deconv_layers = 8, 32, 1
-    c.max_eval_batches, c.num_vis_samples, c.progress_bar = 1, 1, False
-    c.num_epochs, c.steps_per_epoch, c.per_device_batch_size = 1, 2, 4
-    c.checkpoint_every_steps, c.log_every_steps = 1, 1
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    """The shared tiny config shrunk to 2 steps of batch 4 per device, checkpointing every step."""
+    base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, steps_per_epoch=2, per_device_batch_size=4,
+                checkpoint_every_steps=1, log_every_steps=1)
+    return shared_tiny_config(root, **{**base, **{k.replace(".", "__"): v for k, v in overrides.items()}})
 
 
 def train_losses(workdir):
@@ -173,7 +142,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_continues_from_the_p
     train.train_and_evaluate(tiny_config(data_root), workdir)
     out = capsys.readouterr().out
     moved = os.path.join(workdir, "damaged_checkpoints", "2")
-    assert f"Skipped checkpoint step 2: " in out and f"moved it to {moved}" in out, out
+    assert "Skipped checkpoint step 2: " in out and f"moved it to {moved}" in out, out
     assert "Resumed from checkpoint at step 1" in out, out
     assert os.path.isdir(moved), "the damaged checkpoint must be kept"
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]

@@ -16,7 +16,6 @@ import pytest
 
 from kinpose_jax import integral, metrics, predict
 from kinpose_jax.data import augment, pipeline
-from tests.test_e2e_training import data_root  # noqa: F401  (the tiny synthetic set, a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCH = 64
