@@ -15,6 +15,8 @@ def _fail(field: str, value, expected: str):
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises ValueError naming the first bad field; returns the config unchanged."""
     from kinpose_jax.kinematics.presets import PRESETS
+    from kinpose_jax.models.resnet import CONV_IMPLS
+    from kinpose_jax.parallel import BN_SYNC
 
     m = config.model
     if m.backbone not in BACKBONES:
@@ -25,6 +27,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model.kinematic_tree", m.kinematic_tree, f"one of {sorted(PRESETS)}")
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "'float32' or 'bfloat16'")
+    if m.get("conv_impl", "auto") not in CONV_IMPLS:
+        _fail("model.conv_impl", m.conv_impl, f"one of {CONV_IMPLS}")
+    if m.get("bn_sync", "global") not in BN_SYNC:
+        _fail("model.bn_sync", m.bn_sync, f"one of {BN_SYNC}")
     if m.depth_bins < 1:
         _fail("model.depth_bins", m.depth_bins, "a positive integer")
     if config.loss not in ("l1", "l2"):
