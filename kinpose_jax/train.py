@@ -92,7 +92,7 @@ def make_grad_fn(model, loss_name: str, bn_sync: str = "global", mesh=None):
     slice with that slice's BN statistics. The loss is ``pmean``-ed *before* ``grad``: the
     replicated parameters enter each device's computation through an implicit broadcast whose
     transpose sums over devices, so the gradient of the mean loss is the mean of the per-device
-    gradients, replicated (the gradient of the local loss would be their sum). The new running
+    gradients (this pmean's transpose averages them), replicated. The new running
     statistics are ``pmean``-ed too (the mean over devices of each device's running mean and
     running variance), so the state stays replicated.
     """
