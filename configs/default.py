@@ -9,6 +9,8 @@ Units: lengths in mm, images in pixels, angles in degrees unless stated.
 
 import ml_collections
 
+from kinpose_jax.skeleton import BOX_MM
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -46,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.kinematic_tree = "seed_h36m18"  # Kinematic head: seed_h36m18 | h36m18 (kinpose_jax.kinematics.presets).
     m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
     #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
-    m.box_mm = 2000.0  # mm covered by one normalized unit (side of the 3D box the patch shows).
+    m.box_mm = BOX_MM  # mm covered by one normalized unit (side of the 3D box the patch shows).
     m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (mixed precision: bf16 convolutions; parameters,
     #   BN statistics, the integral head's heatmap logits, soft-argmax, FK and the loss stay float32).
     m.conv_impl = "auto"  # auto | cpu_fast | standard: 1x1 convs as 2-D matmuls, transposed convs as phase convs

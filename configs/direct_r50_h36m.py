@@ -5,7 +5,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    """``preset``: "" or "accel" (configs/default.py PRESETS), e.g. ``--config=configs/direct_r50_h36m.py:accel``."""
+    """``preset``: "" or "accel" (configs/default.py PRESETS): ``--config=configs/direct_r50_h36m.py:accel``."""
     c = default.get_config()
     c.model.backbone = "resnet50"
     c.model.head = "direct"

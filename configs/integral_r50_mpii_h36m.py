@@ -5,7 +5,7 @@ from configs import default
 
 
 def get_config(preset: str = ""):
-    """``preset``: "" or "accel" (configs/default.py PRESETS), e.g. ``--config=configs/integral_r50_mpii_h36m.py:accel``."""
+    """``preset``: "" or "accel" (configs/default.py PRESETS): ``--config=configs/integral_r50_mpii_h36m.py:accel``."""
     c = default.get_config()
     c.data.mpii_fraction = 0.5
     c.model.backbone = "resnet50"

@@ -6,7 +6,7 @@ from configs import direct_r50_h36m
 
 
 def get_config(preset: str = ""):
-    """``preset``: "" or "accel" (configs/default.py PRESETS), e.g. ``--config=configs/kinematic_r50_h36m.py:accel``."""
+    """``preset``: "" or "accel" (configs/default.py PRESETS): ``--config=configs/kinematic_r50_h36m.py:accel``."""
     c = direct_r50_h36m.get_config(preset)
     c.model.head = "kinematic"
     c.model.kinematic_tree = "seed_h36m18"

@@ -71,7 +71,7 @@ class ErrorAccumulator:
         self.group_sums = {g: np.zeros((MAX_GROUP_ID, len(TABLE_METRICS) + 1)) for g in GROUPINGS}
         self._rows: list[dict[str, np.ndarray]] | None = [] if keep_predictions else None
 
-    def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = 2000.0
+    def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = skeleton.BOX_MM
             ) -> tuple[np.ndarray, np.ndarray]:
         """Adds one batch of patch-pixel predictions; returns (pred_cam, gt_cam) [B, 18, 3] mm.
 

@@ -16,6 +16,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from kinpose_jax.skeleton import BOX_MM
+
 #: ImageNet RGB mean / std in 0..255 units (docs/DESIGN.md#pixel-normalization).
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -122,7 +124,7 @@ def normalize_pixels(patch_rgb: np.ndarray, gains: Sequence[float]) -> np.ndarra
 
 
 def joints_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, patch_width: int,
-                    box_mm: float = 2000.0) -> np.ndarray:
+                    box_mm: float = BOX_MM) -> np.ndarray:
     """Image joints [J, 3] (u px, v px, relative depth mm) -> patch px, depth in patch-width
     units ``z / (box_mm * scale) * pw`` (docs/DESIGN.md#normalized-units)."""
     out = np.empty_like(np.asarray(joints_img, np.float64))
@@ -148,7 +150,7 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray, joints_img: np.ndarray,
                 joints_vis: np.ndarray, aug: Augmentation, patch_size: tuple[int, int],
-                flip_pairs: Sequence[tuple[int, int]], box_mm: float = 2000.0) -> dict[str, np.ndarray]:
+                flip_pairs: Sequence[tuple[int, int]], box_mm: float = BOX_MM) -> dict[str, np.ndarray]:
     """docs/DESIGN.md#training-sample for one decoded image.
 
     Args:
@@ -182,7 +184,7 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
 
 # ---------------------------------------------------------------------------------------- decoding
 def normalized_to_image(joints: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: tuple[int, int],
-                        box_mm: float = 2000.0, scale: np.ndarray | float = 1.0,
+                        box_mm: float = BOX_MM, scale: np.ndarray | float = 1.0,
                         rotation: np.ndarray | float = 0.0) -> np.ndarray:
     """Decodes predicted normalized joints back to the image (docs/DESIGN.md#decoding).
 

@@ -45,8 +45,7 @@ TRAIN_SUBJECTS: tuple[int, ...] = (1, 5, 6, 7, 8)
 VALID_SUBJECTS: tuple[int, ...] = (9, 11)
 #: Frames sampled per folder by the seed's cache sets (-1 = every frame).
 SET_SAMPLES: dict[str, int] = {"train": 200, "validmin": 10, "valid": 40, "trainfull": -1, "validfull": -1}
-#: Side of the 3D box (mm) centred on the pelvis that defines the image box.
-BOX_MM = 2000.0
+BOX_MM = skeleton.BOX_MM
 #: The 17 of Human3.6M's 32 mocap joints used by the seed (one-based, H36M-17 order).
 H36M_32_TO_17_ONE_BASED: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 26, 27, 28)
 

@@ -24,6 +24,7 @@ import numpy as np
 from kinpose_jax.kinematics import KinematicTree, forward_kinematics, rest_pose
 from kinpose_jax.models.deconv import TorchConvTranspose
 from kinpose_jax.models.resnet import PointwiseConv, make_norm
+from kinpose_jax.skeleton import BOX_MM
 
 #: The seed's init for deconv / final conv weights: N(0, 0.001), zero bias.
 head_init = nn.initializers.normal(stddev=0.001)
@@ -134,7 +135,7 @@ def kinematic_num_outputs(tree: KinematicTree) -> int:
 
 
 def decode_kinematic(
-    raw: jax.Array, tree: KinematicTree, view: np.ndarray, box_mm: float = 2000.0
+    raw: jax.Array, tree: KinematicTree, view: np.ndarray, box_mm: float = BOX_MM
 ) -> dict[str, jax.Array]:
     """Turns the head's linear outputs into joints (pure function).
 
@@ -174,7 +175,7 @@ class KinematicHead(nn.Module):
 
     tree: KinematicTree
     view: str = "upright"
-    box_mm: float = 2000.0
+    box_mm: float = BOX_MM
     dtype: Any = jnp.float32
 
     @nn.compact

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import integral
+from kinpose_jax.skeleton import BOX_MM
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
 from kinpose_jax.models.resnet import CONV_IMPLS, RESNET_SPECS, ResNet
@@ -42,7 +43,7 @@ class PoseNet(nn.Module):
     deconv_kernel: int = 4
     tree: KinematicTree | None = None
     kinematic_view: str = "upright"
-    box_mm: float = 2000.0
+    box_mm: float = BOX_MM
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     conv_impl: str = "auto"
@@ -51,7 +52,8 @@ class PoseNet(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
-        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, self.conv_impl, name="backbone")(images, train)
+        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, self.conv_impl,
+                       name="backbone")(images, train)
         if self.head == "integral":
             heatmaps = IntegralHead(
                 self.num_joints, self.depth_bins, self.deconv_filters, self.num_deconv_layers, self.deconv_kernel,
@@ -75,7 +77,7 @@ class PoseNet(nn.Module):
 #: Defaults of the ``config.model`` fields read by :func:`build_pose_net`.
 CONFIG_DEFAULTS: dict[str, Any] = dict(
     backbone="resnet50", head="integral", num_joints=18, depth_bins=64, deconv_filters=256, num_deconv_layers=3,
-    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=2000.0, dtype="float32",
+    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=BOX_MM, dtype="float32",
     bn_axis_name=None, conv_impl="auto",
 )
 
@@ -113,7 +115,7 @@ def build_pose_net(model_config: Any) -> PoseNet:
         KinematicTree, kinematic head only.
       kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
         (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
-      box_mm (2000.0): mm per normalized unit (side of the 3D box the patch covers).
+      box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
       conv_impl ('auto'): 'auto' | 'cpu_fast' | 'standard' (kinpose_jax.models.resnet.CONV_IMPLS).
