@@ -1,6 +1,5 @@
 """``model.bn_sync``: BatchNorm statistics of the global batch (default) or of each device's slice
-(``per_device``, shard_map). Needs several devices: run with
-``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (simulated CPU devices)."""
+(``per_device``, shard_map), on the simulated CPU devices of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ from configs import default
 from kinpose_jax import config_checks, parallel, train
 from kinpose_jax.models import build_pose_net
 
-needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs >= 2 devices (XLA_FLAGS="
-                                   "--xla_force_host_platform_device_count=4)")
 
 PER_DEVICE = 2  # images per device
 
@@ -42,8 +39,8 @@ def _close(a, b, rtol):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * (np.abs(y).max() + 1e-6))
 
 
-@needs_devices
 def test_per_device_statistics_and_gradients_are_those_of_each_slice():
+    assert jax.device_count() >= 2, "tests/conftest.py simulates 4 CPU devices"
     config, model, batch = _problem()
     mesh = parallel.make_mesh()
     schedule = train.learning_rate_schedule(config, 10)
