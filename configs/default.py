@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.patch_size = 256  # Network input patch, pixels (square).
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
-    d.synthetic_train_folders = 8  # Synthetic generator: sequence folders for the train split.
+    # Synthetic generator (the defaults are kinpose_jax.data.synthetic.DEFAULTS, the README's set):
+    d.synthetic_train_folders = 16  # Synthetic generator: sequence folders for the train split.
     d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
     d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
     d.worker_count = 0  # grain worker processes (0 = in the main process).
@@ -45,7 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.
     m.deconv_filters = 256  # Integral head: filters of each transposed convolution.
     m.num_deconv_layers = 3  # Integral head: number of 4x4 stride-2 transposed convolutions.
-    m.kinematic_tree = "seed_h36m18"  # Kinematic head: seed_h36m18 | h36m18 (kinpose_jax.kinematics.presets).
+    m.kinematic_tree = "seed_h36m18"  # Kinematic head: a preset (seed_h36m18 | h36m18 | h36m17 | mpii16) or
+    #   "module.path:function" returning a KinematicTree that holds the 18 H36M joints by name (extra joints
+    #   are predicted, not supervised), e.g. "kinpose_jax.kinematics.examples:h36m18_toes_spine".
     m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
     #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
     m.box_mm = BOX_MM  # mm covered by one normalized unit (side of the 3D box the patch shows).

@@ -18,11 +18,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+
 DATA_AXIS = "data"
 
-#: Values of ``config.model.bn_sync``: BatchNorm statistics of the global batch (jit over the mesh,
-#: the default) or of each device's slice (shard_map; see ``kinpose_jax.train.make_grad_fn``).
-BN_SYNC = ("global", "per_device")
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> bool:

@@ -148,6 +148,19 @@ def decode_image(data: bytes) -> np.ndarray:
     return img
 
 
+def crop_patch(image_bgr: np.ndarray, center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
+               aug: Augmentation = NO_AUGMENTATION) -> tuple[np.ndarray, np.ndarray]:
+    """The network input for one box (no flip: flip the image first): affine warp of the scaled,
+    rotated box, BGR -> RGB, gains, normalization (docs/DESIGN.md#patch-affine,
+    docs/DESIGN.md#pixel-normalization).
+
+    Returns (patch [ph, pw, 3] float32 normalized RGB, affine [2, 3] float64 image px -> patch px).
+    """
+    affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+    patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
+    return normalize_pixels(patch, aug.gains), affine
+
+
 def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray, joints_img: np.ndarray,
                 joints_vis: np.ndarray, aug: Augmentation, patch_size: tuple[int, int],
                 flip_pairs: Sequence[tuple[int, int]], box_mm: float = BOX_MM) -> dict[str, np.ndarray]:
@@ -171,11 +184,10 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
         image_bgr = cv2.flip(image_bgr, 1)  # mirror (as a numpy [:, ::-1] copy, but much faster)
         center = flip_box_center(center, width)
         joints, vis = flip_joints(joints, vis, width, flip_pairs)
-    affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
-    patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
+    image, affine = crop_patch(image_bgr, center, box_size, patch_size, aug)
     target = patch_to_normalized(joints_to_patch(joints, affine, aug.scale, patch_size[0], box_mm), patch_size)
     return {
-        "image": normalize_pixels(patch, aug.gains),
+        "image": image,
         "joints": target.astype(np.float32),
         "joints_vis": vis.astype(np.float32),
         "affine": affine,

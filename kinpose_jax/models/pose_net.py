@@ -8,22 +8,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kinpose_jax import integral
+from kinpose_jax import integral, skeleton
+from kinpose_jax.registry import CONV_IMPLS, HEADS
 from kinpose_jax.skeleton import BOX_MM
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
-from kinpose_jax.models.resnet import CONV_IMPLS, RESNET_SPECS, ResNet
+from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
 
-HEADS = ("integral", "direct", "kinematic")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class PoseNet(nn.Module):
     """images [B, H, W, 3] (normalized pixels, docs/DESIGN.md#pixel-normalization) -> dict of outputs.
 
-    Always ``joints`` [B, J, 3] float32 in normalized units (docs/DESIGN.md#normalized-units). The integral head adds
-    ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3 deconv layers; channel ``j*D + d``); the
-    kinematic head adds ``translation`` [B,3], ``angles`` [B,num_dofs] (rad) and ``scale`` [B].
+    Always ``joints`` [B, J, 3] float32 in normalized units (docs/DESIGN.md#normalized-units), J = ``num_joints``, the
+    dataset's joints. The integral head adds ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3
+    deconv layers; channel ``j*D + d``); the kinematic head adds ``translation`` [B,3], ``angles``
+    [B,num_dofs] (rad) and ``scale`` [B], and, for a tree with more output joints than the dataset
+    (see :func:`dataset_joint_indices`), ``tree_joints`` [B, tree.num_joints, 3] (all of them, in
+    tree order; ``joints`` is then the dataset's joints picked by name).
 
     ``dtype`` is the compute dtype of the backbone and the integral head's convolutions; the
     direct / kinematic heads' final linear layer (and forward kinematics) always run in float32.
@@ -66,12 +69,32 @@ class PoseNet(nn.Module):
         if self.head == "kinematic":
             if self.tree is None:
                 raise ValueError("head='kinematic' needs a kinematic tree")
-            if self.tree.num_joints != self.num_joints:
-                raise ValueError(
-                    f"kinematic tree has {self.tree.num_joints} output joints but num_joints={self.num_joints}"
-                )
-            return KinematicHead(self.tree, self.kinematic_view, self.box_mm, self.dtype, name="head")(feats, train)
+            index = dataset_joint_indices(self.tree, self.num_joints)
+            out = KinematicHead(self.tree, self.kinematic_view, self.box_mm, self.dtype, name="head")(feats, train)
+            if index is not None:  # a larger tree: the dataset's joints by name, every tree joint kept apart
+                out = dict(out, joints=out["joints"][:, index, :], tree_joints=out["joints"])
+            return out
         raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+
+
+def dataset_joint_indices(tree: KinematicTree, num_joints: int) -> tuple[int, ...] | None:
+    """Which tree output joints are the ``num_joints`` dataset joints.
+
+    None (all, in tree order) when the tree has exactly ``num_joints`` output joints (the presets).
+    A larger tree must contain every Human3.6M joint (``skeleton.H36M_JOINT_NAMES``, num_joints
+    = 18) by name: returns their tree output indices in H36M order; its other joints are predicted
+    but not supervised. Raises ValueError otherwise.
+    """
+    if tree.num_joints == num_joints:
+        return None
+    if num_joints != skeleton.H36M_NUM_JOINTS or tree.num_joints < num_joints:
+        raise ValueError(f"kinematic tree has {tree.num_joints} output joints but num_joints={num_joints}; a larger "
+                         f"tree needs num_joints={skeleton.H36M_NUM_JOINTS} (the Human3.6M joints, mapped by name)")
+    missing = [n for n in skeleton.H36M_JOINT_NAMES if n not in tree.joint_names]
+    if missing:
+        raise ValueError(f"kinematic tree lacks the dataset joints {missing} (its output joints must include every "
+                         f"Human3.6M joint by name: {list(skeleton.H36M_JOINT_NAMES)})")
+    return tuple(tree.joint_names.index(n) for n in skeleton.H36M_JOINT_NAMES)
 
 
 #: Defaults of the ``config.model`` fields read by :func:`build_pose_net`.
@@ -111,14 +134,16 @@ def build_pose_net(model_config: Any) -> PoseNet:
       num_joints (18): J.
       depth_bins (64): D, integral head only.
       deconv_filters (256), num_deconv_layers (3), deconv_kernel (4): integral head only.
-      kinematic_tree ('seed_h36m18'): preset name (kinpose_jax.kinematics.presets) or a
-        KinematicTree, kinematic head only.
+      kinematic_tree ('seed_h36m18'): preset name (kinpose_jax.kinematics.presets),
+        'module.path:function' returning a KinematicTree, or a KinematicTree; kinematic head only.
+        A tree with more output joints than num_joints is mapped by name
+        (:func:`dataset_joint_indices`).
       kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
         (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
       box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
-      conv_impl ('auto'): 'auto' | 'cpu_fast' | 'standard' (kinpose_jax.models.resnet.CONV_IMPLS).
+      conv_impl ('auto'): 'auto' | 'cpu_fast' | 'standard' (kinpose_jax.registry.CONV_IMPLS).
     """
     def get(key):
         return config_value(model_config, key)

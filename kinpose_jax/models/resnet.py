@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kinpose_jax.registry import CONV_IMPLS
+
 #: depth -> (block type, blocks per stage)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -42,13 +44,10 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 TORCH_BN_MOMENTUM = 0.9
 TORCH_BN_EPS = 1e-5
 
-
 #: Use the CPU-friendly formulations under ``conv_impl='auto'`` (see module doc): ``None`` = when
 #: the default backend is CPU.
 CPU_FAST_PATHS: bool | None = None
 
-#: Values of ``conv_impl`` (``config.model.conv_impl``).
-CONV_IMPLS = ("auto", "cpu_fast", "standard")
 
 
 def use_cpu_fast_paths(conv_impl: str = "auto") -> bool:
