@@ -52,7 +52,15 @@ def get_config() -> ml_collections.ConfigDict:
     m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
     #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
     m.box_mm = BOX_MM  # mm covered by one normalized unit (side of the 3D box the patch shows).
-    m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters and BN statistics stay float32).
+    m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (mixed precision: bf16 convolutions; parameters,
+    #   BN statistics, the integral head's heatmap logits, soft-argmax, FK and the loss stay float32).
+    m.conv_impl = "auto"  # auto | cpu_fast | standard: 1x1 convs as 2-D matmuls, transposed convs as phase convs
+    #   and a hand-written max-pool gradient (cpu_fast, much faster on XLA:CPU) or the native ops (standard,
+    #   for GPU/TPU); auto = cpu_fast on the CPU backend, standard elsewhere. Same parameters either way.
+    m.bn_sync = "global"  # BatchNorm batch statistics in training: global (over the global batch: ~56
+    #   cross-device all-reduces per ResNet-50 step) | per_device (each device's slice, like the seed's
+    #   per-GPU BN; no BN all-reduces, statistics of per_device_batch_size images). per_device averages the
+    #   running statistics over devices (pmean) after each step, so they stay replicated.
     m.pretrained = ""  # Orbax checkpoint from `python -m kinpose_jax.convert_torch` to start from ("" = random).
 
     # ---------------------------------------------------------------- optimisation
@@ -79,4 +87,21 @@ def get_config() -> ml_collections.ConfigDict:
     #   frame, subject/action/subaction/camera, predicted and true camera-space joints in mm, per-sample
     #   loss); `python -m kinpose_jax.evaluate_predictions FILE.npz` recomputes every table from it.
     c.progress_bar = True  # tqdm progress bar per epoch.
+    return c
+
+
+#: Presets selected by a config file argument, ``--config=configs/integral_r50_mpii_h36m.py:accel``
+#: (the three R50 configs take it): ``accel`` = GPU/TPU mixed precision, bfloat16 compute with
+#: float32 parameters, BN statistics, heatmap logits, soft-argmax, FK and loss (model.dtype), and
+#: the native convolution forms (model.conv_impl = standard).
+PRESETS = {"": {}, "accel": {"model.dtype": "bfloat16", "model.conv_impl": "standard"}}
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Sets the fields of ``PRESETS[preset]`` on ``c`` (ValueError naming the choices otherwise)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown config preset {preset!r}; choose one of {sorted(PRESETS)}")
+    for field, value in PRESETS[preset].items():
+        group, name = field.split(".")
+        c[group][name] = value
     return c

@@ -11,7 +11,7 @@ import re
 
 import ml_collections
 
-from kinpose_jax.registry import BACKBONES, HEADS
+from kinpose_jax.registry import BACKBONES, BN_SYNC, CONV_IMPLS, HEADS
 
 #: Names of ``kinpose_jax.kinematics.presets.PRESETS`` (kept jax-free here; a test checks they agree).
 KINEMATIC_TREES = ("h36m17", "h36m18", "mpii16", "seed_h36m18")
@@ -70,6 +70,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _check_kinematic_tree(m.kinematic_tree, m.num_joints)  # imports the user's tree function
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "'float32' or 'bfloat16'")
+    if m.get("conv_impl", "auto") not in CONV_IMPLS:
+        _fail("model.conv_impl", m.conv_impl, f"one of {CONV_IMPLS}")
+    if m.get("bn_sync", "global") not in BN_SYNC:
+        _fail("model.bn_sync", m.bn_sync, f"one of {BN_SYNC}")
     if m.num_joints != NUM_JOINTS:
         _fail("model.num_joints", m.num_joints, f"{NUM_JOINTS} (the H36M-18 joints of the data)")
     _number(config, "model.depth_bins", 1, integer=True)

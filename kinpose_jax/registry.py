@@ -17,3 +17,10 @@ HEAD_FIELDS: dict[str, tuple[str, ...]] = {
 #: ``config.model.head`` values: integral (3D heatmap + soft-argmax), direct (joint regression),
 #: kinematic (angles + scale -> forward kinematics).
 HEADS: tuple[str, ...] = tuple(HEAD_FIELDS)
+
+#: ``config.model.conv_impl``: how transposed and 1x1 convolutions are computed (same parameters):
+#: ``auto`` (CPU fast forms on the CPU backend, the standard forms elsewhere), ``cpu_fast``, ``standard``.
+CONV_IMPLS: tuple[str, ...] = ("auto", "cpu_fast", "standard")
+
+#: ``config.model.bn_sync``: BatchNorm batch statistics over the ``global`` batch or ``per_device``.
+BN_SYNC: tuple[str, ...] = ("global", "per_device")

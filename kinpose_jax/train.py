@@ -23,6 +23,7 @@ import optax
 from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting
 from kinpose_jax.data import DataError
 from kinpose_jax.models import build_pose_net
+from kinpose_jax.registry import BN_SYNC
 
 log = logging.getLogger("kinpose_jax")
 
@@ -100,19 +101,56 @@ def make_loss_fn(model, loss_name: str):
     def loss_of(params, batch_stats, batch):
         out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
                                     train=True, mutable=["batch_stats"])
-        # The mean over the *global* batch: jit partitions it, no explicit pmean needed.
+        # The mean over the batch given: the global batch under jit (partitioned by it, no explicit
+        # pmean), one device's slice under shard_map (see make_grad_fn).
         loss = loss_fn(out["joints"].astype(jnp.float32), batch["joints"], batch["joints_vis"])
         return loss, new_vars["batch_stats"]
 
     return loss_of
 
 
-def make_train_step(model, tx, loss_name: str, schedule):
-    """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update."""
+def make_grad_fn(model, loss_name: str, bn_sync: str = "global", mesh=None):
+    """``grad_fn(params, batch_stats, batch) -> ((loss, new_batch_stats), grads)``, the loss being
+    the mean over the global batch (call it under jit with the batch sharded over ``mesh``).
+
+    ``bn_sync='global'``: plain ``value_and_grad``; jit partitions it and BatchNorm reduces over the
+    global batch (cross-device all-reduces in every BN layer). ``'per_device'`` (the seed's
+    per-GPU BN): ``jax.shard_map`` over ``mesh``'s data axis; each device runs the model on its
+    slice with that slice's BN statistics. The loss is ``pmean``-ed *before* ``grad``: the
+    replicated parameters enter each device's computation through an implicit broadcast whose
+    transpose sums over devices, so the gradient of the mean loss is the mean of the per-device
+    gradients (this pmean's transpose averages them), replicated. The new running
+    statistics are ``pmean``-ed too (the mean over devices of each device's running mean and
+    running variance), so the state stays replicated.
+    """
     loss_of = make_loss_fn(model, loss_name)
+    if bn_sync == "global":
+        return jax.value_and_grad(loss_of, has_aux=True)
+    if bn_sync != "per_device":
+        raise ValueError(f"unknown bn_sync {bn_sync!r}; choose one of {BN_SYNC}")
+    if mesh is None:
+        raise ValueError("bn_sync='per_device' needs the device mesh")
+    axis = parallel.DATA_AXIS
+
+    def local(params, batch_stats, batch):
+        def mean_loss(params):
+            loss, new_stats = loss_of(params, batch_stats, batch)  # this slice, its BN statistics
+            return jax.lax.pmean(loss, axis), new_stats  # global batch mean: the slices are equal-sized
+
+        (loss, new_stats), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+        return (loss, jax.lax.pmean(new_stats, axis)), grads
+
+    P = jax.sharding.PartitionSpec
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=((P(), P()), P()))
+
+
+def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str = "global", mesh=None):
+    """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update
+    (``bn_sync``, ``mesh``: see :func:`make_grad_fn`)."""
+    grad_fn = make_grad_fn(model, loss_name, bn_sync, mesh)
 
     def train_step(state: TrainState, batch: dict):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params, state.batch_stats, batch)
+        (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
@@ -321,7 +359,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         else:
             train_iter = data.train_iterator()
 
-        train_step = jax.jit(make_train_step(model, tx, config.loss, schedule),
+        bn_sync = config.model.get("bn_sync", "global")
+        train_step = jax.jit(make_train_step(model, tx, config.loss, schedule, bn_sync, mesh),
                              in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
                              out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
         writer = reporting.MetricWriter(workdir, enabled=is_main)

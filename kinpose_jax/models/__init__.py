@@ -10,10 +10,10 @@ Importing this package never imports torch; see :mod:`kinpose_jax.convert_torch`
 PyTorch (seed / torchvision) weights.
 """
 
-from kinpose_jax.models.deconv import TorchConvTranspose, conv_transpose_stride2
+from kinpose_jax.models.deconv import TorchConvTranspose, conv_transpose_stride2, torch_deconv_padding
 from kinpose_jax.models.heads import (
     DirectHead, IntegralHead, KinematicHead, decode_kinematic, global_avg_pool, kinematic_num_outputs,
-    torch_deconv_padding, upright_view_matrix, view_matrix,
+    upright_view_matrix, view_matrix,
 )
 from kinpose_jax.models.pose_net import (
     CONFIG_DEFAULTS, DTYPES, HEADS, PoseNet, build_pose_net, config_value, dataset_joint_indices, init_variables,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import integral, skeleton
-from kinpose_jax.registry import HEADS
+from kinpose_jax.registry import CONV_IMPLS, HEADS
 from kinpose_jax.skeleton import BOX_MM
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
@@ -30,9 +30,11 @@ class PoseNet(nn.Module):
 
     ``dtype`` is the compute dtype of the backbone and the integral head's convolutions; the
     direct / kinematic heads' final linear layer (and forward kinematics) always run in float32.
+    The integral head's heatmap logits, the soft-argmax and all BatchNorm reductions are float32.
     Parameters are float32 whatever ``dtype`` is; BatchNorm statistics are
     float32 and live in the ``batch_stats`` collection (call with ``mutable=['batch_stats']`` when
-    ``train=True``).
+    ``train=True``). ``conv_impl``: ``'auto'`` | ``'cpu_fast'`` | ``'standard'``, the form of the 1x1 /
+    transposed convolutions and the stem pool's gradient (see :mod:`kinpose_jax.models.resnet`).
     """
 
     backbone_depth: int = 50
@@ -47,16 +49,18 @@ class PoseNet(nn.Module):
     box_mm: float = BOX_MM
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
-        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, name="backbone")(images, train)
+        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, self.conv_impl,
+                       name="backbone")(images, train)
         if self.head == "integral":
             heatmaps = IntegralHead(
                 self.num_joints, self.depth_bins, self.deconv_filters, self.num_deconv_layers, self.deconv_kernel,
-                self.dtype, self.bn_axis_name, name="head",
+                self.dtype, self.bn_axis_name, self.conv_impl, name="head",
             )(feats, train)
             joints = integral.softargmax_3d(heatmaps, self.num_joints, self.depth_bins, layout="NHWC")
             return dict(joints=joints.astype(jnp.float32), heatmaps=heatmaps)
@@ -97,7 +101,7 @@ def dataset_joint_indices(tree: KinematicTree, num_joints: int) -> tuple[int, ..
 CONFIG_DEFAULTS: dict[str, Any] = dict(
     backbone="resnet50", head="integral", num_joints=18, depth_bins=64, deconv_filters=256, num_deconv_layers=3,
     deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=BOX_MM, dtype="float32",
-    bn_axis_name=None,
+    bn_axis_name=None, conv_impl="auto",
 )
 
 
@@ -139,6 +143,7 @@ def build_pose_net(model_config: Any) -> PoseNet:
       box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
+      conv_impl ('auto'): 'auto' | 'cpu_fast' | 'standard' (kinpose_jax.registry.CONV_IMPLS).
     """
     def get(key):
         return config_value(model_config, key)
@@ -149,6 +154,9 @@ def build_pose_net(model_config: Any) -> PoseNet:
     head = str(get("head"))
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    conv_impl = str(get("conv_impl"))
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}")
     tree = None
     if head == "kinematic":
         tree = get("kinematic_tree")
@@ -166,6 +174,7 @@ def build_pose_net(model_config: Any) -> PoseNet:
         box_mm=float(get("box_mm")),
         dtype=DTYPES[dtype_name],
         bn_axis_name=get("bn_axis_name"),
+        conv_impl=conv_impl,
     )
 
 
