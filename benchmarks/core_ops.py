@@ -1,6 +1,6 @@
 """Core-op throughput: forward kinematics and soft-argmax, kinpose_jax vs PyTorch, same run.
 
-    python benchmarks/core_ops.py [--out benchmarks/results/core_ops.json] [--quick]
+    python benchmarks/core_ops.py [--out benchmarks/runs/core_ops.json] [--quick]
 
 FK (seed's 18-joint model, poses/s) at batch 1, 256 and 65,536 for
   * kinpose_jax: ``jax.jit`` of the level-batched tree FK,
@@ -171,7 +171,8 @@ def bench_softargmax(shape, num_joints, depth):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results/core_ops.json")
+    parser.add_argument("--out", default="benchmarks/runs/core_ops.json",
+                        help="JSON output (benchmarks/results/ holds the published numbers: pass it to update them)")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)

@@ -142,8 +142,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", type=int, default=20, help="batches per timed round")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per pipeline (median reported)")
     p.add_argument("--quick", action="store_true", help="small images and few batches (smoke test)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                  "input_pipeline.json"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs",
+                                                  "input_pipeline.json"),
+                   help="JSON output (benchmarks/results/ holds the published numbers: pass it to update them)")
     args = p.parse_args(argv)
     if args.quick:
         args.image_size, args.folders, args.frames, args.batches, args.warmup, args.batch = 320, 2, 16, 4, 1, 8

@@ -5,7 +5,7 @@ when there is one (JAX on its default backend; torch on CUDA when ``torch.cuda.i
     python benchmarks/train_step.py                                   # ResNet-50 integral, 256x256, batch 8
     python benchmarks/train_step.py --backbone resnet18 --size 128 --batch 2 --steps 3   # quick check
 
-Prints a table and writes JSON (``--out``, default benchmarks/results/train_step.json), with each
+Prints a table and writes JSON (``--out``, default benchmarks/runs/train_step.json), with each
 framework's device. Both frameworks use the same architecture; ``--dtype bfloat16`` makes JAX
 compute in bfloat16 (fp32 params) and, on CUDA only, runs torch under ``torch.autocast(bfloat16)``
 (on CPU torch stays float32). After one compiling/warm-up call each, JAX and
@@ -140,7 +140,8 @@ def main(argv=None) -> dict:
                    help="JAX compute dtype; bfloat16 also runs torch under autocast when on CUDA")
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework and measurement")
     p.add_argument("--skip-torch", action="store_true")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "train_step.json"))
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "train_step.json"),
+                   help="JSON output (benchmarks/results/ holds the published numbers: pass it to update them)")
     a = p.parse_args(argv)
 
     rng = np.random.default_rng(0)

@@ -9,6 +9,8 @@ Units: lengths in mm, images in pixels, angles in degrees unless stated.
 
 import ml_collections
 
+from kinpose_jax.skeleton import BOX_MM
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -25,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     #   crops for this patch_size and augmentation, far less to decode; README "which record layout").
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
-    d.synthetic_train_folders = 8  # Synthetic generator: sequence folders for the train split.
+    # Synthetic generator (the defaults are kinpose_jax.data.synthetic.DEFAULTS, the README's set):
+    d.synthetic_train_folders = 16  # Synthetic generator: sequence folders for the train split.
     d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
     d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
     d.worker_count = -1  # grain worker processes decoding/augmenting: -1 = auto (CPUs of this process - 1,
@@ -49,11 +52,21 @@ def get_config() -> ml_collections.ConfigDict:
     m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.
     m.deconv_filters = 256  # Integral head: filters of each transposed convolution.
     m.num_deconv_layers = 3  # Integral head: number of 4x4 stride-2 transposed convolutions.
-    m.kinematic_tree = "seed_h36m18"  # Kinematic head: seed_h36m18 | h36m18 (kinpose_jax.kinematics.presets).
+    m.kinematic_tree = "seed_h36m18"  # Kinematic head: a preset (seed_h36m18 | h36m18 | h36m17 | mpii16) or
+    #   "module.path:function" returning a KinematicTree that holds the 18 H36M joints by name (extra joints
+    #   are predicted, not supervised), e.g. "kinpose_jax.kinematics.examples:h36m18_toes_spine".
     m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
     #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
-    m.box_mm = 2000.0  # mm covered by one normalized unit (side of the 3D box the patch shows).
-    m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters and BN statistics stay float32).
+    m.box_mm = BOX_MM  # mm covered by one normalized unit (side of the 3D box the patch shows).
+    m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (mixed precision: bf16 convolutions; parameters,
+    #   BN statistics, the integral head's heatmap logits, soft-argmax, FK and the loss stay float32).
+    m.conv_impl = "auto"  # auto | cpu_fast | standard: 1x1 convs as 2-D matmuls, transposed convs as phase convs
+    #   and a hand-written max-pool gradient (cpu_fast, much faster on XLA:CPU) or the native ops (standard,
+    #   for GPU/TPU); auto = cpu_fast on the CPU backend, standard elsewhere. Same parameters either way.
+    m.bn_sync = "global"  # BatchNorm batch statistics in training: global (over the global batch: ~56
+    #   cross-device all-reduces per ResNet-50 step) | per_device (each device's slice, like the seed's
+    #   per-GPU BN; no BN all-reduces, statistics of per_device_batch_size images). per_device averages the
+    #   running statistics over devices (pmean) after each step, so they stay replicated.
     m.pretrained = ""  # Orbax checkpoint from `python -m kinpose_jax.convert_torch` to start from ("" = random).
 
     # ---------------------------------------------------------------- optimisation
@@ -80,4 +93,21 @@ def get_config() -> ml_collections.ConfigDict:
     #   frame, subject/action/subaction/camera, predicted and true camera-space joints in mm, per-sample
     #   loss); `python -m kinpose_jax.evaluate_predictions FILE.npz` recomputes every table from it.
     c.progress_bar = True  # tqdm progress bar per epoch.
+    return c
+
+
+#: Presets selected by a config file argument, ``--config=configs/integral_r50_mpii_h36m.py:accel``
+#: (the three R50 configs take it): ``accel`` = GPU/TPU mixed precision, bfloat16 compute with
+#: float32 parameters, BN statistics, heatmap logits, soft-argmax, FK and loss (model.dtype), and
+#: the native convolution forms (model.conv_impl = standard).
+PRESETS = {"": {}, "accel": {"model.dtype": "bfloat16", "model.conv_impl": "standard"}}
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Sets the fields of ``PRESETS[preset]`` on ``c`` (ValueError naming the choices otherwise)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown config preset {preset!r}; choose one of {sorted(PRESETS)}")
+    for field, value in PRESETS[preset].items():
+        group, name = field.split(".")
+        c[group][name] = value
     return c

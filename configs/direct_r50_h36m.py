@@ -4,7 +4,8 @@ with x0.1 steps at epochs 90 and 120, 32 images per device."""
 from configs import default
 
 
-def get_config():
+def get_config(preset: str = ""):
+    """``preset``: "" or "accel" (configs/default.py PRESETS): ``--config=configs/direct_r50_h36m.py:accel``."""
     c = default.get_config()
     c.model.backbone = "resnet50"
     c.model.head = "direct"
@@ -12,4 +13,4 @@ def get_config():
     c.num_epochs = 140
     c.optim.lr_decay_epochs = (90, 120)
     c.per_device_batch_size = 32
-    return c
+    return default.apply_preset(c, preset)

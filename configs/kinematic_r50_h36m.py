@@ -5,8 +5,9 @@ Same schedule as the direct-regression experiment."""
 from configs import direct_r50_h36m
 
 
-def get_config():
-    c = direct_r50_h36m.get_config()
+def get_config(preset: str = ""):
+    """``preset``: "" or "accel" (configs/default.py PRESETS): ``--config=configs/kinematic_r50_h36m.py:accel``."""
+    c = direct_r50_h36m.get_config(preset)
     c.model.head = "kinematic"
     c.model.kinematic_tree = "seed_h36m18"
     return c

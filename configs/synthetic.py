@@ -13,7 +13,6 @@ def get_config():
     c.data.root = "data/synthetic"
     c.data.synthetic = True
     c.data.patch_size = 128
-    c.data.synthetic_train_folders = 16
     c.model.backbone = "resnet18"
     c.model.depth_bins = 16
     c.model.deconv_filters = 64

@@ -8,8 +8,13 @@ reads ``data/hm36/HM36_<set>_cache/*.pkl`` (or parses ``data/hm36/annot/*/matlab
 a set has no cache), checks every record and image, and writes ``data/records/hm36_<set>/``
 (shards + dataset_info.json). Re-running is a no-op when up to date and resumes an interrupted
 run. ``--mpii train`` also converts ``data/mpii/mpii_train_cache/*.pkl`` for MPII mixing.
-Exit status 2 with a message naming the record and field on bad input (or use --on_error skip:
-bad records are left out, counted and listed in dataset_info.json). The up-to-date check covers
+Exit status 2 with a message naming the record (index and image) and field on bad input (or use
+--on_error skip: bad records are left out, counted and listed in dataset_info.json). Besides
+keys, shapes, finite values and images, a record must be plausible: its box at most
+--max_box_scale times the image and overlapping it, its joints_3d within --max_reprojection_px of
+the projection of joints_3d_cam with its own fl/c_p, the fl/c_p of the other records of its
+sequence folder, and an image path without '..' ending in <sequence folder>/<file>. A
+matlab_meta.txt header that cannot be read is an error (file, line, tag). The up-to-date check covers
 the cache (or annotations) and the options, not the image files: after fixing the images of
 skipped records, re-run with --force to convert afresh.
 
@@ -28,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kinpose_jax.data import DataError, convert  # noqa: E402
+from kinpose_jax.data import DataError, convert, h36m_format  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mpii_cache", default="", help="MPII cache pickle (only with a single --mpii entry)")
     p.add_argument("--mpii_image_root", default="", help="MPII images folder (default <root>/mpii/images)")
     p.add_argument("--records_per_shard", type=int, default=1000)
+    p.add_argument("--max_box_scale", type=float, default=h36m_format.MAX_BOX_SCALE,
+                   help="refuse a record whose box side is more than this many times its image side")
+    p.add_argument("--max_reprojection_px", type=float, default=h36m_format.MAX_REPROJECTION_PX,
+                   help="refuse a Human3.6M record whose joints_3d u,v lie more than this many px from the projection "
+                        "of joints_3d_cam with its fl/c_p (real caches: a few px of lens distortion)")
     p.add_argument("--on_error", default="raise", choices=["raise", "skip"],
                    help="stop at the first bad record, or skip bad records (counted and listed in "
                         "dataset_info.json; after fixing their images re-run with --force)")
@@ -75,13 +85,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--cache needs exactly one --sets entry")
     if args.mpii_cache and len(args.mpii) != 1:
         p.error("--mpii_cache needs exactly one --mpii entry")
+    for name in ("max_box_scale", "max_reprojection_px"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name} must be > 0")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     common = dict(records_per_shard=args.records_per_shard, on_error=args.on_error, num_workers=args.num_workers,
-                  progress=not args.no_progress, force=args.force)
+                  progress=not args.no_progress, force=args.force, max_box_scale=args.max_box_scale,
+                  max_reprojection_px=args.max_reprojection_px)
     if args.layout == "crop":
         common["crop"] = convert.crop_layout(args.crop_patch_size, args.crop_scale_factor, args.crop_rotation_factor,
                                              args.crop_rotation_prob, not args.crop_no_resample, args.crop_quality)

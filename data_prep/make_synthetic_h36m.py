@@ -3,8 +3,9 @@ converts it to shards:
 
     python data_prep/make_synthetic_h36m.py --root data/synthetic
 
-gives ``data/synthetic/hm36/{annot,images,HM36_train_cache,HM36_validmin_cache}`` (8 train
-folders x 40 frames + 4 validmin folders x 16 frames of 320 x 320 px, a few seconds) and
+gives ``data/synthetic/hm36/{annot,images,HM36_train_cache,HM36_validmin_cache}`` (16 train
+folders x 40 frames + 4 validmin folders x 16 frames of 320 x 320 px, a few seconds: the set
+``main.py``'s default config trains on, so neither replaces the other's) and
 ``data/synthetic/records/hm36_{train,validmin}``. Deterministic by --seed; idempotent. Other
 parameters (or --force) regenerate the set: the generator's earlier outputs are removed first
 (only in a folder it wrote, marked by hm36/synthetic.json; a foreign hm36/ is refused, exit 2).
@@ -25,12 +26,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--root", default="data/synthetic", help="data root; hm36/ is written inside")
-    p.add_argument("--train_folders", type=int, default=8, help="sequence folders of the train set (subjects 1-8)")
-    p.add_argument("--frames_per_folder", type=int, default=40)
-    p.add_argument("--valid_folders", type=int, default=4, help="folders of the validmin set (subjects 9, 11)")
-    p.add_argument("--valid_frames_per_folder", type=int, default=16)
-    p.add_argument("--image_size", type=int, default=320, help="image width = height, px")
-    p.add_argument("--seed", type=int, default=0)
+    d = synthetic.DEFAULTS  # the set configs/synthetic.py (main.py's default) trains on
+    p.add_argument("--train_folders", type=int, default=d["train_folders"],
+                   help="sequence folders of the train set (subjects 1-8)")
+    p.add_argument("--frames_per_folder", type=int, default=d["frames_per_folder"])
+    p.add_argument("--valid_folders", type=int, default=d["valid_folders"],
+                   help="folders of the validmin set (subjects 9, 11)")
+    p.add_argument("--valid_frames_per_folder", type=int, default=d["valid_frames_per_folder"])
+    p.add_argument("--image_size", type=int, default=d["image_size"], help="image width = height, px")
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--force", action="store_true", help="regenerate even if an identical set exists (earlier outputs are removed)")
     p.add_argument("--no_convert", action="store_true", help="only write the seed layout, no shards")
     args = p.parse_args(argv)

@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kinpose_jax.data import h36m_format  # noqa: E402
-from kinpose_jax.data.convert import prepare_record  # noqa: E402
+from kinpose_jax.data.convert import DEFAULT_LIMITS, prepare_record  # noqa: E402
 
 LABELS = {"center": (2,), "box_size": (2,), "joints_img": (18, 3), "joints_vis": (18, 3), "joints_cam": (18, 3),
           "pelvis": (3,), "fl": (2,), "c_p": (2,), "bone_len": ()}
@@ -76,7 +76,7 @@ class H36mSeed(tfds.core.GeneratorBasedBuilder):
         if not os.path.isdir(image_root):
             raise h36m_format.DataError(f"image folder {image_root} does not exist (pass --image_root)")
         for i, rec in enumerate(raw):
-            status, _, value = prepare_record(("h36m", rec, i, source, image_root, 2))
+            status, _, value = prepare_record(("h36m", rec, i, source, image_root, 2, DEFAULT_LIMITS, None))
             if status == "error":
                 raise h36m_format.DataError(value)
             example = {k: np.asarray(value[k], np.float64) for k in LABELS}

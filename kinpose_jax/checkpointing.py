@@ -3,7 +3,10 @@ the grain data-iterator state and run metadata, keeping the latest N and the bes
 
 Each checkpoint is written to a temporary directory and renamed when complete, so a crash or
 kill during a save never destroys the last good checkpoint; temporary directories left by a
-killed save are removed when the next run opens the manager.
+killed save are removed when the next run opens the manager (and by :func:`remove_partial_saves`
+after a failed save). A checkpoint that cannot be read is never deleted: :func:`set_aside` moves
+it to ``<workdir>/damaged_checkpoints/``. :func:`lock_workdir` keeps a second run out of a
+workdir in use.
 
 RNG: training draws no device random numbers after initialization (no dropout); all randomness
 is the data augmentation, a pure function of (seed, epoch, record index) inside the grain
@@ -13,7 +16,13 @@ another seed is refused (``train._check_resumable``).
 
 from __future__ import annotations
 
+import fcntl
+import glob
+import json
 import os
+import shutil
+import socket
+import time
 from typing import Any
 
 import grain.python as grain
@@ -22,6 +31,97 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 STATE, DATA, META = "state", "data_iter", "meta"
+#: Where unreadable checkpoints are moved (next to ``checkpoints/``), never deleted.
+DAMAGED_DIR = "damaged_checkpoints"
+#: The lock file of a workdir in use (holds the holder's pid, host and start time).
+LOCK_FILE = ".lock"
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process trains in the same workdir."""
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (disk full, read-only or vanished directory, ...)."""
+
+
+def lock_workdir(workdir: str) -> int:
+    """Takes an exclusive lock on ``workdir`` (creating it) and returns the lock's file
+    descriptor (:func:`unlock_workdir` releases it; so does the holder's exit or death).
+
+    An ``flock`` on ``<workdir>/.lock``: the kernel drops it when the holding process ends, so a
+    lock left by a killed run is never stale. WorkdirLockedError names the holder (pid, host)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        raise WorkdirLockedError(
+            f"{workdir} is in use by another run (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+            f"started {holder.get('started', '?')}); wait for it to end or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    return fd
+
+
+def unlock_workdir(fd: int) -> None:
+    """Releases a lock taken by :func:`lock_workdir`."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+def step_dirs(workdir: str) -> list[int]:
+    """Steps with a finished checkpoint directory under ``<workdir>/checkpoints``, newest first."""
+    folder = checkpoint_dir(workdir)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted((int(n) for n in names if n.isdigit()), reverse=True)
+
+
+def set_aside(workdir: str, step: int) -> str:
+    """Moves checkpoint ``step`` to ``<workdir>/damaged_checkpoints/<step>`` (a suffix if taken)
+    and returns the new path; nothing is deleted."""
+    target_dir = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    k = 1
+    while os.path.exists(target):
+        target, k = os.path.join(target_dir, f"{step}.{k}"), k + 1
+    os.rename(os.path.join(checkpoint_dir(workdir), str(step)), target)
+    return target
+
+
+def unreadable_metrics(workdir: str) -> dict[int, str]:
+    """Steps whose stored metrics file is not valid JSON (orbax cannot open a manager over them),
+    with the reason."""
+    bad = {}
+    for step in step_dirs(workdir):
+        path = os.path.join(checkpoint_dir(workdir), str(step), "metrics", "metrics")
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    json.load(f)
+            except (OSError, ValueError) as err:
+                bad[step] = f"its metrics file {path} is unreadable ({type(err).__name__}: {err})"
+    return bad
+
+
+def remove_partial_saves(workdir: str) -> list[str]:
+    """Removes the temporary directories of unfinished saves under ``<workdir>/checkpoints``."""
+    found = glob.glob(os.path.join(checkpoint_dir(workdir), "*.orbax-checkpoint-tmp*"))
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
 
 
 def _val_loss(metrics: dict) -> float:
@@ -29,9 +129,12 @@ def _val_loss(metrics: dict) -> float:
     return float(metrics.get("val_loss", float("inf")))
 
 
-def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
     """Manager over ``<workdir>/checkpoints``: keeps the ``keep`` latest steps and the step
-    with the lowest ``val_loss`` among those saved with one."""
+    with the lowest ``val_loss`` among those saved with one. ``create=False``: the directory
+    must exist (FileNotFoundError otherwise; nothing is created)."""
+    if not create and not os.path.isdir(checkpoint_dir(workdir)):
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)} (the directory does not exist)")
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
         policies.BestN(get_metric_fn=lambda m: -_val_loss(m), n=1, keep_checkpoints_without_metrics=False),
@@ -39,23 +142,39 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     # best_fn makes orbax write each step's metrics to disk (without it they live only in this
     # process, and a resumed run or --mode=eval would no longer know which step was best).
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_val_loss, best_mode="min",
-                                           create=True, cleanup_tmp_directories=True)
+                                           create=create, cleanup_tmp_directories=create)
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        checkpoint_dir(workdir),
         options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.PyGrainCheckpointHandler(),
                        META: ocp.JsonCheckpointHandler()},
     )
 
 
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Waits for the pending asynchronous save; CheckpointSaveError (naming the directory) if it
+    failed."""
+    try:
+        manager.wait_until_finished()
+    except Exception as err:  # noqa: BLE001 - any failure of the background save
+        raise CheckpointSaveError(f"saving a checkpoint in {manager.directory} failed: "
+                                  f"{type(err).__name__}: {err}") from err
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, meta: dict,
          metrics: dict | None = None) -> None:
-    """Asynchronous save; call ``manager.wait_until_finished()`` before exiting."""
+    """Asynchronous save, after checking that the previous one succeeded (:func:`wait`); call
+    :func:`wait` before exiting. CheckpointSaveError names the step and directory on failure."""
+    wait(manager)
     args = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:
         args[DATA] = grain.PyGrainCheckpointSave(data_iter)
-    # Always a dict (empty without validation): orbax warns on every save without metrics.
-    manager.save(step, args=ocp.args.Composite(**args), metrics=dict(metrics or {}), force=True)
+    try:
+        # Always a dict (empty without validation): orbax warns on every save without metrics.
+        manager.save(step, args=ocp.args.Composite(**args), metrics=dict(metrics or {}), force=True)
+    except Exception as err:  # noqa: BLE001 - e.g. OSError from a full or read-only disk
+        raise CheckpointSaveError(f"saving checkpoint step {step} in {manager.directory} failed: "
+                                  f"{type(err).__name__}: {err}") from err
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
@@ -73,12 +192,13 @@ def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return dict(manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
 
 
-def restore_variables(manager: ocp.CheckpointManager, step: int, abstract_variables: dict) -> dict:
-    """Restores only ``params`` and ``batch_stats`` of ``step`` (not the optimizer state), into the
-    structure/shardings of ``abstract_variables`` = ``{'params': ..., 'batch_stats': ...}``."""
+def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict:
+    """Restores only ``params`` and ``batch_stats`` of checkpoint ``step`` of ``workdir`` (not the
+    optimizer state), into the structure/shardings of ``abstract_variables`` =
+    ``{'params': ..., 'batch_stats': ...}``."""
     target = {k: abstract_variables[k] for k in ("params", "batch_stats") if k in abstract_variables}
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    path = os.path.join(str(manager.directory), str(step), STATE)
+    path = os.path.join(checkpoint_dir(workdir), str(step), STATE)
     with ocp.PyTreeCheckpointer() as ckptr:
         restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                                     partial_restore=True))
@@ -99,3 +219,9 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
         if loss < best_loss:
             best, best_loss = step, loss
     return best
+
+
+def best_or_latest_step(manager: ocp.CheckpointManager) -> int | None:
+    """The step evaluation restores: the best by validation loss, else the latest (None: no checkpoint)."""
+    step = best_step(manager)
+    return manager.latest_step() if step is None else step

@@ -81,19 +81,20 @@ def seed_model_config(state_dict: dict, model_config: Any) -> dict:
 
 
 def comparison_tables(torch_acc, jax_acc) -> dict[str, tuple[dict, dict]]:
-    """The tables to show side by side, ``{name: (PyTorch results, JAX results)}``.
-
-    Extension point: when the evaluation provides per-action tables, add one entry per action
-    here (e.g. ``'action Walking'``) from the two accumulators; everything downstream (printing,
-    JSON) handles any number of entries. Now: the overall table only."""
-    return {"overall": (torch_acc.result(), jax_acc.result())}
+    """The tables to show side by side, ``{name: (PyTorch results, JAX results)}``: the overall
+    table (every evaluation metric) and one per Human3.6M action (Protocols #1 and #2)."""
+    out = {"overall": (torch_acc.result(), jax_acc.result())}
+    torch_actions, jax_actions = torch_acc.tables()["per_action"], jax_acc.tables()["per_action"]
+    for action, row in torch_actions.items():
+        out[f"action {action}"] = (row, jax_actions[action])
+    return out
 
 
 def format_side_by_side(name: str, torch_results: dict, jax_results: dict) -> str:
     """One table: a row per metric (mm; val_loss in normalized units), PyTorch | JAX | JAX - PyTorch."""
     n = int(torch_results["num_samples"])
     lines = [f"{name} ({n} samples)", f"  {'metric':<14}{'PyTorch':>12}{'JAX':>12}{'JAX - PyTorch':>16}"]
-    for row in _table_rows():
+    for row in (r for r in _table_rows() if r in torch_results):
         t, j = torch_results[row], jax_results[row]
         lines.append(f"  {row:<14}{t:12.4f}{j:12.4f}{j - t:16.3e}")
     return "\n".join(lines)

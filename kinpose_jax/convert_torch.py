@@ -52,6 +52,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from kinpose_jax.registry import HEAD_FIELDS
+
 REPORT_FILE = "kinpose_conversion.json"
 SEED_NUM_MOTION = 29
 SEED_LAYOUT_OUTPUTS = (SEED_NUM_MOTION * 18 + 1, SEED_NUM_MOTION + 1)
@@ -91,13 +93,20 @@ def load_torch_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np
     Uses ``torch.load(weights_only=True)`` unless ``allow_pickle`` (only for trusted files whose
     checkpoint dict holds other Python objects, e.g. a pickled config).
     """
+    import pickle
+
     import torch  # lazy: kinpose_jax must import without torch
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "no such PyTorch checkpoint file", path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with advice
-        if allow_pickle:
-            raise
+        # weights_only refuses a pickled Python object as an "Unsupported global"
+        refused = isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
+        if allow_pickle or not refused:  # a damaged or foreign file, not a weights_only refusal
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:300]}") from err
         raise RuntimeError(
             f"torch.load({path!r}, weights_only=True) failed ({err}). If the file is trusted and holds "
             "arbitrary pickled objects, pass --allow-pickle."
@@ -403,12 +412,6 @@ def convert_state_dict(
 
 
 # ----------------------------------------------------------------------------- saving / loading
-#: Model config fields a converted checkpoint can fix (compared by kinpose_jax.pretrained).
-HEAD_FIELDS = {
-    "integral": ("depth_bins", "num_deconv_layers", "deconv_filters", "deconv_kernel"),
-    "direct": (),
-    "kinematic": ("kinematic_tree", "kinematic_view", "box_mm"),
-}
 
 
 def determined_fields(model_config: Mapping[str, Any], source: str) -> list[str]:
@@ -529,6 +532,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
+    try:
+        return _convert(a)
+    except (OSError, ValueError, RuntimeError) as err:
+        detail = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
+        print(f"error: {' '.join(detail.split())}", file=sys.stderr)
+        return 2
+
+
+def _convert(a: argparse.Namespace) -> int:
+    if os.path.exists(a.out_dir) and not a.overwrite:
+        raise FileExistsError(17, "output directory exists (pass --overwrite to replace it)", a.out_dir)
     overrides = {"num_joints": a.num_joints, "kinematic_tree": a.kinematic_tree, "kinematic_view": a.kinematic_view}
     for key, val in (("head", a.head), ("backbone", a.backbone), ("deconv_filters", a.deconv_filters),
                      ("num_deconv_layers", a.num_deconv_layers), ("depth_bins", a.depth_bins),

@@ -21,24 +21,42 @@ from kinpose_jax import integral, losses, metrics, skeleton
 from kinpose_jax.data import augment, h36m_format
 
 
+def make_joints_fn(model, patch_size: int, flip_test: bool) -> Callable:
+    """``joints(variables, images [B, P, P, 3]) -> {'joints': [B, J, 3]}`` in patch pixels (depth
+    in patch-width units), plus ``'tree_joints'`` [B, J_tree, 3] when the model outputs them (a
+    kinematic tree larger than the dataset's joint set; from the unflipped patch only).
+
+    With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
+    """
+    def to_px(x):
+        return integral.normalized_to_patch(x.astype(jnp.float32), patch_size, patch_size)
+
+    def joints(variables, images):
+        out = model.apply(variables, images, train=False)
+        px = to_px(out["joints"])
+        if flip_test:
+            flipped = model.apply(variables, images[:, :, ::-1, :], train=False)["joints"]
+            px = integral.merge_flip_test(px, to_px(flipped), patch_size, skeleton.H36M_FLIP_PAIRS)
+        result = {"joints": px}
+        if "tree_joints" in out:
+            result["tree_joints"] = to_px(out["tree_joints"])
+        return result
+
+    return joints
+
+
 def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l1") -> Callable:
     """``predict(variables, batch) -> (joints_px [B, J, 3] patch pixels, per-sample loss [B])``.
 
-    With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
-    The loss is the training loss on normalized coordinates (for best-checkpoint selection).
-    ``batch``: uint8 ``image`` [B, H, W, 3] (normalized here, with ``gains`` [B, 3] if present),
-    ``joints``, ``joints_vis``.
+    Joints as :func:`make_joints_fn`, of uint8 ``image`` [B, H, W, 3] normalized here (with
+    ``gains`` [B, 3] if present). The loss is the training loss on normalized coordinates (for
+    best-checkpoint selection).
     """
     loss_fn = losses.get_loss(loss_name)
+    joints_fn = make_joints_fn(model, patch_size, flip_test)
 
     def predict(variables, batch):
-        images = augment.normalize_pixels(batch["image"], batch.get("gains"))
-        joints = model.apply(variables, images, train=False)["joints"].astype(jnp.float32)
-        px = integral.normalized_to_patch(joints, patch_size, patch_size)
-        if flip_test:
-            flipped = model.apply(variables, images[:, :, ::-1, :], train=False)["joints"].astype(jnp.float32)
-            px = integral.merge_flip_test(px, integral.normalized_to_patch(flipped, patch_size, patch_size),
-                                          patch_size, skeleton.H36M_FLIP_PAIRS)
+        px = joints_fn(variables, augment.normalize_pixels(batch["image"], batch.get("gains")))["joints"]
         norm = integral.patch_to_normalized(px, patch_size, patch_size)
         per_sample = jax.vmap(lambda p, t, w: loss_fn(p[None], t[None], w[None]))(
             norm, batch["joints"], batch["joints_vis"])
@@ -73,7 +91,7 @@ class ErrorAccumulator:
         self.group_sums = {g: np.zeros((MAX_GROUP_ID, len(TABLE_METRICS) + 1)) for g in GROUPINGS}
         self._rows: list[dict[str, np.ndarray]] | None = [] if keep_predictions else None
 
-    def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = 2000.0
+    def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = skeleton.BOX_MM
             ) -> tuple[np.ndarray, np.ndarray]:
         """Adds one batch of patch-pixel predictions; returns (pred_cam, gt_cam) [B, 18, 3] mm.
 

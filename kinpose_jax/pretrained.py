@@ -101,7 +101,7 @@ def _same_tree(a: Any, b: Any) -> bool:
 
 def check_config(meta: dict, model_config: Any, path: str = "checkpoint") -> None:
     """Raises PretrainedMismatchError if ``model_config`` disagrees with a field the converted checkpoint fixes."""
-    from kinpose_jax.convert_torch import HEAD_FIELDS
+    from kinpose_jax.registry import HEAD_FIELDS
     from kinpose_jax.models import config_value
 
     saved = meta.get("model", {})

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Iterable, Mapping
 
@@ -42,11 +43,29 @@ class MetricWriter:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """All rows of a metrics.jsonl file (later rows of a step replace earlier ones after a resume)."""
+    """All rows of a metrics.jsonl file (later rows of a step replace earlier ones after a resume).
+
+    A line that is not a JSON object with an integer ``step`` and a string ``kind`` (a torn
+    write, a stray edit) is skipped with one warning naming the file and its line numbers."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows, bad = [], []
+    with open(path, errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("kind"), str):
+                rows.append(row)
+            else:
+                bad.append(lineno)
+    if bad:
+        logging.getLogger("kinpose_jax").warning("%s: skipped %d unreadable line(s): %s", path, len(bad),
+                                                 ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else ""))
+    return rows
 
 
 def format_table(results: Mapping[str, float], title: str) -> str:
@@ -106,16 +125,18 @@ def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
     last = {}
     for r in rows:  # a resumed run re-logs steps: keep the last value per (kind, step)
         last[(r["kind"], r["step"])] = r
-    train = sorted((s, r["loss"]) for (k, s), r in last.items() if k == "train" and "loss" in r)
+    train = sorted((s, r["loss"]) for (k, s), r in last.items() if k == "train" and _is_number(r.get("loss")))
     evals = sorted((s, r) for (k, s), r in last.items() if k == "eval")
+    num = lambda r, key: r[key] if _is_number(r.get(key)) else np.nan  # noqa: E731
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     if train:
         ax[0].plot(*zip(*train), label="train loss")
     if evals:
-        ax[0].plot([s for s, _ in evals], [r.get("val_loss", np.nan) for _, r in evals], "o-", label="val loss")
-        ax[1].plot([s for s, _ in evals], [r.get("mpjpe", np.nan) for _, r in evals], "o-", label="MPJPE")
-        ax[1].plot([s for s, _ in evals], [r.get("pa_mpjpe", np.nan) for _, r in evals], "s-", label="PA-MPJPE")
+        ax[0].plot([s for s, _ in evals], [num(r, "val_loss") for _, r in evals], "o-", label="val loss")
+        ax[1].plot([s for s, _ in evals], [num(r, "mpjpe") for _, r in evals], "o-", label="MPJPE")
+        ax[1].plot([s for s, _ in evals], [num(r, "pa_mpjpe") for _, r in evals], "s-", label="PA-MPJPE")
     ax[0].set_xlabel("step")
+    ax[0].set_ylabel("loss (log scale)")
     ax[0].set_yscale("log")
     ax[0].legend()
     ax[1].set_xlabel("step")
@@ -126,10 +147,19 @@ def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+#: Colours of the sample plots: truth / prediction (blue and red stand out on the synthetic
+#: set's green-rendered legs and on real images).
+TRUTH_COLOR, PRED_COLOR = "dodgerblue", "red"
+
+
 def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pred_cam: np.ndarray,
                  gt_cam: np.ndarray, path: str) -> None:
-    """For each sample: the input patch with predicted (red) and true (green) 2D joints, and a
-    3D view of both root-relative skeletons (mm).
+    """For each sample: the input patch with predicted (red) and true (blue) 2D joints, and a
+    3D view of both root-relative skeletons (mm, labelled axes).
 
     images: [N, H, W, 3] uint8 RGB patches (the evaluation batch's ``image``); *_px: [N, J, >=2]
     patch pixels; *_cam: [N, J, 3] mm.
@@ -144,24 +174,67 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
         raise TypeError(f"plot_samples draws uint8 RGB patches, got {images.dtype} images")
     n = len(images)
     fig = plt.figure(figsize=(6, 3 * n))
-    bones = skeleton.H36M_BONES
     for i in range(n):
         img = images[i]
         ax = fig.add_subplot(n, 2, 2 * i + 1)
         ax.imshow(img)
-        for pts, color in ((gt_px[i], "lime"), (pred_px[i], "red")):
-            for a, b in bones:
-                ax.plot([pts[a, 0], pts[b, 0]], [pts[a, 1], pts[b, 1]], color=color, lw=1.5)
+        for pts, color in ((gt_px[i], TRUTH_COLOR), (pred_px[i], PRED_COLOR)):
+            draw_skeleton_2d(ax, pts, color)
         ax.set_axis_off()
         ax3 = fig.add_subplot(n, 2, 2 * i + 2, projection="3d")
-        for pts, color in ((gt_cam[i], "green"), (pred_cam[i], "red")):
-            rel = pts - pts[0]
-            for a, b in bones:  # camera: x right, y down, z forward -> plot (x, z, -y)
-                ax3.plot([rel[a, 0], rel[b, 0]], [rel[a, 2], rel[b, 2]], [-rel[a, 1], -rel[b, 1]], color=color)
-        ax3.set_xlim(-1000, 1000)
-        ax3.set_ylim(-1000, 1000)
-        ax3.set_zlim(-1000, 1000)
-        ax3.set_title("3D (mm): green truth, red prediction", fontsize=7)
+        for pts, color in ((gt_cam[i], TRUTH_COLOR), (pred_cam[i], PRED_COLOR)):
+            draw_skeleton_3d(ax3, pts - pts[0], color)
+        ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def draw_skeleton_2d(ax, joints_px: np.ndarray, color: str, bones=skeleton.H36M_BONES) -> None:
+    """Bones of [J, >=2] pixel joints on a matplotlib image axis."""
+    for a, b in bones:
+        ax.plot([joints_px[a, 0], joints_px[b, 0]], [joints_px[a, 1], joints_px[b, 1]], color=color, lw=1.5)
+
+
+def draw_skeleton_3d(ax3, joints_mm: np.ndarray, color: str, bones=skeleton.H36M_BONES, extent: float = 1000.0
+                     ) -> None:
+    """Bones of root-relative camera-space joints [J, 3] mm on a 3D axis (camera: x right, y down,
+    z forward, plotted as (x, z, -y) so that up is up), limits +-``extent`` mm."""
+    for a, b in bones:
+        ax3.plot([joints_mm[a, 0], joints_mm[b, 0]], [joints_mm[a, 2], joints_mm[b, 2]],
+                 [-joints_mm[a, 1], -joints_mm[b, 1]], color=color)
+    for set_lim, set_ticks in ((ax3.set_xlim, ax3.set_xticks), (ax3.set_ylim, ax3.set_yticks),
+                               (ax3.set_zlim, ax3.set_zticks)):
+        set_lim(-extent, extent)
+        set_ticks([-extent, 0, extent])  # three ticks: the labels never overlap
+    ax3.set_xlabel("x (mm)", fontsize=6, labelpad=-6)
+    ax3.set_ylabel("z, depth (mm)", fontsize=6, labelpad=-6)
+    ax3.set_zlabel("-y, up (mm)", fontsize=6, labelpad=-6)
+    ax3.tick_params(labelsize=5, pad=-2)
+
+
+def plot_prediction(image_rgb: np.ndarray, joints_px: np.ndarray, joints_mm: np.ndarray, path: str,
+                    title: str = "") -> None:
+    """One image with its predicted 2D skeleton (red) next to the root-relative 3D pose.
+
+    image_rgb: [H, W, 3] uint8; joints_px: [18, >=2] image pixels; joints_mm: [18, 3] root-relative
+    camera-space mm.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(8, 4))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(image_rgb)
+    draw_skeleton_2d(ax, joints_px, "red")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=7)
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    draw_skeleton_3d(ax3, joints_mm, "red")
+    ax3.set_title("3D, root-relative (mm)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
     plt.close(fig)

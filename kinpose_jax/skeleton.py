@@ -10,6 +10,9 @@ H36M_JOINT_NAMES: tuple[str, ...] = (
     "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist", "thorax",
 )
 H36M_NUM_JOINTS = 18
+#: Side (mm) of the 3D box centred on the pelvis that a patch shows: the image box is its
+#: projection, and one normalized depth unit is this many mm (docs/DESIGN.md#normalized-units).
+BOX_MM = 2000.0
 H36M_ROOT = 0
 #: Left/right pairs swapped by a horizontal flip.
 H36M_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))
@@ -35,7 +38,3 @@ MPII_NUM_JOINTS = 16
 MPII_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
 #: For every H36M joint, the MPII joint it is read from (-1: none, visibility 0).
 MPII_TO_H36M: tuple[int, ...] = (6, 2, 1, 0, 3, 4, 5, -1, 8, -1, 9, 13, 14, 15, 12, 11, 10, 7)
-
-COCO_NUM_JOINTS = 17
-#: For every H36M joint, the COCO joint it is read from (-1: none, visibility 0).
-COCO_TO_H36M: tuple[int, ...] = (-1, 12, 14, 16, 11, 13, 15, -1, -1, 0, -1, 5, 7, 9, 6, 8, 10, -1)

@@ -21,22 +21,48 @@ import numpy as np
 import optax
 
 from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting
-from kinpose_jax.data import augment
+from kinpose_jax.data import DataError, augment
 from kinpose_jax.data.pipeline import MODEL_KEYS
 from kinpose_jax.models import build_pose_net
+from kinpose_jax.registry import BN_SYNC
 
 log = logging.getLogger("kinpose_jax")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss or gradient norm becomes NaN/inf; nothing of that step (or
-    later) is saved, so the checkpoints on disk hold only finite parameters."""
+    """Raised when the training loss, gradient norm, learning rate or the updated training state
+    (parameters, optimizer state, BN statistics) holds NaN/inf; nothing of that step (or later)
+    is saved, so the checkpoints on disk hold only finite values."""
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the run: resuming with another batch size, number of processes,
-    epoch length or seed (converted weights that do not fit raise
+    epoch length, seed, data worker count or model (converted weights that do not fit raise
     :class:`~kinpose_jax.pretrained.PretrainedMismatchError`)."""
+
+
+class NoUsableCheckpointError(RuntimeError):
+    """Checkpoints exist in the workdir but none of them restores."""
+
+
+#: Failures ``main.py`` reports in one line (no traceback).
+EXPECTED_ERRORS = (NonFiniteLossError, CheckpointMismatchError, NoUsableCheckpointError,
+                   pretrained.PretrainedMismatchError, DataError, checkpointing.WorkdirLockedError, OSError)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an :data:`EXPECTED_ERRORS` failure (an OSError names the file and what failed)."""
+    if isinstance(err, OSError) and not isinstance(err, checkpointing.CheckpointSaveError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror} (errno {err.errno}){where}"
+    return " ".join(str(err).split())
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """Whether every float leaf of ``tree`` is finite (a scalar bool; True for no float leaves)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 @flax.struct.dataclass
@@ -78,23 +104,62 @@ def make_loss_fn(model, loss_name: str):
         images = augment.normalize_pixels(batch["image"], batch.get("gains"))
         out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                     train=True, mutable=["batch_stats"])
-        # The mean over the *global* batch: jit partitions it, no explicit pmean needed.
+        # The mean over the batch given: the global batch under jit (partitioned by it, no explicit
+        # pmean), one device's slice under shard_map (see make_grad_fn).
         loss = loss_fn(out["joints"].astype(jnp.float32), batch["joints"], batch["joints_vis"])
         return loss, new_vars["batch_stats"]
 
     return loss_of
 
 
-def make_train_step(model, tx, loss_name: str, schedule):
-    """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update."""
+def make_grad_fn(model, loss_name: str, bn_sync: str = "global", mesh=None):
+    """``grad_fn(params, batch_stats, batch) -> ((loss, new_batch_stats), grads)``, the loss being
+    the mean over the global batch (call it under jit with the batch sharded over ``mesh``).
+
+    ``bn_sync='global'``: plain ``value_and_grad``; jit partitions it and BatchNorm reduces over the
+    global batch (cross-device all-reduces in every BN layer). ``'per_device'`` (the seed's
+    per-GPU BN): ``jax.shard_map`` over ``mesh``'s data axis; each device runs the model on its
+    slice with that slice's BN statistics. The loss is ``pmean``-ed *before* ``grad``: the
+    replicated parameters enter each device's computation through an implicit broadcast whose
+    transpose sums over devices, so the gradient of the mean loss is the mean of the per-device
+    gradients (this pmean's transpose averages them), replicated. The new running
+    statistics are ``pmean``-ed too (the mean over devices of each device's running mean and
+    running variance), so the state stays replicated.
+    """
     loss_of = make_loss_fn(model, loss_name)
+    if bn_sync == "global":
+        return jax.value_and_grad(loss_of, has_aux=True)
+    if bn_sync != "per_device":
+        raise ValueError(f"unknown bn_sync {bn_sync!r}; choose one of {BN_SYNC}")
+    if mesh is None:
+        raise ValueError("bn_sync='per_device' needs the device mesh")
+    axis = parallel.DATA_AXIS
+
+    def local(params, batch_stats, batch):
+        def mean_loss(params):
+            loss, new_stats = loss_of(params, batch_stats, batch)  # this slice, its BN statistics
+            return jax.lax.pmean(loss, axis), new_stats  # global batch mean: the slices are equal-sized
+
+        (loss, new_stats), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+        return (loss, jax.lax.pmean(new_stats, axis)), grads
+
+    P = jax.sharding.PartitionSpec
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=((P(), P()), P()))
+
+
+def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str = "global", mesh=None):
+    """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update
+    (``bn_sync``, ``mesh``: see :func:`make_grad_fn`)."""
+    grad_fn = make_grad_fn(model, loss_name, bn_sync, mesh)
 
     def train_step(state: TrainState, batch: dict):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params, state.batch_stats, batch)
+        (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        # state_finite: what a checkpoint of new_state would hold (a finite loss does not imply it)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+                           "state_finite": tree_all_finite((params, batch_stats, opt_state))}
 
     return train_step
 
@@ -147,18 +212,123 @@ def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writ
         reporting.write_eval_report(os.path.join(eval_dir, f"eval_{step:08d}"), results, acc.tables(), title)
         if config.save_predictions:
             evaluation.save_predictions(os.path.join(eval_dir, f"predictions_{step:08d}.npz"), acc.predictions())
-        if vis is not None:
-            reporting.plot_samples(*vis, os.path.join(eval_dir, f"samples_{step:08d}.png"))
         if writer is not None:
             writer.write(step, "eval", results)
-            reporting.plot_learning_curve(reporting.read_metrics(writer.path),
-                                          os.path.join(workdir, "learning_curve.png"))
+        # A failed plot is reported and training goes on: the numbers are already written.
+        try:
+            if vis is not None:
+                reporting.plot_samples(*vis, os.path.join(workdir, "eval", f"samples_{step:08d}.png"))
+            if writer is not None:
+                reporting.plot_learning_curve(reporting.read_metrics(writer.path),
+                                              os.path.join(workdir, "learning_curve.png"))
+        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            log.warning("plotting at step %d failed: %s: %s", step, type(err).__name__, err)
     return results
 
 
+#: model fields a checkpoint's parameters depend on (a resume with others is refused)
+MODEL_RESUME_FIELDS = ("backbone", "head", "num_joints", "depth_bins", "deconv_filters", "num_deconv_layers",
+                       "kinematic_tree", "kinematic_view", "box_mm")
+
+
+def run_meta(config, global_batch: int, steps_per_epoch: int) -> dict:
+    """What a checkpoint records about the run, to refuse a resume that cannot continue it."""
+    return {"global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
+            "processes": jax.process_count(), "seed": config.seed, "worker_count": int(config.data.worker_count),
+            "model": {k: config.model[k] for k in MODEL_RESUME_FIELDS}}
+
+
+def _restore_newest_usable(manager, workdir: str, meta: dict, abstract_state, new_iterator):
+    """Restores the newest checkpoint that restores completely and holds finite values.
+
+    Returns ``(step, state, iterator, skipped)``: ``step`` None when none restores, ``skipped``
+    the ``(step, reason)`` of each newer checkpoint that failed (unreadable or missing files,
+    non-finite values). A checkpoint of another run configuration raises
+    CheckpointMismatchError (never skipped)."""
+    skipped = []
+    for step in manager.all_steps()[::-1]:
+        where = f"{workdir}/checkpoints/{step}"
+        try:
+            saved = checkpointing.restore_meta(manager, step)
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint can fail in many ways
+            skipped.append((step, f"its run metadata cannot be read ({type(err).__name__}: {_first_line(err)})"))
+            continue
+        _check_resumable(saved, meta, where)
+        iterator = new_iterator()
+        try:
+            state, _ = checkpointing.restore(manager, step, abstract_state, iterator)
+        except Exception as err:  # noqa: BLE001
+            skipped.append((step, f"it does not restore ({type(err).__name__}: {_first_line(err)})"))
+            continue
+        if not bool(jax.device_get(tree_all_finite(state))):
+            skipped.append((step, "it holds non-finite (NaN/inf) values"))
+            continue
+        return step, state, iterator, skipped
+    return None, None, None, skipped
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _open_and_resume(config, workdir: str, meta: dict, abstract_state, new_iterator):
+    """The checkpoint manager of ``workdir`` and the state to continue from: ``(manager, step,
+    state, iterator)``, skipping (and setting aside) damaged checkpoints."""
+    is_main = jax.process_index() == 0
+    set_aside = []
+    bad_metrics = checkpointing.unreadable_metrics(workdir)  # orbax cannot even open a manager over these
+    _sync("kinpose_metrics_checked")
+    if is_main:
+        for step, reason in bad_metrics.items():
+            set_aside.append((step, reason, checkpointing.set_aside(workdir, step)))
+    _sync("kinpose_metrics_set_aside")
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    step, state, iterator, skipped = _restore_newest_usable(manager, workdir, meta, abstract_state, new_iterator)
+    if step is None and skipped:
+        manager.close()
+        raise NoUsableCheckpointError(
+            f"no checkpoint in {workdir}/checkpoints restores: "
+            + "; ".join(f"step {s}: {why}" for s, why in skipped)
+            + ". Move them away (nothing was deleted) to start afresh, or use another --workdir.")
+    newer = [(s, why) for s, why in skipped if s > step] if step is not None else []
+    if newer:  # later saves of this run must not collide with them: move them out of the way
+        manager.close()
+        _sync("kinpose_restore_done")
+        if is_main:
+            for s, why in newer:
+                set_aside.append((s, why, checkpointing.set_aside(workdir, s)))
+        _sync("kinpose_damaged_set_aside")
+        manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    if is_main:
+        for s, why, path in sorted(set_aside, reverse=True):
+            print(f"Skipped checkpoint step {s}: {why}; moved it to {path}")
+    return manager, step, state, iterator
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating
-    every ``eval_every_epochs``. Returns the final evaluation results."""
+    """Trains per ``config`` in ``workdir`` (resuming from its newest usable checkpoint),
+    evaluating every ``eval_every_epochs``. Returns the final evaluation results ({} when the
+    workdir holds a finished run: nothing is done then).
+
+    Process 0 holds an exclusive lock on ``workdir`` while it runs (WorkdirLockedError if
+    another live run holds it)."""
+    lock = checkpointing.lock_workdir(workdir) if jax.process_index() == 0 else None
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        if lock is not None:
+            checkpointing.unlock_workdir(lock)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     global_batch = config.per_device_batch_size * jax.device_count()
     parallel.check_batch_divisible(global_batch)
@@ -172,38 +342,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = make_optimizer(config, schedule)
     state = create_state(config, model, tx, mesh)
 
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    # Batch k+1 is copied to the devices while step k runs; the checkpointed iterator state counts
-    # only the batches steps consumed.
-    train_iter = parallel.DevicePrefetch(data.train_iterator(),
-                                         lambda b: parallel.global_batch(mesh, {k: b[k] for k in MODEL_KEYS}))
-    meta = {"global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
-            "processes": jax.process_count(), "seed": config.seed}
-    latest = manager.latest_step()
-    if latest is not None:
-        saved = checkpointing.restore_meta(manager, latest)
-        _check_resumable(saved, meta, f"{workdir}/checkpoints/{latest}")
-        state, _ = checkpointing.restore(manager, latest, checkpointing.abstract_like(state), train_iter)
-        log.info("resumed from step %d (%s)", latest, saved)
-        print(f"Resumed from checkpoint at step {latest}")
+    def new_train_iterator():
+        # Batch k+1 is copied to the devices while step k runs; the checkpointed iterator state counts
+        # only the batches steps consumed.
+        return parallel.DevicePrefetch(data.train_iterator(),
+                                       lambda b: parallel.global_batch(mesh, {k: b[k] for k in MODEL_KEYS}))
 
-    train_step = jax.jit(make_train_step(model, tx, config.loss, schedule),
-                         in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-                         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+    meta = run_meta(config, global_batch, steps_per_epoch)
+    manager, latest, restored, train_iter = _open_and_resume(config, workdir, meta, checkpointing.abstract_like(state),
+                                                             new_train_iterator)
     is_main = jax.process_index() == 0
-    writer = reporting.MetricWriter(workdir, enabled=is_main)
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    predict = make_predict(config, model, mesh)
-
-    def save(step, metrics=None):
-        checkpointing.save(manager, step, state, train_iter, dict(meta, step=step), metrics)
-
-    step = int(jax.device_get(state.step))
-    results = {}
+    writer, failed = None, True
     try:
+        if latest is not None:
+            state = restored
+            log.info("resumed from step %d", latest)
+            if latest >= total_steps:
+                if is_main:
+                    print(f"Training in {workdir} is complete (step {latest} of {total_steps}); nothing to do. "
+                          f"Evaluate it with --mode=eval, or raise num_epochs to train further.")
+                failed = False
+                return {}
+            if is_main:
+                print(f"Resumed from checkpoint at step {latest}")
+        else:
+            train_iter = new_train_iterator()
+
+        bn_sync = config.model.get("bn_sync", "global")
+        train_step = jax.jit(make_train_step(model, tx, config.loss, schedule, bn_sync, mesh),
+                             in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                             out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+        writer = reporting.MetricWriter(workdir, enabled=is_main)
+        if is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        predict = make_predict(config, model, mesh)
+
+        def save(step, metrics=None):
+            checkpointing.save(manager, step, state, train_iter, dict(meta, step=step), metrics)
+
+        step = int(jax.device_get(state.step))
+        results = {}
         while step < total_steps:
             epoch = step // steps_per_epoch
             end = min((epoch + 1) * steps_per_epoch, total_steps)
@@ -251,38 +430,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 save(step, {"val_loss": results["val_loss"]})
             else:
                 save(step)
+        checkpointing.wait(manager)  # the last save's outcome
+        failed = False
     finally:
-        manager.wait_until_finished()
-        writer.close()
-    if not results:  # resumed after the end: evaluate the final state once
-        results = evaluate(config, model, {"params": state.params, "batch_stats": state.batch_stats}, data, mesh,
-                           workdir, step, writer=None, predict=predict)
+        if writer is not None:
+            writer.close()
+        if failed:
+            try:
+                manager.wait_until_finished()
+            except Exception as err:  # noqa: BLE001 - the error being raised matters more
+                log.warning("the last checkpoint save failed too: %s", err)
+            if is_main:
+                checkpointing.remove_partial_saves(workdir)
+        manager.close()
     return results
 
 
+_NON_FINITE_NAMES = {"loss": "training loss", "grad_norm": "gradient norm", "lr": "learning rate"}
+
+
 def _check_finite(values: dict, step: int, epoch: int, workdir: str, manager) -> None:
-    bad = {k: values[k] for k in ("loss", "grad_norm") if not math.isfinite(values[k])}
+    """Raises NonFiniteLossError if a step's loss, gradient norm or learning rate is NaN/inf or
+    its updated state (``state_finite``: parameters, optimizer state, BN statistics) is not finite."""
+    bad = [f"{name} became {values[k]}" for k, name in _NON_FINITE_NAMES.items()
+           if k in values and not math.isfinite(values[k])]
+    if "state_finite" in values and not values["state_finite"]:
+        bad.append("the updated parameters / optimizer state hold NaN/inf")
     if bad:
-        what = " and ".join(f"{'training loss' if k == 'loss' else 'gradient norm'} became {v}" for k, v in bad.items())
+        latest = manager.latest_step()
+        kept = (f"The checkpoints in {workdir}/checkpoints are untouched and hold finite values (latest: step "
+                f"{latest})." if latest is not None else "No checkpoint was written yet.")
         raise NonFiniteLossError(
-            f"{what} at step {step} (epoch {epoch + 1}); stopping without saving. The checkpoints in "
-            f"{workdir}/checkpoints are untouched and hold finite parameters (latest: step "
-            f"{manager.latest_step()}). Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
+            f"{' and '.join(bad)} at step {step} (epoch {epoch + 1}); stopping without saving. {kept} "
+            f"Try a lower optim.learning_rate or optim.grad_clip_norm > 0.")
 
 
-#: checkpoint metadata that must match for an exact resume (data order, epoch boundaries, schedule)
-RESUME_KEYS = ("global_batch", "processes", "steps_per_epoch", "seed")
+#: checkpoint metadata that must match for an exact resume (data order, epoch boundaries, schedule,
+#: the iterator state's layout), with the config field a user changes to cause a mismatch
+RESUME_KEYS = {"global_batch": "per_device_batch_size x devices", "processes": "the number of processes",
+               "steps_per_epoch": "steps_per_epoch", "seed": "seed", "worker_count": "data.worker_count"}
 
 
 def _check_resumable(saved: dict, current: dict, where: str) -> None:
-    """Refuses to resume a checkpoint written under another batch size, process count, epoch
-    length or seed: the data order, epoch boundaries and learning-rate schedule would shift."""
-    for key in RESUME_KEYS:
+    """Refuses (one line naming the field) to resume a checkpoint written under another batch
+    size, process count, epoch length, seed or data worker count (the data order, epoch
+    boundaries, schedule or saved iterator state would not fit), or for another model
+    (``MODEL_RESUME_FIELDS``). Keys a checkpoint does not record are not checked."""
+    for key, field in RESUME_KEYS.items():
         if key in saved and saved[key] != current[key]:
             raise CheckpointMismatchError(
                 f"cannot resume {where}: it was written with {key}={saved[key]!r}, this run has "
-                f"{key}={current[key]!r}. Use the same settings (global batch = per_device_batch_size x devices), "
-                f"or start a new --workdir.")
+                f"{key}={current[key]!r} (config: {field}). Use the same settings, or start a new --workdir.")
+    for field, value in dict(saved.get("model", {})).items():
+        if field in current["model"] and current["model"][field] != value:
+            raise CheckpointMismatchError(
+                f"cannot resume {where}: it was written with config.model.{field}={value!r}, this run has "
+                f"config.model.{field}={current['model'][field]!r}. Use the same model, or start a new --workdir.")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "") -> dict:
@@ -299,17 +502,44 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
         variables = pretrained.load_pretrained(checkpoint, variables, config.model, allow_backbone_only=False)
         step = 0
     else:
-        manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-        step = checkpointing.best_step(manager)
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no --checkpoint given")
-        # Only the weights: the optimizer settings of the evaluating config do not matter.
-        variables = checkpointing.restore_variables(manager, step, checkpointing.abstract_like(variables))
+        variables, step = _restore_best_variables(config, workdir, checkpointing.abstract_like(variables))
         print(f"Evaluating checkpoint step {step} of {workdir}")
     data = input_pipeline.create(config, global_batch, train=False)  # after the weights: fail fast
     variables = jax.device_put(variables, parallel.replicated(mesh))
     return evaluate(config, model, variables, data, mesh, workdir, step, writer=None)
+
+
+def _restore_best_variables(config, workdir: str, abstract_variables: dict) -> tuple[dict, int]:
+    """The weights of ``workdir``'s best checkpoint (lowest val_loss, else the latest); a
+    checkpoint that does not restore is reported and the next (newest first) is tried. Creates
+    nothing in ``workdir``; FileNotFoundError without any checkpoint."""
+    unreadable = checkpointing.unreadable_metrics(workdir)
+    if unreadable and len(unreadable) == len(checkpointing.step_dirs(workdir)):
+        raise NoUsableCheckpointError(f"no checkpoint in {workdir}/checkpoints restores: "
+                                      + "; ".join(f"step {s}: {why}" for s, why in unreadable.items()))
+    for step, why in unreadable.items():
+        print(f"Skipped checkpoint step {step}: {why}")
+    if unreadable:  # orbax cannot open a manager over them: read the others directly
+        best, candidates = None, [s for s in checkpointing.step_dirs(workdir) if s not in unreadable]
+    else:
+        manager = checkpointing.make_manager(workdir, config.keep_checkpoints, create=False)
+        try:
+            best, candidates = checkpointing.best_step(manager), manager.all_steps()[::-1]
+        finally:
+            manager.close()
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no --checkpoint given")
+    order = ([best] if best is not None else []) + [s for s in candidates if s != best]
+    reasons = []
+    for step in order:
+        try:
+            variables = checkpointing.restore_variables(workdir, step, abstract_variables)
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint can fail in many ways
+            reasons.append(f"step {step}: {type(err).__name__}: {_first_line(err)}")
+            print(f"Skipped checkpoint step {step}: it does not restore ({type(err).__name__}: {_first_line(err)})")
+            continue
+        return variables, step
+    raise NoUsableCheckpointError(f"no checkpoint in {workdir}/checkpoints restores: " + "; ".join(reasons))
 
 
 def _progress(config, epoch, done, total):

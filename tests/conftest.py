@@ -1,9 +1,48 @@
-"""Test-wide settings: deterministic CPU JAX; torch limited to the machine's cores."""
+"""Test-wide settings: CPU JAX with 4 simulated devices (set before JAX starts, so data-parallel
+tests run in-process); torch limited to the machine's cores."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+SIMULATED_DEVICES = 4
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={SIMULATED_DEVICES}").strip()
 
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for the whole run: the many tests that build the same tiny
+    models (and every in-process train_and_evaluate, which jits afresh) compile each program once."""
+    import jax
+    from jax._src import compilation_cache as cc
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.reset_cache()
+    yield
+    for k, v in saved.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """The tiny synthetic Human3.6M set (2 x 16 training frames at 160 px, converted to records),
+    generated once per test run (tests.tiny_problem.tiny_config points at it)."""
+    from tests.tiny_problem import tiny_config
+    from kinpose_jax.data import setup
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    setup.ensure_dataset(tiny_config(root), train=True, process_index=0, log=lambda *a: None)
+    return root

@@ -90,8 +90,13 @@ def test_pytorch_and_jax_predictions_agree_on_the_same_batches(tmp_path, data, c
     table = result["tables"]["overall"]
     torch_t, jax_t = table["pytorch"], table["jax"]
     assert torch_t["mpjpe"] > 10.0  # a random network: the comparison is not of two zeros
-    for name in ("mpjpe", "pa_mpjpe", "rigid_aligned", "17j", "x", "y", "z"):
+    for name in ("mpjpe", "pa_mpjpe", "seed_aligned", "17j", "x", "y", "z"):
         assert abs(jax_t[name] - torch_t[name]) < TOL_MM, name
+    actions = [name for name in result["tables"] if name.startswith("action ")]
+    assert actions and sum(result["tables"][a]["jax"]["num_samples"] for a in actions) == 16
+    for a in actions:  # per-action Protocol #1 / #2, side by side
+        for name in ("mpjpe", "pa_mpjpe"):
+            assert abs(result["tables"][a]["jax"][name] - result["tables"][a]["pytorch"][name]) < TOL_MM
     assert set(result["images_per_s"]) == {"pytorch", "jax"} and min(result["images_per_s"].values()) > 0
     assert "max" in text and "JAX - PyTorch" in text and "images/s" in text
 

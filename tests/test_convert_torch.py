@@ -290,8 +290,21 @@ def test_command_line(tmp_path, capsys, tiny):
     target = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), SIZE))
     typed = C.load_converted(str(out), target)
     assert jax.tree.structure(typed) == jax.tree.structure(target)
-    with pytest.raises(Exception):
-        C.main([path, str(out)])  # refuses to overwrite without --overwrite
+    assert C.main([path, str(out)]) == 2  # refuses to overwrite without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    assert C.main([str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "missing.pth" in err and "no such" in err.lower() and "allow-pickle" not in err
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    assert C.main([str(junk), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "junk.pth is not a readable PyTorch checkpoint" in err and "allow-pickle" not in err
+    assert not (tmp_path / "out").exists()
 
 
 #: torchvision's published parameter counts of resnet{18,34,50,101,152} (with the 1000-way fc).

@@ -208,7 +208,43 @@ BAD_CASES = {
     "wrong_shape": (lambda recs, images: recs[2].__setitem__("joints_3d_cam", np.zeros((18, 2))),
                     r"record 2 field 'joints_3d_cam': shape \(18, 2\), expected \(18, 3\)"),
     "wrong_keys": (lambda recs, images: recs[2].pop("fl"), r"record 2: missing keys \['fl'\]"),
+    # well-formed but implausible: the record's index and image are named
+    "huge_box": (lambda recs, images: recs[2].update(width=1e9, height=1e9),
+                 r"record 2 \(image .*_000003\.jpg\) fields 'width'/'height': box 1e\+09 x 1e\+09 px is more than "
+                 r"10x the 160 x 160 px image"),
+    "box_11x_image": (lambda recs, images: recs[2].update(width=160 * 11.0),
+                      r"record 2 \(image .*\) fields 'width'/'height'.*more than 10x"),
+    "zero_box": (lambda recs, images: recs[2].update(height=0.0),
+                 r"record 2 field 'height': 0.0 must be > 0 \[image .*_000003\.jpg\]"),
+    "box_off_image": (lambda recs, images: recs[2].update(center_x=-5000.0),
+                      r"record 2 \(image .*\) fields 'center_x'/'center_y': .* does not overlap the 160 x 160 px"),
+    "labels_shifted_300px": (lambda recs, images: recs[2]["joints_3d"].__setitem__((slice(None), 0),
+                                                                                   recs[2]["joints_3d"][:, 0] + 300),
+                             r"record 2 \(image .*\) field 'joints_3d': joint \d+ is 300.0 px from the projection .* "
+                             r"the labels contradict the camera"),
+    "focal_doubled": (lambda recs, images: _double_focal(recs[2]),
+                      r"record 2 fields 'fl'/'c_p' \(image .*_000003\.jpg\): fl \[.*\] .* differ from fl .* of 5 other "
+                      r"records of sequence folder s_01_act_02_subact_01_ca_01"),
+    "path_with_dotdot": (lambda recs, images: recs[2].update(image=os.path.join(
+        os.path.dirname(recs[2]["image"]), "x", "..", os.path.basename(recs[2]["image"]))),
+        r"record 2 field 'image': image path .*/x/\.\./.*_000003\.jpg' has a '\.\.' component"),
+    "no_sequence_folder": (lambda recs, images: _move_out_of_folder(recs[2], images),
+                           r"record 2 field 'image' .*: folder 'hm36' is not a sequence folder"),
 }
+
+
+def _double_focal(rec):
+    """The focal length doubled with labels that agree with it: only the camera's other records
+    show it is wrong."""
+    rec["fl"] = rec["fl"] * 2
+    rec["joints_3d"][:, :2] = h36m_format.project(rec["joints_3d_cam"], rec["fl"], rec["c_p"])
+
+
+def _move_out_of_folder(rec, images):
+    name = os.path.basename(rec["image"])
+    os.makedirs(os.path.join(images, "hm36"), exist_ok=True)
+    shutil.copy(_image_file(images, rec), os.path.join(images, "hm36", name))
+    rec["image"] = os.path.join("/elsewhere", "hm36", name)
 
 
 def _truncate(path):
@@ -362,3 +398,65 @@ def test_cli_crop_layout(tmp_path):
     assert json.loads((tmp_path / "out" / "hm36_validmin" / records.INFO_FILE).read_text())["crop"]["quality"] == 80
     with pytest.raises(ValueError, match="quality"):
         convert.crop_layout(quality=0)
+
+
+def test_lens_distortion_sized_label_offsets_are_accepted_and_the_limits_are_options(tmp_path):
+    """A few px between labels and pinhole projection (real caches: lens distortion) converts
+    with the defaults; the limits are options (and part of the up-to-date check)."""
+    recs, images = _bad_setup(tmp_path, n=4)
+    rng = np.random.default_rng(0)
+    for rec in recs:
+        rec["joints_3d"][:, :2] += rng.uniform(-5, 5, size=(18, 2))
+    recs[1]["joints_3d"][:, 0] += 300
+    cache = str(tmp_path / "cache.pkl")
+    h36m_format.write_cache(cache, recs)
+    out = str(tmp_path / "out")
+    with pytest.raises(DataError, match="record 1 .* 3\\d\\d.\\d px from the projection"):
+        convert.convert_h36m(str(tmp_path), "train", out, cache=cache, image_root=images, **QUIET)
+    info = convert.convert_h36m(str(tmp_path), "train", out, cache=cache, image_root=images, max_reprojection_px=400,
+                                **QUIET)
+    assert info["num_records"] == 4 and 300 < info["max_reprojection_error_px"] < 306
+    cli = _convert_cli()
+    argv = ["--root", str(tmp_path), "--sets", "train", "--cache", cache, "--image_root", images, "--out_dir",
+            str(tmp_path / "cli"), "--num_workers", "0", "--no_progress"]
+    assert cli.main(argv) == 2
+    assert cli.main(argv + ["--max_reprojection_px", "400", "--max_box_scale", "2"]) == 0
+    with pytest.raises(SystemExit):
+        cli.parse_args(argv + ["--max_box_scale", "0"])
+
+
+def test_a_bad_matlab_meta_header_is_an_error_even_with_a_cache(tmp_path, capsys):
+    """A missing header line is named by its real line number and the tag found there."""
+    recs, images = _bad_setup(tmp_path, n=3)
+    cache = str(tmp_path / "cache.pkl")
+    h36m_format.write_cache(cache, recs)
+    folder = recs[0]["image"].split(os.sep)[-2]
+    src = os.path.join(synthetic_root(), "hm36", "annot", folder, "matlab_meta.txt")
+    lines = open(src).read().splitlines()
+    assert lines[3].startswith("T ")
+    annot = tmp_path / "hm36" / "annot" / folder
+    os.makedirs(annot)
+    (annot / "matlab_meta.txt").write_text("\n".join(lines[:3] + lines[4:]) + "\n")  # no camera position line
+    pattern = r"matlab_meta.txt line 4 has tag 'f' where the camera position line \(tag 'T'\) belongs"
+    with pytest.raises(DataError, match=pattern):
+        convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images, **QUIET)
+    cli = _convert_cli()
+    assert cli.main(["--root", str(tmp_path), "--sets", "train", "--cache", cache, "--image_root", images,
+                     "--out_dir", str(tmp_path / "out"), "--num_workers", "0", "--no_progress"]) == 2
+    assert "line 4 has tag 'f'" in capsys.readouterr().err
+    lines[4] = "f 1.0"  # the focal length line with one number: count and tag named
+    (annot / "matlab_meta.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 5 \(focal length\): found 2 fields, expected 3 .*\[line tag 'f'\]"):
+        convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images, **QUIET)
+
+
+def test_several_caches_error_gives_a_command_that_exists(tmp_path):
+    folder = tmp_path / "hm36" / "HM36_train_cache"
+    for n in (8, 200):
+        h36m_format.write_cache(str(folder / f"HM36_train_w256xh256_keypoint_db_sample{n}.pkl"), [{}])
+    with pytest.raises(DataError) as info:
+        convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), **QUIET)
+    text = str(info.value)
+    assert "several caches" in text and "python data_prep/convert_h36m.py --sets train --cache " in text, text
+    args = _convert_cli().parse_args(text.split("convert_h36m.py ")[1].split())  # the command it gives parses
+    assert args.cache.endswith("sample200.pkl") and args.sets == ["train"]

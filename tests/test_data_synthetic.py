@@ -141,3 +141,34 @@ def test_cli_refuses_a_foreign_folder(tmp_path, capsys):
     assert cli.main(["--root", str(tmp_path), "--no_convert"]) == 2
     assert "not written by the synthetic generator" in capsys.readouterr().err
     assert os.listdir(tmp_path / "hm36") == ["images"]
+
+
+def test_one_set_of_synthetic_defaults(monkeypatch):
+    """The README's `make_synthetic_h36m.py --root data/synthetic` writes the set main.py's default
+    config trains on (else each would delete and regenerate the other's)."""
+    import inspect
+    import sys
+
+    from tests import data_prep_scripts
+
+    sys.path.insert(0, os.path.dirname(data_prep_scripts.DATA_PREP))
+    from configs import synthetic as synthetic_config
+
+    d = synthetic.DEFAULTS
+    config = synthetic_config.get_config().data
+    assert (config.synthetic_train_folders, config.synthetic_frames_per_folder, config.synthetic_image_size) == (
+        d["train_folders"], d["frames_per_folder"], d["image_size"])
+    assert config.root == "data/synthetic"
+    sig = inspect.signature(synthetic.generate).parameters
+    assert {k: sig[k].default for k in d} == d
+    cli = data_prep_scripts.load("make_synthetic_h36m")
+    parser_defaults = {}
+
+    def fake_generate(root, **kwargs):
+        parser_defaults.update(kwargs, root=root)
+        return {}
+
+    monkeypatch.setattr(cli.synthetic, "generate", fake_generate)
+    assert cli.main(["--no_convert"]) == 0
+    assert parser_defaults.pop("root") == config.root
+    assert {k: parser_defaults[k] for k in d} == d

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -166,10 +167,13 @@ def test_saved_predictions_recompute_the_written_tables(four_sequence_records, t
     config.data.patch_size = 32
     config.save_predictions = True
     config.num_vis_samples = 0
-    config.per_device_batch_size = 5
+    config.per_device_batch_size = 2
     mesh = parallel.make_mesh()
     records_dir = os.path.join(four_sequence_records, "records")
-    data = pipeline.DataPipeline(pipeline.PipelineConfig(records_dir=records_dir, patch_size=32, global_batch_size=5,
+    global_batch = 2 * jax.device_count()  # 12 frames: the last batch is padded
+    assert 12 % global_batch
+    data = pipeline.DataPipeline(pipeline.PipelineConfig(records_dir=records_dir, patch_size=32,
+                                                         global_batch_size=global_batch,
                                                          read_threads=1), train=False)
     w = np.random.default_rng(0).normal(size=(18, 3)).astype(np.float32) * 0.1
     results = train.evaluate(config, MirrorSensitiveModel(), {"w": w}, data, mesh, str(tmp_path), step=7)

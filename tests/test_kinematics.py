@@ -1,5 +1,6 @@
 """Kinematic trees and forward kinematics: PyTorch parity, invariants, seed bugs, edits, IK."""
 
+import dataclasses
 import functools
 import math
 
@@ -587,3 +588,19 @@ def test_readme_python_examples_run():
         namespace = {}
         exec(block, namespace)  # noqa: S102 - the README's own examples
     assert namespace["joints"].shape == (18 + 2 + 4 + 4, 3)
+
+
+def test_a_tree_cannot_be_changed_in_place():
+    """The offsets a tree holds are a read-only copy: neither the tree's array nor the array it
+    was built from can change it; edits return new trees."""
+    tree = kin.presets.h36m18()
+    before = np.array(tree.offsets)
+    with pytest.raises(ValueError, match="read-only"):
+        tree.offsets[1, 0] = 123.0
+    source = np.array(tree.offsets)
+    rebuilt = dataclasses.replace(tree, offsets=source)
+    source[1, 0] = 123.0  # the caller's array stays the caller's
+    np.testing.assert_array_equal(rebuilt.offsets, before)
+    scaled = kin.scale_bones(tree, 2.0)
+    np.testing.assert_array_equal(tree.offsets, before)
+    assert not np.array_equal(scaled.offsets, before)

@@ -4,9 +4,7 @@ mixed precision and cross-device BatchNorm. Weight-conversion parity lives in te
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +25,6 @@ from kinpose_jax.models import (  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H36M = {n: i for i, n in enumerate(presets.seed_h36m18().joint_names)}
 
 
@@ -42,12 +39,6 @@ def small_config(**kw) -> ml_collections.ConfigDict:
 
 def images(b=2, size=64, seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(b, size, size, 3)), jnp.float32)
-
-
-def test_importing_models_does_not_import_torch():
-    code = ("import sys, kinpose_jax.models, kinpose_jax.convert_torch; "
-            "bad = [m for m in ('torch', 'tensorflow') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 @pytest.mark.parametrize("kernel", [4, 3, 2])
@@ -189,36 +180,34 @@ def test_seed_tree_reproduces_spec_chains_with_bugs_fixed():
 
 
 def test_batchnorm_statistics_average_across_devices():
-    """bn_axis_name: pmap over 2 host devices with 1 image each gives the statistics of the 2-image batch."""
-    code = textwrap.dedent("""
-        import jax, jax.numpy as jnp, numpy as np
-        from jax.sharding import Mesh, PartitionSpec as P
-        from kinpose_jax.models import build_pose_net, init_variables
-        assert jax.local_device_count() == 2
-        cfg = dict(backbone="resnet18", head="direct", dtype="float32")
-        single = build_pose_net(cfg)
-        synced = build_pose_net(dict(cfg, bn_axis_name="devices"))
-        v = init_variables(single, jax.random.key(0), 64)
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
-        f = lambda m: (lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))
-        want_out, want = jax.jit(f(single))(v, x)
-        mesh = Mesh(np.asarray(jax.local_devices()), ("devices",))
-        mapped = lambda m, stats_spec: jax.jit(jax.shard_map(
-            f(m), mesh=mesh, in_specs=(P(), P("devices")), out_specs=(P("devices"), stats_spec), check_vma=False))
-        got_out, got = mapped(synced, P())(v, x)
-        # without the axis name each device normalises with its own image's statistics
-        lone_out, lone = mapped(single, P("devices"))(v, x)
-        err = max(float((jnp.abs(a - b) / (1 + jnp.abs(b))).max())
-                  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
-        assert err < 1e-5, err
-        np.testing.assert_allclose(np.asarray(got_out["joints"]), np.asarray(want_out["joints"]), atol=1e-4)
-        out_err = float(jnp.abs(lone_out["joints"] - want_out["joints"]).max())
-        assert out_err > 1e-3, out_err
-        print("ok", err, out_err)
-    """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
+    """bn_axis_name: shard_map over 2 devices with 1 image each gives the statistics of the 2-image batch."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    assert jax.device_count() >= 2, "tests/conftest.py simulates 4 CPU devices"
+    cfg = dict(backbone="resnet18", head="direct", dtype="float32")
+    single = build_pose_net(cfg)
+    synced = build_pose_net(dict(cfg, bn_axis_name="devices"))
+    v = init_variables(single, jax.random.key(0), 64)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+
+    def f(m):
+        return lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"])
+
+    want_out, want = jax.jit(f(single))(v, x)
+    mesh = Mesh(np.asarray(jax.devices()[:2]), ("devices",))
+
+    def mapped(m, stats_spec):
+        return jax.jit(jax.shard_map(f(m), mesh=mesh, in_specs=(P(), P("devices")),
+                                     out_specs=(P("devices"), stats_spec), check_vma=False))
+
+    got_out, got = mapped(synced, P())(v, x)
+    # without the axis name each device normalises with its own image's statistics
+    lone_out, _ = mapped(single, P("devices"))(v, x)
+    err = max(float((jnp.abs(a - b) / (1 + jnp.abs(b))).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    assert err < 1e-5, err
+    np.testing.assert_allclose(np.asarray(got_out["joints"]), np.asarray(want_out["joints"]), atol=1e-4)
+    assert float(jnp.abs(lone_out["joints"] - want_out["joints"]).max()) > 1e-3
 
 
 @pytest.mark.parametrize("head", ["direct", "kinematic"])

@@ -1,4 +1,5 @@
-"""A tiny model + fixed batch shared by the data-parallel tests (run in subprocesses)."""
+"""Tiny problems shared by the tests: a model + fixed batch (data-parallel step tests) and the
+tiny synthetic-data training config (in-process training runs)."""
 
 import numpy as np
 
@@ -26,3 +27,34 @@ def tiny_problem(head: str = "integral"):
              "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
              "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
     return config, model, tx, schedule, batch
+
+
+#: ``--config.*`` overrides of configs/synthetic.py for a tiny run (main.py subprocesses take these).
+TINY = {
+    "data.synthetic": True, "data.synthetic_train_folders": 2, "data.synthetic_frames_per_folder": 16,
+    "data.synthetic_image_size": 160, "data.patch_size": 64, "model.backbone": "resnet18", "model.depth_bins": 8,
+    "model.deconv_filters": 32, "model.num_deconv_layers": 1, "max_eval_batches": 4, "num_vis_samples": 2,
+    "progress_bar": False,
+}
+
+
+def tiny_config(data_root: str, **overrides):
+    """configs/synthetic.py with :data:`TINY` and ``data.root = data_root``, then ``overrides``
+    (keyword names with ``__`` for ``.``, e.g. ``optim__learning_rate=1e-3``)."""
+    from configs import synthetic
+
+    config = synthetic.get_config()
+    config.data.root = data_root
+    for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def tiny_args(**overrides) -> list[str]:
+    """The same as ``--config.*`` arguments for main.py."""
+    merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    return [f"--config.{k}={v}" for k, v in merged.items()]

@@ -20,6 +20,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from kinpose_jax.skeleton import BOX_MM
+
 #: ImageNet RGB mean / std in 0..255 units (docs/DESIGN.md#pixel-normalization).
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -134,7 +136,7 @@ def normalize_pixels(images, gains=None):
 
 
 def joints_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, patch_width: int,
-                    box_mm: float = 2000.0) -> np.ndarray:
+                    box_mm: float = BOX_MM) -> np.ndarray:
     """Image joints [J, 3] (u px, v px, relative depth mm) -> patch px, depth in patch-width
     units ``z / (box_mm * scale) * pw`` (docs/DESIGN.md#normalized-units)."""
     out = np.empty_like(np.asarray(joints_img, np.float64))
@@ -224,9 +226,22 @@ def decode_image(data: bytes) -> np.ndarray:
     return img
 
 
+def crop_patch(image_bgr: np.ndarray, center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
+               aug: Augmentation = NO_AUGMENTATION) -> tuple[np.ndarray, np.ndarray]:
+    """The network input for one box (no flip: flip the image first): affine warp of the scaled,
+    rotated box, BGR -> RGB, gains, normalization (docs/DESIGN.md#patch-affine,
+    docs/DESIGN.md#pixel-normalization).
+
+    Returns (patch [ph, pw, 3] float32 normalized RGB, affine [2, 3] float64 image px -> patch px).
+    """
+    affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+    patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
+    return np.asarray(normalize_pixels(patch, np.asarray(aug.gains, np.float32))), affine
+
+
 def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray, joints_img: np.ndarray,
                 joints_vis: np.ndarray, aug: Augmentation, patch_size: tuple[int, int],
-                flip_pairs: Sequence[tuple[int, int]], box_mm: float = 2000.0, crop: Crop | None = None,
+                flip_pairs: Sequence[tuple[int, int]], box_mm: float = BOX_MM, crop: Crop | None = None,
                 image_width: int | None = None) -> dict[str, np.ndarray]:
     """docs/DESIGN.md#training-sample for one decoded image.
 
@@ -276,7 +291,7 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
 
 # ---------------------------------------------------------------------------------------- decoding
 def normalized_to_image(joints: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: tuple[int, int],
-                        box_mm: float = 2000.0, scale: np.ndarray | float = 1.0,
+                        box_mm: float = BOX_MM, scale: np.ndarray | float = 1.0,
                         rotation: np.ndarray | float = 0.0) -> np.ndarray:
     """Decodes predicted normalized joints back to the image (docs/DESIGN.md#decoding).
 

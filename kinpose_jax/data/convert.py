@@ -21,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,8 @@ from kinpose_jax import skeleton
 from kinpose_jax.data import DataError, h36m_format, records
 
 PROGRESS_FILE = ".progress.json"
+#: The plausibility limits of :func:`prepare_record` by default (see ``convert_records``).
+DEFAULT_LIMITS = dict(max_box_scale=h36m_format.MAX_BOX_SCALE, max_reprojection_px=h36m_format.MAX_REPROJECTION_PX)
 
 
 def crop_layout(patch_size: int = 256, scale_factor: float = 0.25, rotation_factor: float = 30.0,
@@ -76,15 +79,22 @@ def prepare_record(task: tuple) -> tuple:
     """Validates one raw cache record and reads its image (runs in worker processes).
 
     ``task`` = (kind "h36m"|"mpii", raw record dict, source index, source description, image
-    root, path components kept when re-rooting, crop layout or None). Returns ("ok", source_index, record dict — the
-    :mod:`~kinpose_jax.data.records` fields except ``index``) or ("error", source_index, message)."""
-    kind, raw, source_index, source, image_root, keep, *rest = task
-    crop = rest[0] if rest else None
+    root, path components kept when re-rooting, :func:`~kinpose_jax.data.h36m_format.check_plausible`
+    limits, crop layout or None). Returns ("ok", source_index, record dict — the
+    :mod:`~kinpose_jax.data.records` fields except ``index``) or ("error", source_index, message
+    naming the record, its image and the field)."""
+    kind, raw, source_index, source, image_root, keep, limits, crop = task
     try:
         validate = h36m_format.validate_h36m_record if kind == "h36m" else h36m_format.validate_mpii_record
         rec = validate(raw, source_index, source)
-        path = h36m_format.reroot_image_path(rec["image"], image_root, keep)
+        try:
+            path = h36m_format.reroot_image_path(rec["image"], image_root, keep)
+        except DataError as err:
+            raise DataError(f"{source} record {source_index} field 'image': {err}") from None
         where = f"{source} record {source_index} field 'image' ({path})"
+        if kind == "h36m" and not h36m_format.is_folder_name(os.path.basename(os.path.dirname(path))):
+            raise DataError(f"{where}: folder {os.path.basename(os.path.dirname(path))!r} is not a sequence folder "
+                            f"s_SS_act_AA_subact_BB_ca_CC (cache path {rec['image']!r}; expected .../<folder>/<file>)")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -94,6 +104,9 @@ def prepare_record(task: tuple) -> tuple:
         except OSError as err:
             raise DataError(f"{where}: cannot read the image: {err}") from err
         height, width = h36m_format.check_image_bytes(data, where)
+        h36m_format.check_plausible(rec, (width, height), f"{source} record {source_index} (image {path})",
+                                    max_box_scale=limits["max_box_scale"],
+                                    max_reprojection_px=limits["max_reprojection_px"] if kind == "h36m" else None)
         out = {k: v for k, v in rec.items() if k != "image"}
         if crop is not None:
             data, geometry = _crop_record(data, rec, crop)
@@ -102,7 +115,11 @@ def prepare_record(task: tuple) -> tuple:
                    image_size=np.array([width, height], np.int64), source_index=int(source_index), dataset=kind)
         return ("ok", source_index, out)
     except DataError as err:
-        return ("error", source_index, str(err))
+        message = str(err)
+        image = raw.get("image") if isinstance(raw, dict) else None
+        if isinstance(image, (str, bytes)) and "(image " not in message and "field 'image'" not in message:
+            message += f" [image {image.decode() if isinstance(image, bytes) else image}]"
+        return ("error", source_index, message)
 
 
 def _worker_init() -> None:
@@ -143,8 +160,9 @@ def _remove_outputs(dataset_dir: str) -> None:
 def _camera_extrinsics(cams: dict[str, dict], annot_dir: str | None) -> list[str]:
     """Adds ``rotation`` ([3][3], world -> camera: ``X_cam = R (X_world - T)``) and ``position``
     ([3] world mm) to each folder's camera entry from ``annot_dir/<folder>/matlab_meta.txt``
-    (header only) where that file exists; a cache alone does not hold them. Returns problems
-    (unreadable header, intrinsics disagreeing with the records) as messages."""
+    (header only) where that file exists; a cache alone does not hold them. A header that cannot
+    be read raises DataError (file, line, tag); intrinsics disagreeing with the records are
+    returned as messages (recorded in dataset_info.json)."""
     problems: list[str] = []
     if not annot_dir or not os.path.isdir(annot_dir):
         return problems
@@ -152,11 +170,7 @@ def _camera_extrinsics(cams: dict[str, dict], annot_dir: str | None) -> list[str
         path = os.path.join(annot_dir, folder, "matlab_meta.txt")
         if not os.path.exists(path):
             continue
-        try:
-            meta = h36m_format.read_meta_camera(path)
-        except DataError as err:
-            problems.append(str(err))
-            continue
+        meta = h36m_format.read_meta_camera(path)
         same = np.allclose(meta["focal"], cam["fl"], atol=1e-3) and np.allclose(meta["center"], cam["c_p"], atol=1e-3)
         if not same:
             problems.append(f"{path}: intrinsics {meta['focal']} {meta['center']} differ from the records' fl "
@@ -164,6 +178,55 @@ def _camera_extrinsics(cams: dict[str, dict], annot_dir: str | None) -> list[str
             continue
         cam["rotation"], cam["position"] = meta["rotation"], meta["position"]
     return problems
+
+
+def _folder_of(raw: Any) -> str | None:
+    """The sequence folder (second-to-last path component) of a raw record's image path, or None."""
+    image = raw.get("image") if isinstance(raw, dict) else None
+    if isinstance(image, bytes):
+        image = image.decode(errors="replace")
+    parts = [p for p in re.split(r"[\\/]+", image) if p] if isinstance(image, str) else []
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def _check_headers(raw_records: Sequence[dict], annot_dir: str | None) -> None:
+    """Reads the ``matlab_meta.txt`` header of every sequence folder the records use (where the
+    file exists): a bad header is a DataError naming the file, line and tag, before any work."""
+    if not annot_dir or not os.path.isdir(annot_dir):
+        return
+    for folder in sorted({f for f in map(_folder_of, raw_records) if f is not None}):
+        path = os.path.join(annot_dir, folder, "matlab_meta.txt")
+        if os.path.exists(path):
+            h36m_format.read_meta_camera(path)
+
+
+def _camera_disagreements(raw_records: Sequence[dict], source: str) -> dict[int, str]:
+    """Human3.6M records whose ``fl`` / ``c_p`` differ from those most records of their sequence
+    folder (one camera) share, with messages naming the record, its image and both values.
+    Records whose fields cannot be read are left to their own validation."""
+    groups: dict[str, list[tuple[int, tuple]]] = {}
+    for i, r in enumerate(raw_records):
+        folder = _folder_of(r)
+        try:
+            cam = tuple(np.round(np.concatenate([np.asarray(r["fl"], np.float64).reshape(2),
+                                                 np.asarray(r["c_p"], np.float64).reshape(2)]), 3).tolist())
+        except (KeyError, TypeError, ValueError):
+            continue
+        if folder is not None:
+            groups.setdefault(folder, []).append((i, cam))
+    out = {}
+    for folder, items in groups.items():
+        counts: dict[tuple, int] = {}
+        for _, cam in items:
+            counts[cam] = counts.get(cam, 0) + 1
+        common = max(counts, key=counts.get)
+        for i, cam in items:
+            if cam != common:
+                out[i] = (f"{source} record {i} fields 'fl'/'c_p' (image {raw_records[i]['image']}): "
+                          f"fl {list(cam[:2])} "
+                          f"c_p {list(cam[2:])} differ from fl {list(common[:2])} c_p {list(common[2:])} of "
+                          f"{counts[common]} other records of sequence folder {folder} (one camera films a sequence)")
+    return out
 
 
 def _summaries(kind: str, per_record: list[dict], annot_dir: str | None = None) -> dict:
@@ -214,6 +277,8 @@ def convert_records(
     progress: bool = True,
     force: bool = False,
     annot_dir: str | None = None,
+    max_box_scale: float = h36m_format.MAX_BOX_SCALE,
+    max_reprojection_px: float = h36m_format.MAX_REPROJECTION_PX,
     crop: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -223,7 +288,10 @@ def convert_records(
     ``force``: discard existing shards and progress and convert afresh. Needed after fixing
     image files that an ``on_error="skip"`` run left out: the up-to-date check covers the source
     (cache hash) and the options, not the image files. ``annot_dir``: ``hm36/annot`` whose
-    ``matlab_meta.txt`` headers give the cameras' rotation and position for dataset_info.json.
+    ``matlab_meta.txt`` headers give the cameras' rotation and position for dataset_info.json
+    (a header that cannot be read is an error). ``max_box_scale``, ``max_reprojection_px``:
+    plausibility limits (:func:`~kinpose_jax.data.h36m_format.check_plausible`); besides, every
+    Human3.6M record must have the ``fl`` / ``c_p`` of the other records of its sequence folder.
     ``crop``: :func:`crop_layout` to store patch-sized crops (None: the original image files)."""
     if kind not in ("h36m", "mpii"):
         raise ValueError(f"kind must be 'h36m' or 'mpii', got {kind!r}")
@@ -235,8 +303,13 @@ def convert_records(
         raise DataError(f"{source} holds no records")
     keep = 2 if kind == "h36m" else 1
     image_root = os.path.abspath(image_root)
+    if not (max_box_scale > 0 and max_reprojection_px > 0):
+        raise ValueError(f"max_box_scale and max_reprojection_px must be > 0, got {max_box_scale}, "
+                         f"{max_reprojection_px}")
+    limits = dict(max_box_scale=float(max_box_scale), max_reprojection_px=float(max_reprojection_px))
     options = dict(format_version=records.FORMAT_VERSION, kind=kind, source_hash=source_hash, image_root=image_root,
-                   records_per_shard=records_per_shard, on_error=on_error, num_source_records=len(raw_records))
+                   records_per_shard=records_per_shard, on_error=on_error, num_source_records=len(raw_records),
+                   **limits)
     if crop is not None:
         options["crop"] = crop
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
@@ -276,6 +349,10 @@ def convert_records(
 
         bar = tqdm(total=n, initial=sum(min(records_per_shard, n - k * records_per_shard) for k in done),
                    desc=f"converting {name}", unit="rec", dynamic_ncols=True)
+    camera_errors = {}
+    if kind == "h36m":
+        _check_headers(raw_records, annot_dir)
+        camera_errors = _camera_disagreements(raw_records, source)
     runner = _Runner(num_workers)
     summaries: list[dict] = []
     t0 = time.perf_counter()
@@ -285,9 +362,11 @@ def convert_records(
             if k in done:
                 continue
             start_index = sum(done[j]["count"] for j in range(k))
-            tasks = [(kind, raw_records[i], i, source, image_root, keep, crop) for i in range(lo, hi)]
+            tasks = [(kind, raw_records[i], i, source, image_root, keep, limits, crop) for i in range(lo, hi)]
             payloads, skipped = [], []
             for status, src_index, value in runner.map(tasks):
+                if status == "ok" and src_index in camera_errors:
+                    status, value = "error", camera_errors[src_index]
                 if status == "error":
                     if on_error == "raise":
                         raise DataError(value)
@@ -415,7 +494,9 @@ def find_mpii_cache(mpii_dir: str, image_set: str) -> str:
     folder = os.path.join(mpii_dir, f"mpii_{image_set}_cache")
     found = sorted(f for f in os.listdir(folder) if f.endswith(".pkl")) if os.path.isdir(folder) else []
     if len(found) != 1:
-        raise DataError(f"expected one MPII cache (*.pkl) in {folder}, found {found}; pass --cache")
+        raise DataError(f"expected one MPII cache (*.pkl) in {folder}, found {found}; keep only the one to use "
+                        f"there, or convert one explicitly: python data_prep/convert_h36m.py --mpii {image_set} "
+                        f"--mpii_cache FILE")
     return os.path.join(folder, found[0])
 
 

@@ -45,8 +45,7 @@ TRAIN_SUBJECTS: tuple[int, ...] = (1, 5, 6, 7, 8)
 VALID_SUBJECTS: tuple[int, ...] = (9, 11)
 #: Frames sampled per folder by the seed's cache sets (-1 = every frame).
 SET_SAMPLES: dict[str, int] = {"train": 200, "validmin": 10, "valid": 40, "trainfull": -1, "validfull": -1}
-#: Side of the 3D box (mm) centred on the pelvis that defines the image box.
-BOX_MM = 2000.0
+BOX_MM = skeleton.BOX_MM
 #: The 17 of Human3.6M's 32 mocap joints used by the seed (one-based, H36M-17 order).
 H36M_32_TO_17_ONE_BASED: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 26, 27, 28)
 
@@ -118,18 +117,27 @@ def find_cache(hm36_dir: str, image_set: str) -> str | None:
     if not found:
         return None
     if len(found) > 1:
-        raise DataError(f"several caches for set {image_set!r} in {folder}: {found}; pass one with --cache")
+        raise DataError(f"several caches for set {image_set!r} in {folder}: {found}; keep only the one to use there "
+                        f"(move the others away), or convert one explicitly: python data_prep/convert_h36m.py "
+                        f"--sets {image_set} --cache {os.path.join(folder, found[0])}")
     return os.path.join(folder, found[0])
 
 
 def reroot_image_path(path: str, image_root: str, keep: int) -> str:
     """Re-roots an image path written on another machine onto ``image_root``, keeping its last
     ``keep`` components (2 for Human3.6M ``<folder>/<file>``, 1 for MPII ``<file>``).
-    Both ``/`` and ``\\`` separate components."""
+    Both ``/`` and ``\\`` separate components. DataError for a ``..`` component or a result
+    outside ``image_root``."""
     parts = [p for p in re.split(r"[\\/]+", str(path)) if p]
+    if ".." in parts:
+        raise DataError(f"image path {path!r} has a '..' component (it could leave its sequence folder); "
+                        f"expected .../<folder>/<file>")
     if len(parts) < keep:
         raise DataError(f"image path {path!r} has fewer than {keep} path components")
-    return os.path.join(image_root, *parts[-keep:])
+    out = os.path.join(image_root, *parts[-keep:])
+    if os.path.commonpath([os.path.abspath(out), os.path.abspath(image_root)]) != os.path.abspath(image_root):
+        raise DataError(f"image path {path!r} re-rooted onto {image_root!r} leaves that folder ({out!r})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- caches
@@ -309,6 +317,42 @@ def validate_mpii_record(rec: Any, index: int, source: str) -> dict:
     }
 
 
+#: Default plausibility limits of the converter (``convert_records`` / ``data_prep/convert_h36m.py``):
+#: a box side may be at most this many times the image side ...
+MAX_BOX_SCALE = 10.0
+#: ... and ``joints_3d`` u, v may differ from the pinhole projection of ``joints_3d_cam`` with the
+#: record's ``fl`` / ``c_p`` by at most this many px (real Human3.6M caches: a few px of lens distortion).
+MAX_REPROJECTION_PX = 40.0
+
+
+def check_plausible(rec: dict, image_size: tuple[int, int], where: str, *, max_box_scale: float = MAX_BOX_SCALE,
+                    max_reprojection_px: float | None = MAX_REPROJECTION_PX) -> None:
+    """Checks a validated record against its image (``image_size`` = (W, H) px) and camera.
+
+    The box (``box_size`` px) must be at most ``max_box_scale`` times the image side and overlap
+    the image; with ``max_reprojection_px`` (Human3.6M; None for MPII) the u, v of ``joints_img``
+    must lie within that many px of the projection of ``joints_cam`` with ``fl`` / ``c_p``.
+    DataError names ``where`` (record and image), the field and the limit otherwise."""
+    w, h = image_size
+    size, center = rec["box_size"], rec["center"]
+    if size[0] > max_box_scale * w or size[1] > max_box_scale * h:
+        raise DataError(f"{where} fields 'width'/'height': box {size[0]:.6g} x {size[1]:.6g} px is more than "
+                        f"{max_box_scale:g}x the {w} x {h} px image (option max_box_scale)")
+    if (center[0] + size[0] / 2 < 0 or center[0] - size[0] / 2 > w or center[1] + size[1] / 2 < 0
+            or center[1] - size[1] / 2 > h):
+        raise DataError(f"{where} fields 'center_x'/'center_y': the box centred at ({center[0]:.6g}, {center[1]:.6g}) "
+                        f"px, {size[0]:.6g} x {size[1]:.6g} px, does not overlap the {w} x {h} px image")
+    if max_reprojection_px is not None:
+        err = np.abs(project(rec["joints_cam"], rec["fl"], rec["c_p"]) - rec["joints_img"][:, :2])
+        joint = int(np.argmax(err.max(axis=1)))
+        if err[joint].max() > max_reprojection_px:
+            raise DataError(f"{where} field 'joints_3d': joint {joint} is {err[joint].max():.1f} px from the "
+                            f"projection "
+                            f"of 'joints_3d_cam' with the record's fl {rec['fl'].tolist()} and c_p "
+                            f"{rec['c_p'].tolist()} (limit {max_reprojection_px:g} px, option max_reprojection_px): "
+                            f"the labels contradict the camera")
+
+
 # ---------------------------------------------------------------------------------------- images
 # Markers without a length field: TEM, RST0-7, SOI, EOI.
 _STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
@@ -403,22 +447,45 @@ class MetaSequence:
         return int(self.joints_world.shape[0])
 
 
-def _numbers(line: str, count: int, path: str, lineno: int, what: str, tagged: bool = True) -> np.ndarray:
+#: Tags of header lines 2-9 (one-based) as this project writes them; a line carrying another of
+#: these tags where one belongs is a missing or misplaced header line. Other tags are not checked.
+HEADER_TAGS: tuple[str, ...] = ("img_size", "R", "T", "f", "c", "k", "p", "joint_ids")
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _numbers(line: str, count: int, path: str, lineno: int, what: str, tagged: bool = True,
+             tag: str | None = None) -> np.ndarray:
     """The ``count`` numbers of one ``matlab_meta.txt`` line: exactly ``tag n_1 ... n_count``
-    (``tagged``) or ``n_1 ... n_count``; DataError naming the file, the (one-based) line, and the
-    expected vs found field count otherwise — extra numbers are never silently dropped."""
+    (``tagged``) or ``n_1 ... n_count``; DataError naming the file, the (one-based) line, its tag,
+    and the expected vs found field count otherwise — extra numbers are never silently dropped.
+    ``tag``: the :data:`HEADER_TAGS` entry of this header line (another known tag is refused)."""
     tokens = line.split()
+    found_tag = tokens[0] if tagged and tokens and not _is_number(tokens[0]) else None
+    if tag is not None and found_tag in HEADER_TAGS and found_tag != tag:
+        raise DataError(f"{path} line {lineno + 1} has tag {found_tag!r} where the {what} line (tag {tag!r}) "
+                        f"belongs: a header line is missing or out of order")
     expected = count + int(tagged)
+    label = f"{path} line {lineno + 1} ({what})"
+    on_tag = f" [line tag {found_tag!r}]" if found_tag else ""
     if len(tokens) != expected:
         layout = f"a tag and {count} numbers" if tagged else f"{count} number{'s' if count > 1 else ''}"
-        raise DataError(f"{path} line {lineno + 1} ({what}): found {len(tokens)} fields, expected {expected} "
-                        f"({layout})")
+        hint = "; is a header line missing or out of order?" if tag is not None else ""
+        raise DataError(f"{label}: found {len(tokens)} fields, expected {expected} ({layout}){on_tag}{hint}")
+    if tagged and found_tag is None:
+        raise DataError(f"{label}: starts with the number {tokens[0]!r} where a tag belongs")
     try:
         vals = np.asarray([float(t) for t in tokens[int(tagged):]], dtype=np.float64)
     except ValueError as err:
-        raise DataError(f"{path} line {lineno + 1} ({what}): expected {count} numbers after the tag: {err}") from err
+        raise DataError(f"{label}: expected {count} numbers after the tag: {err}{on_tag}") from err
     if not np.all(np.isfinite(vals)):
-        raise DataError(f"{path} line {lineno + 1} ({what}): non-finite values")
+        raise DataError(f"{label}: non-finite values{on_tag}")
     return vals
 
 
@@ -445,22 +512,24 @@ def _parse_header(numbered: list[tuple[int, str]], path: str) -> dict:
 
     def field(k: int, count: int, what: str, tagged: bool = True) -> np.ndarray:
         lineno, line = numbered[k]
-        return _numbers(line, count, path, lineno, what, tagged)
+        return _numbers(line, count, path, lineno, what, tagged, tag=HEADER_TAGS[k - 1] if tagged else None)
 
     count = field(0, 1, "frame count", tagged=False)[0]
     if count != int(count) or count < 0:
         raise DataError(f"{path} line {numbered[0][0] + 1} (frame count): {count} is not a non-negative integer")
+    # in line order, so that the first line at fault is the one named
     size = field(1, 2, "image size W H")
     rot = field(2, 9, "rotation").reshape(3, 3).T
     if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4):
         raise DataError(f"{path} line {numbered[2][0] + 1} (rotation): not a rotation matrix")
+    position, focal = field(3, 3, "camera position"), field(4, 2, "focal length")
+    center = field(5, 2, "principal point")
+    radial, tangential = field(6, 3, "radial distortion"), field(7, 2, "tangential distortion")
     ids = field(8, 17, "joint indices")
     if np.any(ids != np.round(ids)) or np.any(ids < 1) or np.any(ids > 32):
         raise DataError(f"{path} line {numbered[8][0] + 1} (joint indices): expected 17 one-based indices in 1..32")
-    return dict(count=int(count), image_size=(int(size[0]), int(size[1])), rotation=rot,
-                position=field(3, 3, "camera position"), focal=field(4, 2, "focal length"),
-                center=field(5, 2, "principal point"), radial=field(6, 3, "radial distortion"),
-                tangential=field(7, 2, "tangential distortion"), joint_ids=ids.astype(np.int64))
+    return dict(count=int(count), image_size=(int(size[0]), int(size[1])), rotation=rot, position=position,
+                focal=focal, center=center, radial=radial, tangential=tangential, joint_ids=ids.astype(np.int64))
 
 
 def parse_matlab_meta(path: str) -> MetaSequence:
@@ -495,17 +564,10 @@ def format_matlab_meta(meta: MetaSequence) -> str:
     transposed, as the real files do; %.12f for the rotation, %.6f elsewhere)."""
     f6 = lambda vals: " ".join(f"{v:.6f}" for v in np.asarray(vals).reshape(-1))  # noqa: E731
     f12 = lambda vals: " ".join(f"{v:.12f}" for v in np.asarray(vals).reshape(-1))  # noqa: E731
-    lines = [
-        f"{meta.num_frames}",
-        f"img_size {meta.image_size[0]} {meta.image_size[1]}",
-        f"R {f12(np.asarray(meta.rotation).T)}",
-        f"T {f6(meta.position)}",
-        f"f {f6(meta.focal)}",
-        f"c {f6(meta.center)}",
-        f"k {f6(meta.radial)}",
-        f"p {f6(meta.tangential)}",
-        "joint_ids " + " ".join(str(int(i)) for i in meta.joint_ids),
-    ]
+    values = [f"{meta.image_size[0]} {meta.image_size[1]}", f12(np.asarray(meta.rotation).T), f6(meta.position),
+              f6(meta.focal), f6(meta.center), f6(meta.radial), f6(meta.tangential),
+              " ".join(str(int(i)) for i in meta.joint_ids)]
+    lines = [f"{meta.num_frames}"] + [f"{tag} {v}" for tag, v in zip(HEADER_TAGS, values)]
     lines += [f"frame_{k + 1} {f6(j)}" for k, j in enumerate(np.asarray(meta.joints_world))]
     return "\n".join(lines) + "\n"
 

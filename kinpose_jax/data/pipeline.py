@@ -43,7 +43,7 @@ import dataclasses
 import math
 import os
 import sys
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class PipelineConfig:
     worker_count: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 2
-    box_mm: float = 2000.0
+    box_mm: float = skeleton.BOX_MM
     process_index: int | None = None
     process_count: int | None = None
 
@@ -477,7 +477,3 @@ class DataPipeline:
             if close is not None:
                 close()
 
-
-def describe(batch: dict[str, Any]) -> str:
-    """One line per field: shape and dtype (for logs)."""
-    return "\n".join(f"{k}: {tuple(np.shape(v))} {np.asarray(v).dtype}" for k, v in batch.items())

@@ -33,6 +33,12 @@ import numpy as np
 from kinpose_jax.data import DataError, h36m_format, records, render
 
 GENERATOR_VERSION = 2  # 2: float64 forward kinematics on the CPU device
+#: Smallest image side, px.
+MIN_IMAGE_SIZE = 64
+#: The default set (what ``configs/synthetic.py`` trains on and the README's
+#: ``data_prep/make_synthetic_h36m.py`` writes): 16 x 40 train + 4 x 16 validmin frames of 320 px.
+DEFAULTS = dict(train_folders=16, frames_per_folder=40, valid_folders=4, valid_frames_per_folder=16, image_size=320,
+                seed=0)
 #: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
 _FOCAL_1000 = np.array([1145.0, 1144.0])
 #: World <- model axes: model x (left) -> world x, model y (up) -> world z, model z (forward) -> world -y.
@@ -122,8 +128,10 @@ def _folders(split_subjects, count):
     return out
 
 
-def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, valid_folders: int = 4,
-             valid_frames_per_folder: int = 16, image_size: int = 320, seed: int = 0, jpeg_quality: int = 90,
+def generate(root: str, *, train_folders: int = DEFAULTS["train_folders"],
+             frames_per_folder: int = DEFAULTS["frames_per_folder"], valid_folders: int = DEFAULTS["valid_folders"],
+             valid_frames_per_folder: int = DEFAULTS["valid_frames_per_folder"],
+             image_size: int = DEFAULTS["image_size"], seed: int = DEFAULTS["seed"], jpeg_quality: int = 90,
              damping: float = 0.6, force: bool = False, log=print) -> dict:
     """Writes the synthetic set under ``root/hm36`` (layout in the module docstring).
 
@@ -142,8 +150,8 @@ def generate(root: str, *, train_folders: int = 8, frames_per_folder: int = 40, 
     for key in ("train_folders", "frames_per_folder", "valid_folders", "valid_frames_per_folder"):
         if params[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {params[key]}")
-    if image_size < 64:
-        raise ValueError(f"image_size must be >= 64 px, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE} px, got {image_size}")
     hm36 = os.path.join(os.path.abspath(root), "hm36")
     marker = os.path.join(hm36, MARKER_FILE)
     caches = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -145,13 +146,13 @@ def forward_kinematics(
     batch = jnp.broadcast_shapes(angles.shape[:-1], offsets.shape[:-2], translation.shape[:-1], scale.shape)
     # Work on one flat batch axis N (XLA's CPU dot with several batch dims is fragile) and
     # restore the leading shape at the end.
-    n = int(np.prod(batch))
+    n = math.prod(batch)  # an int; a symbolic dimension when traced for jax.export with a symbolic batch
     chunk = resolve_chunk_size(chunk_size)
     angles = jnp.broadcast_to(angles, batch + angles.shape[-1:]).reshape(n, angles.shape[-1])
     translation = jnp.broadcast_to(translation, batch + (3,)).reshape(n, 3)
     offsets = jnp.broadcast_to(offsets, batch + offsets.shape[-2:]).reshape((n,) + offsets.shape[-2:])
     offsets = offsets * jnp.broadcast_to(scale, batch).reshape(n, 1, 1)
-    if chunk and n > chunk:
+    if chunk and isinstance(n, int) and n > chunk:
         # Large batches run as a sequential loop over chunks (lax.map): on CPU the per-level
         # intermediates then stay in cache instead of streaming through memory. The chunks are
         # balanced (ceil(n / num_chunks) samples each), so padding stays below num_chunks.

@@ -253,10 +253,29 @@ PRESETS = {"seed_h36m18": seed_h36m18, "h36m18": h36m18, "h36m17": h36m17, "mpii
 
 
 def get_tree(name: str) -> KinematicTree:
-    """Preset by name (used by configs): one of :data:`PRESETS`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown kinematic tree {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    """The tree a config names (``config.model.kinematic_tree``): a preset, one of :data:`PRESETS`,
+    or ``'module.path:function'``, a function of no arguments returning a :class:`KinematicTree`
+    (e.g. ``'kinpose_jax.kinematics.examples:h36m18_toes_spine'``). Raises ValueError saying
+    what is wrong (unknown preset, module not importable, no such function, not a tree)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    if ":" not in name:
+        raise ValueError(f"unknown kinematic tree {name!r}; choose one of {sorted(PRESETS)} or give "
+                         f"'module.path:function' returning a KinematicTree")
+    module_name, _, attr = name.partition(":")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"kinematic tree {name!r}: module {module_name!r} cannot be imported ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"kinematic tree {name!r}: module {module_name!r} has no function {attr!r}")
+    tree = fn()
+    if not isinstance(tree, KinematicTree):
+        raise ValueError(f"kinematic tree {name!r}: {attr}() returned {type(tree).__name__}, not a KinematicTree")
+    return tree
 
 
 def seed_motion_permutation(tree: KinematicTree) -> np.ndarray:

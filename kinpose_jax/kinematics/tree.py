@@ -96,6 +96,14 @@ class KinematicTree:
     hidden: tuple[bool, ...] = dataclasses.field(metadata=dict(static=True))
     output_axes: tuple[int, int, int] = dataclasses.field(default=(0, 1, 2), metadata=dict(static=True))
 
+    def __post_init__(self):
+        # A numpy offsets array is stored as a read-only copy, so the tree cannot be changed in
+        # place (jax arrays are immutable already; tracers pass through).
+        if isinstance(self.offsets, np.ndarray):
+            offsets = np.array(self.offsets)
+            offsets.flags.writeable = False
+            object.__setattr__(self, "offsets", offsets)
+
     # ----------------------------------------------------------------- derived static facts
     @property
     def num_entries(self) -> int:
@@ -155,16 +163,6 @@ class KinematicTree:
 
     def is_derived(self, i: int) -> bool:
         return bool(self.derived[i])
-
-    def depth(self, i: int) -> int:
-        d = 0
-        while self.parents[i] >= 0:
-            i = self.parents[i]
-            d += 1
-        return d
-
-    def children(self, i: int) -> tuple[int, ...]:
-        return tuple(c for c, p in enumerate(self.parents) if p == i)
 
     def subtree(self, i: int) -> tuple[int, ...]:
         """``i`` and all its descendant frames, in stored order."""

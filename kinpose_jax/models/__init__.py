@@ -10,19 +10,20 @@ Importing this package never imports torch; see :mod:`kinpose_jax.convert_torch`
 PyTorch (seed / torchvision) weights.
 """
 
-from kinpose_jax.models.deconv import TorchConvTranspose, conv_transpose_stride2
+from kinpose_jax.models.deconv import TorchConvTranspose, conv_transpose_stride2, torch_deconv_padding
 from kinpose_jax.models.heads import (
     DirectHead, IntegralHead, KinematicHead, decode_kinematic, global_avg_pool, kinematic_num_outputs,
-    torch_deconv_padding, upright_view_matrix, view_matrix,
+    upright_view_matrix, view_matrix,
 )
 from kinpose_jax.models.pose_net import (
-    CONFIG_DEFAULTS, DTYPES, HEADS, PoseNet, build_pose_net, config_value, init_variables, parse_backbone,
+    CONFIG_DEFAULTS, DTYPES, HEADS, PoseNet, build_pose_net, config_value, dataset_joint_indices, init_variables,
+    parse_backbone,
 )
 from kinpose_jax.models.resnet import RESNET_SPECS, BasicBlock, Bottleneck, PointwiseConv, ResNet, resnet_out_channels
 
 __all__ = [
     "PoseNet", "build_pose_net", "init_variables", "parse_backbone", "HEADS", "DTYPES", "CONFIG_DEFAULTS",
-    "config_value",
+    "config_value", "dataset_joint_indices",
     "ResNet", "BasicBlock", "Bottleneck", "RESNET_SPECS", "resnet_out_channels",
     "IntegralHead", "DirectHead", "KinematicHead", "decode_kinematic", "kinematic_num_outputs",
     "global_avg_pool", "torch_deconv_padding", "upright_view_matrix", "view_matrix",

@@ -1,4 +1,4 @@
-"""Torch-exact stride-2 transposed convolution, computed as ordinary convolutions.
+"""Torch-exact stride-2 transposed convolution: ``lax.conv_transpose`` or ordinary convolutions.
 
 ``ConvTranspose2d(k, stride=2, padding=p, output_padding=op)`` doubles H and W for the supported
 (k, p, op) = (4, 1, 0), (3, 1, 1), (2, 0, 0). Every output pixel ``o = 2m + a`` (phase ``a`` in
@@ -6,7 +6,8 @@
 transposed conv splits into 4 small stride-1 convolutions (one per output phase (a_y, a_x)) whose
 results are interleaved. Same FLOPs as the direct form, and XLA:CPU runs the gradient of plain
 convs far faster than that of a transposed (lhs-dilated) conv — about 10x for ResNet-50's first
-deconv at 256x256 input.
+deconv at 256x256 input. That phase form is a CPU fast path (``conv_impl``, see
+:mod:`kinpose_jax.models.resnet`); GPU/TPU run the standard ``lax.conv_transpose``.
 
 The parameter is stored like Flax's ``nn.ConvTranspose(transpose_kernel=True)``: ``kernel`` [k, k,
 out, in] = torch weight [in, out, k, k] permuted (2, 3, 1, 0), so either implementation can use
@@ -21,8 +22,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kinpose_jax.models.resnet import use_cpu_fast_paths
+
 #: kernel size -> (torch padding, torch output_padding) so that each deconv doubles H and W.
 DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}
+
+
+def torch_deconv_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit padding for ``lax.conv_transpose`` / Flax ``nn.ConvTranspose(transpose_kernel=True)``
+    that reproduces torch's ``ConvTranspose2d`` (stride 2, padding p, output_padding op):
+    ``(k-1-p, k-1-p+op)`` on the dilated input."""
+    if kernel not in DECONV_PADDING:
+        raise ValueError(f"unsupported deconv kernel {kernel}; choose one of {sorted(DECONV_PADDING)}")
+    p, op = DECONV_PADDING[kernel]
+    lo, hi = kernel - 1 - p, kernel - 1 - p + op
+    return ((lo, hi), (lo, hi))
 
 
 def phase_taps(kernel: int, padding: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
@@ -64,7 +78,8 @@ class TorchConvTranspose(nn.Module):
     """Stride-2, bias-free transposed conv equal to torch's ``ConvTranspose2d(k, 2, p, op)``.
 
     x [B, H, W, C_in] -> [B, 2H, 2W, features]; param ``kernel`` [k, k, features, C_in] (fp32),
-    computed in ``dtype``.
+    computed in ``dtype``: as phase convolutions (:func:`conv_transpose_stride2`) with the CPU fast
+    paths (``conv_impl``), else as ``lax.conv_transpose``.
     """
 
     features: int
@@ -72,6 +87,7 @@ class TorchConvTranspose(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.normal(stddev=0.001)
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -79,4 +95,8 @@ class TorchConvTranspose(nn.Module):
             raise ValueError(f"unsupported deconv kernel {self.kernel_size}; choose one of {sorted(DECONV_PADDING)}")
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, self.features, x.shape[-1]), self.param_dtype)
-        return conv_transpose_stride2(x.astype(self.dtype), kernel.astype(self.dtype), k)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if use_cpu_fast_paths(self.conv_impl):
+            return conv_transpose_stride2(x, kernel, k)
+        return jax.lax.conv_transpose(x, kernel, (2, 2), torch_deconv_padding(k),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)

@@ -22,22 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinpose_jax.kinematics import KinematicTree, forward_kinematics, rest_pose
-from kinpose_jax.models.deconv import DECONV_PADDING, TorchConvTranspose
+from kinpose_jax.models.deconv import TorchConvTranspose
 from kinpose_jax.models.resnet import PointwiseConv, make_norm
+from kinpose_jax.skeleton import BOX_MM
 
 #: The seed's init for deconv / final conv weights: N(0, 0.001), zero bias.
 head_init = nn.initializers.normal(stddev=0.001)
-
-
-def torch_deconv_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Explicit padding for Flax ``nn.ConvTranspose(transpose_kernel=True)`` that reproduces torch's
-    ``ConvTranspose2d`` (stride 2, padding p, output_padding op): ``(k-1-p, k-1-p+op)`` on the
-    dilated input. (The head uses the faster, equivalent :class:`TorchConvTranspose`.)"""
-    if kernel not in DECONV_PADDING:
-        raise ValueError(f"unsupported deconv kernel {kernel}; choose one of {sorted(DECONV_PADDING)}")
-    p, op = DECONV_PADDING[kernel]
-    lo, hi = kernel - 1 - p, kernel - 1 - p + op
-    return ((lo, hi), (lo, hi))
 
 
 class IntegralHead(nn.Module):
@@ -48,8 +38,10 @@ class IntegralHead(nn.Module):
     ``features.{3L}``) and this repository's torch reference names ``final_layer``; Flax module
     names are ``features_{3i}`` (deconv), ``features_{3i+1}`` (BN) and ``final_layer``.
     The deconv kernel is stored like ``nn.ConvTranspose(transpose_kernel=True)``: [kh, kw, out, in]
-    (torch's [in, out, kh, kw] permuted); it runs as 4 phase convolutions (see
-    :mod:`kinpose_jax.models.deconv`), which XLA:CPU differentiates much faster.
+    (torch's [in, out, kh, kw] permuted); with the CPU fast paths (``conv_impl``) it runs as 4
+    phase convolutions (see :mod:`kinpose_jax.models.deconv`), which XLA:CPU differentiates much
+    faster. Under mixed precision (``dtype`` bf16) the final 1x1 conv takes bf16 operands and
+    accumulates and outputs float32, so the softmax over the D*H*W bins sees unrounded logits.
     """
 
     num_joints: int = 18
@@ -59,17 +51,18 @@ class IntegralHead(nn.Module):
     kernel: int = 4
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = make_norm(train, self.dtype, self.bn_axis_name)
         for i in range(self.num_layers):
-            x = TorchConvTranspose(self.filters, self.kernel, self.dtype, jnp.float32, head_init,
+            x = TorchConvTranspose(self.filters, self.kernel, self.dtype, jnp.float32, head_init, self.conv_impl,
                                    name=f"features_{3 * i}")(x)
             x = nn.relu(norm(name=f"features_{3 * i + 1}")(x))
-        x = PointwiseConv(self.num_joints * self.depth_bins, use_bias=True, dtype=self.dtype, param_dtype=jnp.float32,
-                          kernel_init=head_init, name="final_layer")(x)
-        return x.astype(jnp.float32)
+        return PointwiseConv(self.num_joints * self.depth_bins, use_bias=True, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=head_init, conv_impl=self.conv_impl,
+                             out_dtype=jnp.float32, name="final_layer")(x)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
@@ -142,7 +135,7 @@ def kinematic_num_outputs(tree: KinematicTree) -> int:
 
 
 def decode_kinematic(
-    raw: jax.Array, tree: KinematicTree, view: np.ndarray, box_mm: float = 2000.0
+    raw: jax.Array, tree: KinematicTree, view: np.ndarray, box_mm: float = BOX_MM
 ) -> dict[str, jax.Array]:
     """Turns the head's linear outputs into joints (pure function).
 
@@ -182,7 +175,7 @@ class KinematicHead(nn.Module):
 
     tree: KinematicTree
     view: str = "upright"
-    box_mm: float = 2000.0
+    box_mm: float = BOX_MM
     dtype: Any = jnp.float32
 
     @nn.compact

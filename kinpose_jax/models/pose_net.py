@@ -8,27 +8,33 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kinpose_jax import integral
+from kinpose_jax import integral, skeleton
+from kinpose_jax.registry import CONV_IMPLS, HEADS
+from kinpose_jax.skeleton import BOX_MM
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
 from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
 
-HEADS = ("integral", "direct", "kinematic")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class PoseNet(nn.Module):
     """images [B, H, W, 3] (normalized pixels, docs/DESIGN.md#pixel-normalization) -> dict of outputs.
 
-    Always ``joints`` [B, J, 3] float32 in normalized units (docs/DESIGN.md#normalized-units). The integral head adds
-    ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3 deconv layers; channel ``j*D + d``); the
-    kinematic head adds ``translation`` [B,3], ``angles`` [B,num_dofs] (rad) and ``scale`` [B].
+    Always ``joints`` [B, J, 3] float32 in normalized units (docs/DESIGN.md#normalized-units), J = ``num_joints``, the
+    dataset's joints. The integral head adds ``heatmaps`` [B, H/4, W/4, J*D] float32 logits (for 3
+    deconv layers; channel ``j*D + d``); the kinematic head adds ``translation`` [B,3], ``angles``
+    [B,num_dofs] (rad) and ``scale`` [B], and, for a tree with more output joints than the dataset
+    (see :func:`dataset_joint_indices`), ``tree_joints`` [B, tree.num_joints, 3] (all of them, in
+    tree order; ``joints`` is then the dataset's joints picked by name).
 
     ``dtype`` is the compute dtype of the backbone and the integral head's convolutions; the
     direct / kinematic heads' final linear layer (and forward kinematics) always run in float32.
+    The integral head's heatmap logits, the soft-argmax and all BatchNorm reductions are float32.
     Parameters are float32 whatever ``dtype`` is; BatchNorm statistics are
     float32 and live in the ``batch_stats`` collection (call with ``mutable=['batch_stats']`` when
-    ``train=True``).
+    ``train=True``). ``conv_impl``: ``'auto'`` | ``'cpu_fast'`` | ``'standard'``, the form of the 1x1 /
+    transposed convolutions and the stem pool's gradient (see :mod:`kinpose_jax.models.resnet`).
     """
 
     backbone_depth: int = 50
@@ -40,19 +46,21 @@ class PoseNet(nn.Module):
     deconv_kernel: int = 4
     tree: KinematicTree | None = None
     kinematic_view: str = "upright"
-    box_mm: float = 2000.0
+    box_mm: float = BOX_MM
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
-        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, name="backbone")(images, train)
+        feats = ResNet(self.backbone_depth, self.dtype, self.bn_axis_name, self.conv_impl,
+                       name="backbone")(images, train)
         if self.head == "integral":
             heatmaps = IntegralHead(
                 self.num_joints, self.depth_bins, self.deconv_filters, self.num_deconv_layers, self.deconv_kernel,
-                self.dtype, self.bn_axis_name, name="head",
+                self.dtype, self.bn_axis_name, self.conv_impl, name="head",
             )(feats, train)
             joints = integral.softargmax_3d(heatmaps, self.num_joints, self.depth_bins, layout="NHWC")
             return dict(joints=joints.astype(jnp.float32), heatmaps=heatmaps)
@@ -61,19 +69,39 @@ class PoseNet(nn.Module):
         if self.head == "kinematic":
             if self.tree is None:
                 raise ValueError("head='kinematic' needs a kinematic tree")
-            if self.tree.num_joints != self.num_joints:
-                raise ValueError(
-                    f"kinematic tree has {self.tree.num_joints} output joints but num_joints={self.num_joints}"
-                )
-            return KinematicHead(self.tree, self.kinematic_view, self.box_mm, self.dtype, name="head")(feats, train)
+            index = dataset_joint_indices(self.tree, self.num_joints)
+            out = KinematicHead(self.tree, self.kinematic_view, self.box_mm, self.dtype, name="head")(feats, train)
+            if index is not None:  # a larger tree: the dataset's joints by name, every tree joint kept apart
+                out = dict(out, joints=out["joints"][:, index, :], tree_joints=out["joints"])
+            return out
         raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+
+
+def dataset_joint_indices(tree: KinematicTree, num_joints: int) -> tuple[int, ...] | None:
+    """Which tree output joints are the ``num_joints`` dataset joints.
+
+    None (all, in tree order) when the tree has exactly ``num_joints`` output joints (the presets).
+    A larger tree must contain every Human3.6M joint (``skeleton.H36M_JOINT_NAMES``, num_joints
+    = 18) by name: returns their tree output indices in H36M order; its other joints are predicted
+    but not supervised. Raises ValueError otherwise.
+    """
+    if tree.num_joints == num_joints:
+        return None
+    if num_joints != skeleton.H36M_NUM_JOINTS or tree.num_joints < num_joints:
+        raise ValueError(f"kinematic tree has {tree.num_joints} output joints but num_joints={num_joints}; a larger "
+                         f"tree needs num_joints={skeleton.H36M_NUM_JOINTS} (the Human3.6M joints, mapped by name)")
+    missing = [n for n in skeleton.H36M_JOINT_NAMES if n not in tree.joint_names]
+    if missing:
+        raise ValueError(f"kinematic tree lacks the dataset joints {missing} (its output joints must include every "
+                         f"Human3.6M joint by name: {list(skeleton.H36M_JOINT_NAMES)})")
+    return tuple(tree.joint_names.index(n) for n in skeleton.H36M_JOINT_NAMES)
 
 
 #: Defaults of the ``config.model`` fields read by :func:`build_pose_net`.
 CONFIG_DEFAULTS: dict[str, Any] = dict(
     backbone="resnet50", head="integral", num_joints=18, depth_bins=64, deconv_filters=256, num_deconv_layers=3,
-    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=2000.0, dtype="float32",
-    bn_axis_name=None,
+    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=BOX_MM, dtype="float32",
+    bn_axis_name=None, conv_impl="auto",
 )
 
 
@@ -106,13 +134,16 @@ def build_pose_net(model_config: Any) -> PoseNet:
       num_joints (18): J.
       depth_bins (64): D, integral head only.
       deconv_filters (256), num_deconv_layers (3), deconv_kernel (4): integral head only.
-      kinematic_tree ('seed_h36m18'): preset name (kinpose_jax.kinematics.presets) or a
-        KinematicTree, kinematic head only.
+      kinematic_tree ('seed_h36m18'): preset name (kinpose_jax.kinematics.presets),
+        'module.path:function' returning a KinematicTree, or a KinematicTree; kinematic head only.
+        A tree with more output joints than num_joints is mapped by name
+        (:func:`dataset_joint_indices`).
       kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
         (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
-      box_mm (2000.0): mm per normalized unit (side of the 3D box the patch covers).
+      box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
+      conv_impl ('auto'): 'auto' | 'cpu_fast' | 'standard' (kinpose_jax.registry.CONV_IMPLS).
     """
     def get(key):
         return config_value(model_config, key)
@@ -123,6 +154,9 @@ def build_pose_net(model_config: Any) -> PoseNet:
     head = str(get("head"))
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    conv_impl = str(get("conv_impl"))
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}")
     tree = None
     if head == "kinematic":
         tree = get("kinematic_tree")
@@ -140,6 +174,7 @@ def build_pose_net(model_config: Any) -> PoseNet:
         box_mm=float(get("box_mm")),
         dtype=DTYPES[dtype_name],
         bn_axis_name=get("bn_axis_name"),
+        conv_impl=conv_impl,
     )
 
 

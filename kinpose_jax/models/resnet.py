@@ -5,13 +5,16 @@ tree mechanically (see :mod:`kinpose_jax.convert_torch`): ``conv1``, ``bn1``, ``
 ``conv1..3``, ``bn1..3`` and ``downsample_0`` (1x1 conv) / ``downsample_1`` (BN).
 
 All paddings are explicit and symmetric like torch's (``'SAME'`` would pad stride-2 convs
-asymmetrically and break parity with torch). 1x1 convolutions run as matmuls
-(:class:`PointwiseConv`, same parameters as ``nn.Conv``), which XLA:CPU differentiates faster.
+asymmetrically and break parity with torch).
 
-CPU fast paths (:data:`CPU_FAST_PATHS`; by default on when ``jax.default_backend() == "cpu"``,
-decided at trace time, off on GPU/TPU where the native ops are fast): the stem's max-pool uses
-:func:`max_pool` with a hand-written gradient (XLA:CPU's ``select_and_scatter`` is about 4x
-slower). Results are the same either way (tests/test_resnet_fast_paths.py).
+CPU fast paths, chosen per module by ``conv_impl`` (:data:`CONV_IMPLS`): ``'cpu_fast'`` uses them,
+``'standard'`` uses the native ops, ``'auto'`` (default) uses them when ``jax.default_backend() ==
+"cpu"`` (decided at trace time; :data:`CPU_FAST_PATHS` overrides ``'auto'``), so GPU/TPU get the
+native ops, which their compilers handle best. The fast paths: 1x1 convolutions as 2-D matmuls
+(:class:`PointwiseConv`), the stem's max-pool with a hand-written gradient (:func:`max_pool`;
+XLA:CPU's ``select_and_scatter`` is about 4x slower) and, in the integral head, transposed
+convolutions as phase convolutions (:mod:`kinpose_jax.models.deconv`). Parameters and results are
+the same either way (tests/test_resnet_fast_paths.py, tests/test_conv_impl.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kinpose_jax.registry import CONV_IMPLS
 
 #: depth -> (block type, blocks per stage)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -39,13 +44,19 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 TORCH_BN_MOMENTUM = 0.9
 TORCH_BN_EPS = 1e-5
 
-
-#: Use the CPU-friendly formulations (see module doc): ``None`` = when the default backend is CPU.
+#: Use the CPU-friendly formulations under ``conv_impl='auto'`` (see module doc): ``None`` = when
+#: the default backend is CPU.
 CPU_FAST_PATHS: bool | None = None
 
 
-def use_cpu_fast_paths() -> bool:
-    """Whether to trace the CPU fast paths now (:data:`CPU_FAST_PATHS`, default: backend is CPU)."""
+
+def use_cpu_fast_paths(conv_impl: str = "auto") -> bool:
+    """Whether to trace the CPU fast paths now: ``'cpu_fast'`` -> True, ``'standard'`` -> False,
+    ``'auto'`` -> :data:`CPU_FAST_PATHS`, or when it is None, whether the backend is CPU."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}")
+    if conv_impl != "auto":
+        return conv_impl == "cpu_fast"
     return jax.default_backend() == "cpu" if CPU_FAST_PATHS is None else bool(CPU_FAST_PATHS)
 
 
@@ -112,9 +123,15 @@ def _spec(depth: int) -> tuple[str, tuple[int, int, int, int]]:
 
 
 class PointwiseConv(nn.Module):
-    """1x1 convolution computed as a 2-D matmul (XLA:CPU differentiates a dot about 2x faster than
-    a 1x1 conv, and a 2-D dot another 1.5-3x faster than a 4-D one). Same parameters as ``nn.Conv(features, (1, 1))``: ``kernel`` [1, 1, C_in, features]
-    and optional ``bias``. x [B, H, W, C_in] -> [B, ceil(H/s), ceil(W/s), features]."""
+    """1x1 convolution, same parameters as ``nn.Conv(features, (1, 1))``: ``kernel`` [1, 1, C_in,
+    features] and optional ``bias``. x [B, H, W, C_in] -> [B, ceil(H/s), ceil(W/s), features].
+
+    With the CPU fast paths (``conv_impl``, see module doc) it is a 2-D matmul (XLA:CPU
+    differentiates a dot about 2x faster than a 1x1 conv, and a 2-D dot another 1.5-3x faster than
+    a 4-D one); otherwise ``lax.conv_general_dilated``, like ``nn.Conv``. Operands are cast to
+    ``dtype``; the result has ``out_dtype`` (None = ``dtype``), accumulated in it: bf16 operands
+    with ``out_dtype=float32`` give float32 outputs that were never rounded to bf16.
+    """
 
     features: int
     strides: tuple[int, int] = (1, 1)
@@ -123,30 +140,40 @@ class PointwiseConv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
+    conv_impl: str = "auto"
+    out_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
-        sy, sx = self.strides
-        if (sy, sx) != (1, 1):
-            x = x[:, ::sy, ::sx, :]
-        # A 2-D [N, C_in] @ [C_in, C_out] dot: XLA:CPU then transposes a 2-D activation for the
-        # kernel gradient instead of a 4-D one, which makes fwd+bwd 1.5-3x faster at 64x64.
-        b, h, w, c = x.shape
-        y = jnp.dot(x.astype(self.dtype).reshape(b * h * w, c), kernel[0, 0].astype(self.dtype))
-        y = y.reshape(b, h, w, self.features)
+        out_dtype = self.dtype if self.out_dtype is None else self.out_dtype
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if use_cpu_fast_paths(self.conv_impl):
+            sy, sx = self.strides
+            if (sy, sx) != (1, 1):
+                x = x[:, ::sy, ::sx, :]
+            # A 2-D [N, C_in] @ [C_in, C_out] dot: XLA:CPU then transposes a 2-D activation for the
+            # kernel gradient instead of a 4-D one, which makes fwd+bwd 1.5-3x faster at 64x64.
+            b, h, w, c = x.shape
+            y = jnp.dot(x.reshape(b * h * w, c), kernel[0, 0], preferred_element_type=out_dtype)
+            y = y.reshape(b, h, w, self.features)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             preferred_element_type=out_dtype)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(out_dtype)
         return y
 
 
-def make_conv(dtype: Any):
+def make_conv(dtype: Any, conv_impl: str = "auto"):
     """Bias-free conv with torchvision init, fp32 params, compute in ``dtype``; 1x1 kernels
     (padding 'VALID') run as :class:`PointwiseConv` (identical parameters and results)."""
 
     def conv(features, kernel_size, strides=(1, 1), padding="VALID", name=None):
         if tuple(kernel_size) == (1, 1) and padding == "VALID":
-            return PointwiseConv(features, tuple(strides), False, dtype, jnp.float32, conv_init, name=name)
+            return PointwiseConv(features, tuple(strides), False, dtype, jnp.float32, conv_init, conv_impl=conv_impl,
+                                 name=name)
         return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype,
                        param_dtype=jnp.float32, kernel_init=conv_init, name=name)
 
@@ -183,10 +210,11 @@ class BasicBlock(nn.Module):
     downsample: bool = False
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv, norm = make_conv(self.dtype), make_norm(train, self.dtype, self.bn_axis_name)
+        conv, norm = make_conv(self.dtype, self.conv_impl), make_norm(train, self.dtype, self.bn_axis_name)
         s = (self.stride, self.stride)
         y = conv(self.features, (3, 3), s, padding=_pad(3), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -209,10 +237,11 @@ class Bottleneck(nn.Module):
     downsample: bool = False
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv, norm = make_conv(self.dtype), make_norm(train, self.dtype, self.bn_axis_name)
+        conv, norm = make_conv(self.dtype, self.conv_impl), make_norm(train, self.dtype, self.bn_axis_name)
         s = (self.stride, self.stride)
         y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -230,23 +259,24 @@ class ResNet(nn.Module):
     """ResNet trunk without pooling/classifier.
 
     images [B,H,W,3] (normalized pixels) -> features [B,H/32,W/32,C] with C =
-    :func:`resnet_out_channels` (``dtype`` compute, fp32 params).
+    :func:`resnet_out_channels` (``dtype`` compute, fp32 params). ``conv_impl``: see module doc.
     """
 
     depth: int = 50
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         block_type, layers = _spec(self.depth)
         block_cls = BasicBlock if block_type == "basic" else Bottleneck
         expansion = 1 if block_type == "basic" else 4
-        conv, norm = make_conv(self.dtype), make_norm(train, self.dtype, self.bn_axis_name)
+        conv, norm = make_conv(self.dtype, self.conv_impl), make_norm(train, self.dtype, self.bn_axis_name)
         x = x.astype(self.dtype)
         x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
-        if use_cpu_fast_paths():
+        if use_cpu_fast_paths(self.conv_impl):
             x = max_pool(x, 3, 2, 1)
         else:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -256,6 +286,7 @@ class ResNet(nn.Module):
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
                 down = j == 0 and (stride != 1 or in_ch != width * expansion)
-                x = block_cls(width, stride, down, self.dtype, self.bn_axis_name, name=f"layer{i + 1}_{j}")(x, train)
+                x = block_cls(width, stride, down, self.dtype, self.bn_axis_name, self.conv_impl,
+                              name=f"layer{i + 1}_{j}")(x, train)
                 in_ch = width * expansion
         return x

@@ -1,0 +1,97 @@
+"""``model.bn_sync``: BatchNorm statistics of the global batch (default) or of each device's slice
+(``per_device``, shard_map), on the simulated CPU devices of tests/conftest.py."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from kinpose_jax import config_checks, parallel, train
+from kinpose_jax.models import build_pose_net
+
+
+PER_DEVICE = 2  # images per device
+
+
+def _problem():
+    config = default.get_config()
+    config.model.update(backbone="resnet18", head="integral", depth_bins=2, deconv_filters=8, num_deconv_layers=1)
+    config.data.patch_size = 32
+    model = build_pose_net(config.model)
+    n = jax.device_count()
+    rng = np.random.default_rng(0)
+    # devices see different image statistics, so per-device and global BN differ clearly
+    level = np.repeat(1.0 + np.arange(n), PER_DEVICE)[:, None, None, None]
+    image = rng.normal(size=(n * PER_DEVICE, 32, 32, 3)) * level + level
+    batch = {"image": image.astype(np.float32),
+             "joints": rng.uniform(-0.4, 0.4, size=(n * PER_DEVICE, 18, 3)).astype(np.float32),
+             "joints_vis": (rng.uniform(size=(n * PER_DEVICE, 18, 3)) > 0.2).astype(np.float32)}
+    return config, model, batch
+
+
+def _close(a, b, rtol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * (np.abs(y).max() + 1e-6))
+
+
+def test_per_device_statistics_and_gradients_are_those_of_each_slice():
+    assert jax.device_count() >= 2, "tests/conftest.py simulates 4 CPU devices"
+    config, model, batch = _problem()
+    mesh = parallel.make_mesh()
+    schedule = train.learning_rate_schedule(config, 10)
+    tx = train.make_optimizer(config, schedule)
+    state = train.create_state(config, model, tx, mesh)
+    params, stats = jax.device_get((state.params, state.batch_stats))
+    device_batch = parallel.global_batch(mesh, batch)
+
+    # each device's slice computed alone (one device, plain value_and_grad), then averaged
+    alone = jax.jit(jax.value_and_grad(train.make_loss_fn(model, config.loss), has_aux=True))
+    slices = [alone(params, stats, {k: v[i * PER_DEVICE:(i + 1) * PER_DEVICE] for k, v in batch.items()})
+              for i in range(jax.device_count())]
+    mean = lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), axis=0)  # noqa: E731
+    want_loss = mean(*[s[0][0] for s in slices])
+    want_stats = jax.tree.map(mean, *[s[0][1] for s in slices])
+    want_grads = jax.tree.map(mean, *[s[1] for s in slices])
+
+    grad_fn = jax.jit(train.make_grad_fn(model, config.loss, "per_device", mesh))
+    (loss, new_stats), grads = grad_fn(state.params, state.batch_stats, device_batch)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+    _close(grads, want_grads, rtol=1e-4)
+    _close(new_stats, want_stats, rtol=1e-5)  # the pmean of the per-device running statistics
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves((loss, new_stats, grads)))
+
+    # global BN (the default) normalises with the whole batch: other statistics, other gradients
+    (_, global_stats), global_grads = jax.jit(train.make_grad_fn(model, config.loss))(
+        state.params, state.batch_stats, device_batch)
+    def rel(a, b):
+        return float(optax.tree.norm(jax.tree.map(lambda x, y: x - y, a, b)) / optax.tree.norm(b))
+
+    assert rel(global_grads, want_grads) > 1e-2 and rel(global_stats, want_stats) > 1e-2
+
+    # the jitted training step: same loss, replicated state, gradient norm of the averaged gradient
+    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule, "per_device", mesh),
+                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+    new_state, metrics = step(state, device_batch)
+    np.testing.assert_allclose(float(metrics["loss"]), want_loss, rtol=1e-5)
+    want_norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in jax.tree.leaves(want_grads)))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), want_norm, rtol=1e-4)
+    _close(new_state.batch_stats, want_stats, rtol=1e-5)
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(new_state))
+
+
+def test_bn_sync_is_validated():
+    config = default.get_config()
+    config.model.bn_sync = "per_host"
+    with pytest.raises(ValueError, match=r"^config.model.bn_sync = 'per_host' is invalid"):
+        config_checks.validate(config)
+    config.model.bn_sync, config.model.conv_impl = "per_device", "fast"
+    with pytest.raises(ValueError, match=r"^config.model.conv_impl = 'fast' is invalid"):
+        config_checks.validate(config)
+    with pytest.raises(ValueError, match="bn_sync='per_device' needs the device mesh"):
+        train.make_grad_fn(None, "l1", "per_device")

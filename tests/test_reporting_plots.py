@@ -1,0 +1,53 @@
+"""The PNGs a researcher reads: labelled axes, readable ticks, truth and prediction colours that
+stand out on the synthetic set's green-rendered legs."""
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+from matplotlib.colors import to_rgb  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from kinpose_jax import reporting  # noqa: E402
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    figures = []
+    original = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def test_learning_curve_axes_are_labelled(tmp_path, saved_figures):
+    rows = [{"step": s, "kind": "train", "loss": 1.0 / s} for s in range(1, 5)]
+    rows.append({"step": 4, "kind": "eval", "val_loss": 0.3, "mpjpe": 200.0, "pa_mpjpe": 150.0})
+    reporting.plot_learning_curve(rows, str(tmp_path / "curve.png"))
+    (fig,) = saved_figures
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), ax
+
+
+def test_sample_plots_label_3d_axes_with_few_ticks_and_no_green_truth(tmp_path, saved_figures):
+    rng = np.random.default_rng(0)
+    n, j = 2, 18
+    reporting.plot_samples(rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.uniform(0, 32, (n, j, 2)),
+                           rng.uniform(0, 32, (n, j, 2)), rng.normal(0, 300, (n, j, 3)), rng.normal(0, 300, (n, j, 3)),
+                           str(tmp_path / "samples.png"))
+    (fig,) = saved_figures
+    axes3d = [ax for ax in fig.axes if ax.name == "3d"]
+    assert len(axes3d) == n
+    for ax in axes3d:
+        assert "mm" in ax.get_xlabel() and "mm" in ax.get_ylabel() and "mm" in ax.get_zlabel()
+        for ticks in (ax.get_xticks(), ax.get_yticks(), ax.get_zticks()):
+            assert len(ticks) <= 3
+    colors = {to_rgb(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+    assert colors == {to_rgb(reporting.TRUTH_COLOR), to_rgb(reporting.PRED_COLOR)}
+    for rgb in colors:
+        assert not (rgb[1] > 0.5 and rgb[1] > 1.5 * max(rgb[0], rgb[2])), rgb  # no green line
