@@ -1,7 +1,7 @@
 """One command for the accelerator figures, in one process, written to one JSON.
 
     python benchmarks/accelerator_suite.py            # full sizes, for a GPU/TPU host (~8 min on one H200)
-    python benchmarks/accelerator_suite.py --small    # CPU smoke form (tiny sizes; the test suite runs it)
+    python benchmarks/accelerator_suite.py --small    # CPU smoke form (tiny sizes, float32; tests run it)
 
 Sections, in this order (each one's failure is recorded and the suite goes on; with --budget-s the
 sections that would start after the budget are recorded as skipped):
@@ -16,9 +16,9 @@ sections that would start after the budget are recorded as skipped):
    batch, JAX vs torch on the same device, with the device copy bandwidth measured in the same run.
 
 Every figure is a ratio against a baseline measured in the same run. Nothing is asserted about
-speed. Output: a table on stdout and ``--out`` (default
-``benchmarks/results/accelerator_suite_<backend>.json``; the per-section JSONs go to a temporary
-folder and are embedded).
+speed. Output: a table on stdout and ``--out`` (default ``benchmarks/runs/accelerator_suite_<backend>.json``,
+untracked; the published runs are under ``benchmarks/results/``), rewritten after every section; the
+per-section JSONs go to a temporary folder and are embedded.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ DTYPES = ("bfloat16", "float32")
 def _train_step_args(head: str, dtype: str, small: bool, batch: int, out: str) -> list[str]:
     if small:
         return ["--backbone", "resnet18", "--head", head, "--dtype", dtype, "--size", "64", "--batch", "2",
-                "--depth-bins", "8", "--steps", "2", "--out", out]
+                "--depth-bins", "8", "--steps", "1", "--out", out]
     return ["--backbone", "resnet50", "--head", head, "--dtype", dtype, "--size", "256", "--batch", str(batch),
             "--steps", "10", "--out", out]
 
@@ -139,15 +139,17 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny sizes: a CPU smoke run of every section")
     p.add_argument("--batch", type=int, default=64, help="train/inference batch (full form)")
-    p.add_argument("--dtypes", default="both", choices=("both",) + DTYPES, help="compute dtypes of the train steps")
+    p.add_argument("--dtypes", choices=("both",) + DTYPES,
+                   help="compute dtypes of the train steps (default: both; float32 with --small)")
     p.add_argument("--workers", type=int, default=-1,
                    help="input pipeline worker processes (-1: half the CPUs, at most 8; small form: 0)")
     p.add_argument("--only", default="", help="comma-separated section name prefixes to run (default: all)")
     p.add_argument("--budget-s", type=float, default=0.0, help="start no section after this many seconds (0: no limit)")
     p.add_argument("--out", default="", help="JSON path (default benchmarks/results/accelerator_suite_<backend>.json)")
     a = p.parse_args(argv)
+    a.dtypes = a.dtypes or ("float32" if a.small else "both")
     start = time.perf_counter()
-    out = a.out or os.path.join(REPO, "benchmarks", "results", f"accelerator_suite_{jax.default_backend()}.json")
+    out = a.out or os.path.join(REPO, "benchmarks", "runs", f"accelerator_suite_{jax.default_backend()}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     def report_of(results: dict) -> dict:

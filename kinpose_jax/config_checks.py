@@ -63,7 +63,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model.head", m.head, f"one of {HEADS}")
     if m.kinematic_tree not in KINEMATIC_TREES and not TREE_FUNCTION.fullmatch(str(m.kinematic_tree)):
         _fail("model.kinematic_tree", m.kinematic_tree,
-              f"one of {KINEMATIC_TREES} or 'module.path:function' returning a KinematicTree")
+              f"one of {list(KINEMATIC_TREES)} or 'module.path:function' returning a KinematicTree")
     if m.kinematic_view not in KINEMATIC_VIEWS:
         _fail("model.kinematic_view", m.kinematic_view, f"one of {KINEMATIC_VIEWS}")
     if m.head == "kinematic" and m.kinematic_tree not in KINEMATIC_TREES:
@@ -89,7 +89,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if d.patch_size < 32 or d.patch_size % 32:
         _fail("data.patch_size", d.patch_size, "a multiple of 32 (the ResNet stride), >= 32")
     _number(config, "data.mpii_fraction", 0.0, 1.0, high_open=True, expected="a fraction in [0, 1)")
-    _number(config, "data.worker_count", 0, integer=True, expected="an integer >= 0 (0 = in the main process)")
+    _number(config, "data.worker_count", -1, integer=True,
+            expected="an integer >= -1 (-1 = auto, 0 = in the main process)")
+    _number(config, "data.read_threads", 1, integer=True)
+    if d.get("record_layout", "full") not in ("full", "crop"):
+        _fail("data.record_layout", d.record_layout, "'full' or 'crop'")
     _number(config, "data.worker_buffer_size", 1, integer=True)
     _number(config, "data.scale_factor", 0.0, 1.0, high_open=True,
             expected="a factor in [0, 1) (scales 1 +- factor must stay > 0)")

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -70,7 +71,7 @@ def seed_network(head: str, seed: int = 0):
 def run_compare(tmp_path, data, checkpoint, *extra) -> dict:
     out = str(tmp_path / "result.json")
     argv = ["--torch-checkpoint", checkpoint, "--config", data[0], "--data", data[1], "--patch-size", "64",
-            "--batch-size", "8", "--max-batches", "2", "--json", out, *extra]
+            "--batch-size", str(8 // jax.device_count()), "--max-batches", "2", "--json", out, *extra]
     assert compare_torch.main(argv) == 0
     with open(out) as f:
         return json.load(f)

@@ -69,7 +69,10 @@ def test_a_missing_config_file_is_one_line():
         ("--config.model.kinematic_tree=foo", "config.model.kinematic_tree = 'foo' is invalid"),
         ("--config.data.synthetic_image_size=10", "config.data.synthetic_image_size = 10 is invalid: expected an "
                                                   "image side in px >= 64"),
-        ("--config.data.worker_count=-1", "config.data.worker_count = -1 is invalid: expected an integer >= 0"),
+        ("--config.data.worker_count=-2", "config.data.worker_count = -2 is invalid: expected an integer >= -1 "
+                                          "(-1 = auto, 0 = in the main process)"),
+        ("--config.data.read_threads=0", "config.data.read_threads = 0 is invalid: expected an integer >= 1"),
+        ("--config.data.record_layout=tiles", "config.data.record_layout = 'tiles' is invalid"),
         ("--config.data.flip_prob=2.0", "config.data.flip_prob = 2.0 is invalid: expected a probability in [0, 1]"),
         ("--config.data.rotation_prob=-0.1", "config.data.rotation_prob = -0.1 is invalid"),
         ("--config.data.scale_factor=-1", "config.data.scale_factor = -1.0 is invalid: expected a factor in [0, 1)"),
