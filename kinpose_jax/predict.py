@@ -118,14 +118,17 @@ def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> Loa
         config = ml_collections.ConfigDict(json.load(f))
     model = build_pose_net(config.model)
     fresh = train.init_variables(model, config, jax.random.PRNGKey(0))
-    manager = checkpointing.make_manager(workdir, int(config.keep_checkpoints))
-    if step is None:
-        step = checkpointing.best_or_latest_step(manager)
+    manager = checkpointing.make_manager(workdir, int(config.keep_checkpoints), create=False)
+    try:
         if step is None:
-            raise PredictError(f"{workdir}/checkpoints holds no checkpoint")
-    elif step not in manager.all_steps():
-        raise PredictError(f"{workdir}/checkpoints has no step {step} (it has {sorted(manager.all_steps())})")
-    variables = checkpointing.restore_variables(manager, step, checkpointing.abstract_like(fresh))
+            step = checkpointing.best_or_latest_step(manager)
+            if step is None:
+                raise PredictError(f"{workdir}/checkpoints holds no checkpoint")
+        elif step not in manager.all_steps():
+            raise PredictError(f"{workdir}/checkpoints has no step {step} (it has {sorted(manager.all_steps())})")
+    finally:
+        manager.close()
+    variables = checkpointing.restore_variables(workdir, step, checkpointing.abstract_like(fresh))
     return LoadedModel(model, variables, config.model.to_dict(), int(patch_size or config.data.patch_size),
                        f"{workdir} step {step}")
 

@@ -93,7 +93,7 @@ def test_the_toes_are_predicted_but_not_supervised():
 
     model, variables = _kinematic_model(EXTENDED)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(2, 32, 32, 3)).astype(np.float32),
+    batch = {"image": rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8),
              "joints": rng.uniform(-0.3, 0.3, (2, 18, 3)).astype(np.float32),
              "joints_vis": np.ones((2, 18, 3), np.float32)}
     loss_of = train.make_loss_fn(model, "l1")

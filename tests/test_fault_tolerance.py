@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 def tiny_config(root, **overrides):
     """The shared tiny config shrunk to 2 steps of batch 4 per device, checkpointing every step."""
     base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, steps_per_epoch=2, per_device_batch_size=4,
-                checkpoint_every_steps=1, log_every_steps=1)
+                checkpoint_every_steps=1, log_every_steps=1, data__worker_count=0)
     return shared_tiny_config(root, **{**base, **{k.replace(".", "__"): v for k, v in overrides.items()}})
 
 
@@ -169,7 +169,9 @@ def test_eval_mode_skips_a_damaged_best_checkpoint(finished_run, tmp_path, capsy
     from kinpose_jax import train
 
     workdir = copy_run(finished_run, tmp_path)
-    _damage(_largest_file(os.path.join(workdir, "checkpoints", "2", "state")), "truncate")
+    for folder, _, files in os.walk(os.path.join(workdir, "checkpoints", "2", "state")):
+        for name in files:  # every array file: whichever holds the parameters on this device count
+            _damage(os.path.join(folder, name), "truncate")
     train.evaluate_checkpoint(tiny_config(data_root), workdir)
     out = capsys.readouterr().out
     assert "Skipped checkpoint step 2: it does not restore" in out and "Evaluating checkpoint step 1" in out, out

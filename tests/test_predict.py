@@ -107,7 +107,8 @@ def expected_outputs(model, variables, image_path, x, y, w, h, focal):
     center = np.array([x + w / 2.0, y + h / 2.0])
     sample = augment.make_sample(image, center, np.array([side, side]), np.zeros((18, 3)), np.zeros((18, 3)),
                                  augment.NO_AUGMENTATION, (PATCH, PATCH), [])
-    norm = np.asarray(model.apply(variables, sample["image"][None], train=False)["joints"])[0].astype(np.float64)
+    pixels = augment.normalize_pixels(sample["image"][None], sample["gains"][None])  # uint8 patch -> network input
+    norm = np.asarray(model.apply(variables, pixels, train=False)["joints"])[0].astype(np.float64)
     uv = center + norm[:, :2] * side  # normalized (x, y) are fractions of the patch around its centre
     z_rel = norm[:, 2] * 2000.0  # normalized depth x box_mm
     root_depth = focal * 2000.0 / side
@@ -136,7 +137,8 @@ def test_predict_writes_json_and_png_per_image_matching_an_independent_computati
     for p, r in zip(images, results):
         box = boxes.get(p, boxes.get(os.path.basename(p)))
         want_uv, want_rel = expected_outputs(model, variables, p, *box, focal=300.0)
-        np.testing.assert_allclose(r["joints_2d_px"], want_uv, atol=0.01)  # float32, batch of 2 vs 1
+        # float32, batch of 2 on 4 devices vs 1 (host vs device normalization): 0.011 px measured
+        np.testing.assert_allclose(r["joints_2d_px"], want_uv, atol=0.02)
         np.testing.assert_allclose(r["joints_3d_mm"], want_rel, atol=0.5)
         assert r["joint_names"][0] == "pelvis" and len(r["joints_3d_mm"]) == 18
         assert r["camera"]["focal_px"] == 300.0 and not r["camera"]["focal_assumed"]
