@@ -4,6 +4,7 @@ pipeline, in the same run, same worker count, same augmentations; plus where a s
 
     python benchmarks/input_pipeline.py [--workers 2] [--image_size 1000] [--batches 20] [--quick]
         [--out benchmarks/results/input_pipeline.json]
+    python benchmarks/input_pipeline.py --table benchmarks/results/input_pipeline.json  # README table
 
 Data: a synthetic Human3.6M (seed layout, generated once into --data, default
 /tmp/kinpose_bench_data) with --image_size px frames (1000 ~ real Human3.6M's 1000 x 1002),
@@ -242,7 +243,13 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs",
                                                   "input_pipeline.json"),
                    help="JSON output (benchmarks/results/ holds the published numbers: pass it to update them)")
+    p.add_argument("--table", default="", help="only print the markdown table of this JSON (a finished run)")
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            result = json.load(f)
+        print(markdown_table(result))
+        return result
     if args.quick:
         args.image_size, args.folders, args.frames, args.batches, args.warmup, args.batch = 320, 2, 16, 4, 1, 8
         args.rounds, args.split_records, args.split_repeats, args.patch = 1, 8, 1, 64  # crops smaller than images
