@@ -49,6 +49,7 @@ def ensure_dataset(config, train: bool = True, process_index: int | None = None,
 
         process_index = jax.process_index()
     out = _records_dir(config)
+    records.require_local(out)
     needed = _needed(config, train)
     error = None
     if process_index == 0:
