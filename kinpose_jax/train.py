@@ -23,7 +23,7 @@ import optax
 from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting, storage
 from kinpose_jax.data import DataError, augment
 from kinpose_jax.data.pipeline import MODEL_KEYS
-from kinpose_jax.models import build_pose_net
+from kinpose_jax.models import build_pose_net, init_variables as init_model_variables
 from kinpose_jax.registry import BN_SYNC
 
 log = logging.getLogger("kinpose_jax")
@@ -91,8 +91,8 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
 
 
 def init_variables(model, config, key) -> dict:
-    size = config.data.patch_size
-    return model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+    """Initial variables for ``config.data.patch_size`` inputs (:func:`kinpose_jax.models.init_variables`)."""
+    return init_model_variables(model, key, int(config.data.patch_size))
 
 
 def make_loss_fn(model, loss_name: str):

@@ -181,5 +181,6 @@ def build_pose_net(model_config: Any) -> PoseNet:
 def init_variables(model: PoseNet, rng: jax.Array, image_size: int | tuple[int, int] = 256) -> dict:
     """Initial ``{'params', 'batch_stats'}`` for ``model`` (one dummy image of the given size)."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    variables = model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False)
-    return dict(variables)
+    # one compiled program instead of one eager dispatch (and compilation) per initializer op
+    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, h, w, 3), jnp.float32), train=False))
+    return dict(init(rng))
