@@ -11,7 +11,7 @@ sections that would start after the budget are recorded as skipped):
    the same machine (CUDA when torch sees a GPU, under bfloat16 autocast for --dtype bfloat16; else
    CPU float32) — ``benchmarks/train_step.py``;
 2. input pipeline (``benchmarks/input_pipeline.py``): grain over full-image and over patch-sized
-   records vs a seed-style torch DataLoader with the same number of worker processes; images/s per
+   records vs an original-style torch DataLoader with the same number of worker processes; images/s per
    core (cores = worker processes, at most the CPU count);
 3. core ops (``benchmarks/core_ops.py``): forward kinematics (poses/s) and 3D soft-argmax at large
    batch, JAX vs torch on the same device, with the device copy bandwidth measured in the same run.

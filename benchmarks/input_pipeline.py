@@ -1,12 +1,12 @@
 """Input-pipeline throughput per CPU core: the grain pipeline over full-image records and over
-patch-sized (crop-layout) records vs a PyTorch DataLoader running the seed-style per-sample OpenCV
+patch-sized (crop-layout) records vs a PyTorch DataLoader running the original-style per-sample OpenCV
 pipeline, in the same run, same worker count, same augmentations; plus where a sample's time goes.
 
     python benchmarks/input_pipeline.py [--workers 2] [--image_size 1000] [--batches 20] [--quick]
         [--out benchmarks/results/input_pipeline.json]
     python benchmarks/input_pipeline.py --table benchmarks/results/input_pipeline.json  # README table
 
-Data: a synthetic Human3.6M (seed layout, generated once into --data, default
+Data: a synthetic Human3.6M (original layout, generated once into --data, default
 /tmp/kinpose_bench_data) with --image_size px frames (1000 ~ real Human3.6M's 1000 x 1002),
 converted twice to ArrayRecord shards: ``records/`` (full layout: the JPEG files) and
 ``records_crop/`` (crop layout, ``convert.crop_layout`` for --patch and the pipeline's
@@ -15,8 +15,8 @@ augmentation: JPEG crops of the region any draw samples, at a scale-1 patch's re
 * grain_full / grain_crop: ``kinpose_jax.data.pipeline.make_train_iterator`` — records from the
   shards, decode, augmentation (docs/DESIGN.md#augmentation), warp, batched in the workers as uint8
   patches + colour gains (the pixel normalization runs on the device in training, not timed here).
-* torch: ``torch.utils.data.DataLoader(shuffle=True, drop_last=True)`` over the seed's cache (list
-  of dicts) with a ``Dataset.__getitem__`` written in the seed's style: ``cv2.imread`` of the file,
+* torch: ``torch.utils.data.DataLoader(shuffle=True, drop_last=True)`` over the original's cache (list
+  of dicts) with a ``Dataset.__getitem__`` written in the original's style: ``cv2.imread`` of the file,
   python ``random`` / ``np.random`` draws, three-point ``cv2.getAffineTransform``, per-channel and
   per-joint Python loops, CHW float32 tensors (normalized on the host).
 
@@ -59,7 +59,7 @@ MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
 
-# ------------------------------------------------------------------ the seed-style torch dataset
+# ------------------------------------------------------------------ the original-style torch dataset
 def _rotate_2d(pt, rad):
     sn, cs = np.sin(rad), np.cos(rad)
     return np.array([pt[0] * cs - pt[1] * sn, pt[0] * sn + pt[1] * cs], dtype=np.float32)
@@ -75,7 +75,7 @@ def _trans(cx, cy, w, h, pw, ph, scale, rot):
 
 
 class SeedStyleDataset:
-    """``torch.utils.data.Dataset`` doing what the seed's ``get_single_patch_sample`` does."""
+    """``torch.utils.data.Dataset`` doing what the original's ``get_single_patch_sample`` does."""
 
     def __init__(self, db, patch, cfg):
         self.db, self.patch, self.cfg = db, patch, cfg
@@ -208,7 +208,7 @@ def markdown_table(result: dict) -> str:
     rows = ["| pipeline | images/s | per core | bytes/image leaving the workers | cores for 1,000 / 8,000 images/s |",
             "|---|---:|---:|---:|---:|"]
     for key, name in (("grain_full", "grain, full-image records"), ("grain_crop", "grain, patch-sized records"),
-                      ("torch_seed_style", "seed-style torch DataLoader")):
+                      ("torch_seed_style", "original-style torch DataLoader")):
         r = result[key]
         rows.append(f"| {name} | {r['images_per_s']:.0f} | {r['images_per_s_per_core']:.0f} | "
                     f"{r['bytes_per_image']:,} | {r['projection']['1000']['cores']:.1f} / "

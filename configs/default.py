@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
-    d.root = "data"  # Folder holding hm36/ (and mpii/) in the seed layout (README "Prepare Human3.6M").
+    d.root = "data"  # Folder holding hm36/ (and mpii/) in the original's layout (README "Prepare Human3.6M").
     d.records_dir = ""  # ArrayRecord shards; "" = <root>/records.
     d.train_set = "train"  # H36M cache set used for training (train, validmin, ...: docs/DESIGN.md#h36m-on-disk).
     d.eval_set = "validmin"  # H36M cache set used for evaluation.
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     #   "module.path:function" returning a KinematicTree that holds the 18 H36M joints by name (extra joints
     #   are predicted, not supervised), e.g. "kinpose_jax.kinematics.examples:h36m18_toes_spine".
     m.kinematic_view = "upright"  # Kinematic head: 'upright' (rest pose stands facing the camera) or
-    #   'identity' (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
+    #   'identity' (tree output axes used as camera axes, as the original does; needed to reuse the original's weights).
     m.box_mm = BOX_MM  # mm covered by one normalized unit (side of the 3D box the patch shows).
     m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (mixed precision: bf16 convolutions; parameters,
     #   BN statistics, the integral head's heatmap logits, soft-argmax, FK and the loss stay float32).
@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     #   and a hand-written max-pool gradient (cpu_fast, much faster on XLA:CPU) or the native ops (standard,
     #   for GPU/TPU); auto = cpu_fast on the CPU backend, standard elsewhere. Same parameters either way.
     m.bn_sync = "global"  # BatchNorm batch statistics in training: global (over the global batch: ~56
-    #   cross-device all-reduces per ResNet-50 step) | per_device (each device's slice, like the seed's
+    #   cross-device all-reduces per ResNet-50 step) | per_device (each device's slice, like the original's
     #   per-GPU BN; no BN all-reduces, statistics of per_device_batch_size images). per_device averages the
     #   running statistics over devices (pmean) after each step, so they stay replicated.
     m.pretrained = ""  # Orbax checkpoint from `python -m kinpose_jax.convert_torch` to start from ("" = random).
@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = o = ml_collections.ConfigDict()
     o.learning_rate = 1e-3  # Adam base learning rate.
     o.lr_decay_epochs = (270, 290)  # Multiply the learning rate by `lr_decay_factor` at these epochs.
-    o.lr_decay_factor = 0.1  # Factor applied at each of `lr_decay_epochs` (the seed's 0.1), in (0, 1].
+    o.lr_decay_factor = 0.1  # Factor applied at each of `lr_decay_epochs` (the original's 0.1), in (0, 1].
     o.weight_decay = 0.0  # Decoupled weight decay (AdamW) when > 0.
     o.grad_clip_norm = 0.0  # Clip gradients to this global norm when > 0.
 

@@ -1,4 +1,4 @@
-"""Seed experiment: direct joint regression, ResNet-50, Human3.6M, L1, Adam 1e-3, 140 epochs
+"""The original's experiment: direct joint regression, ResNet-50, Human3.6M, L1, Adam 1e-3, 140 epochs
 with x0.1 steps at epochs 90 and 120, 32 images per device."""
 
 from configs import default

@@ -1,4 +1,4 @@
-"""Seed experiment: integral regression, ResNet-50, MPII + Human3.6M, 256x256, 64 depth bins,
+"""The original's experiment: integral regression, ResNet-50, MPII + Human3.6M, 256x256, 64 depth bins,
 L1, Adam 1e-3 decayed x0.1 at epochs 270 and 290 of 300, 32 images per device."""
 
 from configs import default

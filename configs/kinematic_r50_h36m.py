@@ -1,5 +1,5 @@
-"""Seed experiment: kinematic regression (this fork's head), ResNet-50, Human3.6M, 256x256:
-the network predicts the seed tree's joint angles + a scale; forward kinematics gives joints.
+"""The original's experiment: kinematic regression (this fork's head), ResNet-50, Human3.6M, 256x256:
+the network predicts the original tree's joint angles + a scale; forward kinematics gives joints.
 Same schedule as the direct-regression experiment."""
 
 from configs import direct_r50_h36m

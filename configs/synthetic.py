@@ -1,6 +1,6 @@
 """The embedded default: a few minutes of CPU training on the synthetic Human3.6M set.
 
-Generates the synthetic set (seed layout, docs/DESIGN.md#h36m-on-disk) under ./data if missing, converts it to
+Generates the synthetic set (original layout, docs/DESIGN.md#h36m-on-disk) under ./data if missing, converts it to
 ArrayRecord shards, trains a small ResNet-18 integral model at 128x128, evaluates MPJPE and
 checkpoints. `--config.model.head=direct|kinematic` compares the other heads.
 """

@@ -1,6 +1,6 @@
-"""Human3.6M (and MPII) seed caches -> validated ArrayRecord shards for the grain pipeline.
+"""Human3.6M (and MPII) caches of the original -> validated ArrayRecord shards for the grain pipeline.
 
-One command from the seed's downloadable caches (README "Prepare Human3.6M"):
+One command from the original's downloadable caches (README "Prepare Human3.6M"):
 
     python data_prep/convert_h36m.py --root data --sets train validmin
 
@@ -39,7 +39,7 @@ from kinpose_jax.data import DataError, convert, h36m_format  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--root", default="data", help="data root holding hm36/ (and mpii/) in the seed layout")
+    p.add_argument("--root", default="data", help="data root holding hm36/ (and mpii/) in the original's layout")
     p.add_argument("--sets", nargs="+", default=["train", "validmin"], help="Human3.6M sets to convert")
     p.add_argument("--out_dir", default="", help="output folder (default <root>/records)")
     p.add_argument("--cache", default="", help="cache pickle to read (only with a single --sets entry)")

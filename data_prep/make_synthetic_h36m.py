@@ -1,4 +1,4 @@
-"""Writes a small synthetic Human3.6M in the seed's exact layout (docs/DESIGN.md#h36m-on-disk) and, by default,
+"""Writes a small synthetic Human3.6M in the original's exact layout (docs/DESIGN.md#h36m-on-disk) and, by default,
 converts it to shards:
 
     python data_prep/make_synthetic_h36m.py --root data/synthetic
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--image_size", type=int, default=d["image_size"], help="image width = height, px")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--force", action="store_true", help="regenerate even if an identical set exists (earlier outputs are removed)")
-    p.add_argument("--no_convert", action="store_true", help="only write the seed layout, no shards")
+    p.add_argument("--no_convert", action="store_true", help="only write the original's layout, no shards")
     args = p.parse_args(argv)
     try:
         synthetic.generate(args.root, train_folders=args.train_folders, frames_per_folder=args.frames_per_folder,

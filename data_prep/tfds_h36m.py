@@ -1,4 +1,4 @@
-"""TFDS builder for Human3.6M in the seed's layout (``tfds build``, ArrayRecord format).
+"""TFDS builder for Human3.6M in the original's layout (``tfds build``, ArrayRecord format).
 
 Optional: for users who prefer TensorFlow Datasets. The training path never needs it (it reads
 the shards of ``data_prep/convert_h36m.py``); TensorFlow itself is not required to build or to
@@ -14,7 +14,7 @@ image paths are re-rooted onto it on their last two components (default ``<root>
 
 Features per frame: ``image`` (the JPEG bytes as stored), ``image_path``, and the validated
 labels of :mod:`kinpose_jax.data.h36m_format` (float64): center, box_size, joints_img,
-joints_vis, joints_cam, pelvis, fl, c_p, bone_len. Splits: ``train`` and ``validmin`` (the seed's
+joints_vis, joints_cam, pelvis, fl, c_p, bone_len. Splits: ``train`` and ``validmin`` (the original's
 caches, or annotations when no cache exists). Records are validated as in the converter; a bad
 record raises :class:`kinpose_jax.data.DataError`.
 """
@@ -37,10 +37,10 @@ LABELS = {"center": (2,), "box_size": (2,), "joints_img": (18, 3), "joints_vis":
 
 
 class H36mSeed(tfds.core.GeneratorBasedBuilder):
-    """Human3.6M frames with the seed's labels (docs/DESIGN.md#cache-format)."""
+    """Human3.6M frames with the original's labels (docs/DESIGN.md#cache-format)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Seed caches / annotations, JPEG bytes as stored."}
+    RELEASE_NOTES = {"1.0.0": "The original's caches / annotations, JPEG bytes as stored."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the data root holding hm36/ (docs/DESIGN.md#h36m-on-disk) as --manual_dir."
 
     def __init__(self, *, image_root: str | None = None, **kwargs):

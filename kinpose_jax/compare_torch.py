@@ -1,9 +1,9 @@
-"""Run a seed PyTorch checkpoint and its JAX conversion on the same evaluation batches.
+"""Run an original PyTorch checkpoint and its JAX conversion on the same evaluation batches.
 
     python -m kinpose_jax.compare_torch --torch-checkpoint SEED.pth.tar --config configs/synthetic.py \\
         --data data/synthetic
 
-The seed network runs in PyTorch (:mod:`kinpose_jax.torch_reference`, the seed's module
+The original network runs in PyTorch (:mod:`kinpose_jax.torch_reference`, the original's module
 structure, loaded from the checkpoint as it is); the same state_dict is converted in memory
 (:func:`kinpose_jax.convert_torch.convert_state_dict`) into the JAX model. Both go through the same
 evaluation code (:func:`kinpose_jax.evaluation.make_predict_fn`: flip test, decoding to camera mm;
@@ -18,8 +18,8 @@ evaluation code (:func:`kinpose_jax.evaluation.make_predict_fn`: flip test, deco
 
 The architecture comes from the checkpoint (backbone, head, depth bins, deconv layers, as
 :func:`~kinpose_jax.convert_torch.infer_model_config` reads them); the config gives the data,
-patch size, flip test, ``box_mm``, ``num_joints`` and the JAX compute dtype. A seed kinematic head
-is compared with ``kinematic_tree='seed_h36m18'`` and ``kinematic_view='identity'`` (the seed's
+patch size, flip test, ``box_mm``, ``num_joints`` and the JAX compute dtype. An original kinematic head
+is compared with ``kinematic_tree='seed_h36m18'`` and ``kinematic_view='identity'`` (the original's
 output axes). Needs torch (``pip install .[torch]``).
 """
 
@@ -75,7 +75,7 @@ def seed_model_config(state_dict: dict, model_config: Any) -> dict:
     if cfg["head"] == "kinematic":
         n = int(np.shape(state_dict["head.fc.weight"])[0])
         if n not in SEED_LAYOUT_OUTPUTS:
-            raise ValueError(f"head.fc has {n} outputs; a seed kinematic layer has one of {SEED_LAYOUT_OUTPUTS}")
+            raise ValueError(f"head.fc has {n} outputs; an original kinematic layer has one of {SEED_LAYOUT_OUTPUTS}")
         cfg.update(kinematic_tree="seed_h36m18", kinematic_view="identity")
     return cfg
 
@@ -183,16 +183,16 @@ def format_report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m kinpose_jax.compare_torch",
-        description="Run a seed PyTorch checkpoint (in PyTorch, the seed's architecture) and its JAX conversion on "
+        description="Run an original PyTorch checkpoint (in PyTorch, the original's architecture) and its JAX conversion on "
                     "the same evaluation batches; report the difference of their predictions (mm), both metric "
                     "tables side by side, and images/s of each. The architecture is read from the checkpoint.")
     p.add_argument("--torch-checkpoint", required=True,
-                   help="seed checkpoint (.pth.tar: a dict whose 'network' entry is the state_dict, 'module.' "
-                        "prefixes allowed) or a bare state_dict of the whole seed network")
+                   help="checkpoint of the original (.pth.tar: a dict whose 'network' entry is the state_dict, 'module.' "
+                        "prefixes allowed) or a bare state_dict of the whole original network")
     p.add_argument("--config", default="configs/synthetic.py",
                    help="config file with get_config() giving data, patch size, flip test, box_mm, num_joints, "
                         "JAX dtype and batch size (default: configs/synthetic.py)")
-    p.add_argument("--data", help="data root (config.data.root): the seed-layout hm36/ folder's parent; with a "
+    p.add_argument("--data", help="data root (config.data.root): the original-layout hm36/ folder's parent; with a "
                                   "synthetic config the synthetic set is generated there if missing")
     p.add_argument("--eval-set", help="H36M set to evaluate on (config.data.eval_set, e.g. validmin)")
     p.add_argument("--patch-size", type=int, help="network input size, px (config.data.patch_size)")

@@ -1,15 +1,15 @@
-"""Convert PyTorch weights (the seed's checkpoints or a torchvision ResNet) to Flax variables.
+"""Convert PyTorch weights (the original's checkpoints or a torchvision ResNet) to Flax variables.
 
     python -m kinpose_jax.convert_torch IN.pth[.tar] OUT_DIR [--head integral|direct|kinematic] ...
 
 Inputs understood:
 
-(a) a seed checkpoint: a dict whose ``'network'`` entry is the ``state_dict`` (keys possibly
+(a) a checkpoint of the original: a dict whose ``'network'`` entry is the ``state_dict`` (keys possibly
     prefixed ``module.`` by DataParallel), with ``backbone.*`` and ``head.*`` keys; a bare
-    ``state_dict`` of the same network works too. The seed's integral head (``DeconvHead``) keeps
+    ``state_dict`` of the same network works too. The original's integral head (``DeconvHead``) keeps
     its final 1x1 conv in the same ``features`` list as the L deconv layers (3 entries each:
     ConvTranspose, BN, ReLU), so it is ``head.features.{3L}``; it is read as ``head.final_layer``
-    (:func:`canonical_seed_keys`), which is also accepted as is. The seed kinematic layer's
+    (:func:`canonical_seed_keys`), which is also accepted as is. The original's kinematic layer's
     buffers (``head.kin_layer.{M,v,reorder_idx,shape}``) are constants, listed as ignored;
 (b) a plain torchvision ResNet ImageNet ``state_dict`` (``conv1.weight``, ``layer1.0...``,
     ``fc.*``): only the backbone is converted and saved (``fc.*`` is listed as ignored); loading
@@ -21,8 +21,8 @@ Layout changes: conv ``OIHW -> HWIO``; ConvTranspose2d ``[in, out, kh, kw] -> [k
 gradient of the conv with that kernel); Linear ``[out, in] -> [in, out]``; BatchNorm
 ``weight/bias/running_mean/running_var -> scale/bias/mean/var`` (``num_batches_tracked`` ignored).
 
-The seed's kinematic layer emits 29*18+1 outputs of which it uses 30 (docs/DESIGN.md#original-bugs, bug (d)). We assume
-rows 0..28 are the 29 motion parameters (seed order) and the **last** row is the scale, and map
+The original's kinematic layer emits 29*18+1 outputs of which it uses 30 (docs/DESIGN.md#original-bugs, bug (d)). We assume
+rows 0..28 are the 29 motion parameters (the original's order) and the **last** row is the scale, and map
 them onto our head's ``[translation(3), angles(tree.param_names), scale]`` layout: translation rows
 are taken to camera axes (tree output axes, then the head's view rotation), angle rows are picked
 by name (``Head_RotX`` is unused and dropped), and the scale row ``s_seed`` becomes our raw scale
@@ -115,7 +115,7 @@ def load_torch_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np
 
 
 def extract_state_dict(obj: Any) -> dict[str, np.ndarray]:
-    """A seed checkpoint dict (``'network'`` or ``'state_dict'`` entry) or a bare state_dict ->
+    """A checkpoint dict of the original (``'network'`` or ``'state_dict'`` entry) or a bare state_dict ->
     ``{key: numpy array}`` with any ``module.`` prefix removed."""
     if isinstance(obj, Mapping):
         for entry in ("network", "state_dict", "model"):
@@ -150,13 +150,13 @@ def detect_source(state_dict: Mapping[str, Any]) -> str:
     raise ValueError(f"unrecognised state_dict: keys start with {sorted({k.split('.')[0] for k in state_dict})}")
 
 
-#: Buffers of the seed's kinematic layer (identity matrix, homogeneous origin, axis order, bone
+#: Buffers of the original's kinematic layer (identity matrix, homogeneous origin, axis order, bone
 #: lengths): constants of its forward kinematics, not parameters.
 SEED_KINEMATIC_BUFFERS = tuple(f"head.kin_layer.{name}" for name in ("M", "v", "reorder_idx", "shape"))
 
 
 def canonical_seed_keys(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Renames the seed ``DeconvHead``'s final conv ``head.features.{3L}.{weight,bias}`` (L deconv
+    """Renames the original's ``DeconvHead``'s final conv ``head.features.{3L}.{weight,bias}`` (L deconv
     layers before it) to ``head.final_layer.*``. Returns (state_dict, {new key: original key}).
 
     It is recognised as the last 4-D ``head.features.{k}.weight`` with ``k = 3L`` that has a bias
@@ -304,7 +304,7 @@ def _fmt(path: tuple[str, ...]) -> str:
 
 
 def _seed_kinematic_fc(sd: dict, model, report: ConversionReport) -> None:
-    """Replaces the seed's wide kinematic ``head.fc`` by the rows our head uses (see module doc)."""
+    """Replaces the original's wide kinematic ``head.fc`` by the rows our head uses (see module doc)."""
     from kinpose_jax.kinematics.presets import seed_motion_permutation
     from kinpose_jax.models.heads import kinematic_num_outputs, view_matrix
 
@@ -315,7 +315,7 @@ def _seed_kinematic_fc(sd: dict, model, report: ConversionReport) -> None:
     try:
         perm = seed_motion_permutation(tree)
     except ValueError as err:
-        raise ValueError(f"head.fc has the seed's {w.shape[0]} outputs but the kinematic tree's angles are not "
+        raise ValueError(f"head.fc has the original's {w.shape[0]} outputs but the kinematic tree's angles are not "
                          f"seed motion parameters: {err}") from None
     axes = np.eye(3)[list(tree.output_axes)]  # tree output coords from model coords
     rot = view_matrix(tree, model.kinematic_view) @ axes
@@ -324,13 +324,13 @@ def _seed_kinematic_fc(sd: dict, model, report: ConversionReport) -> None:
     sd["head.fc.bias"] = np.concatenate([rot @ b[:3], b[perm], scale_b]).astype(np.float32)
     unused = sorted(set(range(3, SEED_NUM_MOTION)) - set(int(p) for p in perm))
     report.notes.append(
-        f"head.fc: seed layout with {w.shape[0]} outputs; used rows 0..{SEED_NUM_MOTION - 1} as motion parameters "
+        f"head.fc: original layout with {w.shape[0]} outputs; used rows 0..{SEED_NUM_MOTION - 1} as motion parameters "
         f"(unused: {[_seed_name(i) for i in unused]}) and row {w.shape[0] - 1} as the scale; "
         f"{w.shape[0] - SEED_NUM_MOTION - 1} rows dropped"
     )
     if model.kinematic_view != "identity":
-        report.notes.append("kinematic_view is not 'identity': the imported head predicts the seed's joints "
-                            "rotated by the fixed view; use kinematic_view='identity' to reproduce the seed")
+        report.notes.append("kinematic_view is not 'identity': the imported head predicts the original's joints "
+                            "rotated by the fixed view; use kinematic_view='identity' to reproduce the original")
 
 
 def _seed_name(i: int) -> str:
@@ -348,7 +348,7 @@ def convert_state_dict(
     """Copies torch tensors into a copy of ``init_variables`` (``{'params', 'batch_stats'}`` of ``model``).
 
     Args:
-      state_dict: torch keys (``module.`` prefixes allowed) -> arrays, seed or torchvision layout.
+      state_dict: torch keys (``module.`` prefixes allowed) -> arrays, original or torchvision layout.
       model: the :class:`~kinpose_jax.models.PoseNet` the variables belong to.
       init_variables: its initial variables; leaves with no torch counterpart keep these values.
       strict: raise if any Flax leaf is missing or any torch key is unexpected.
@@ -364,7 +364,7 @@ def convert_state_dict(
     report = ConversionReport(source=source)
     sd, original = canonical_seed_keys(sd) if source == "seed" else (sd, {})
     if original:
-        report.notes.append("the seed DeconvHead's final conv " + " and ".join(
+        report.notes.append("the original's DeconvHead's final conv " + " and ".join(
             f"{original[k]} -> {k}" for k in sorted(original)))
     if source == "torchvision":
         renamed = {}
@@ -416,7 +416,7 @@ def convert_state_dict(
 
 def determined_fields(model_config: Mapping[str, Any], source: str) -> list[str]:
     """The config fields a converted checkpoint fixes: the backbone depth for a torchvision
-    source; for a seed source also the head, num_joints and the head's own fields (deconv
+    source; for a source from the original also the head, num_joints and the head's own fields (deconv
     structure and depth bins; kinematic tree, view and box size, which are baked into the
     converted kinematic layer)."""
     if source == "torchvision":
@@ -517,7 +517,7 @@ def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kinpose_jax.convert_torch", description=__doc__.split("\n\n")[0])
-    p.add_argument("input", help="seed checkpoint (.pth.tar, 'network' entry) or torchvision ResNet state_dict (.pth)")
+    p.add_argument("input", help="checkpoint of the original (.pth.tar, 'network' entry) or torchvision ResNet state_dict (.pth)")
     p.add_argument("out_dir", help="output orbax checkpoint directory")
     p.add_argument("--head", choices=["integral", "direct", "kinematic"], help="default: inferred (integral for torchvision)")
     p.add_argument("--backbone", help="e.g. resnet50 (default: inferred from the tensors)")

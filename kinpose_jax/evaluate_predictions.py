@@ -20,7 +20,7 @@ from kinpose_jax import evaluation, reporting
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m kinpose_jax.evaluate_predictions",
-        description="Recompute Protocol #1/#2, the seed's errors, PCK/AUC and the per-action, per-subject and "
+        description="Recompute Protocol #1/#2, the original's errors, PCK/AUC and the per-action, per-subject and "
                     "per-camera tables from a predictions .npz written by evaluation (config.save_predictions=True).")
     parser.add_argument("predictions", help="eval/predictions_<step>.npz from a workdir")
     parser.add_argument("--out", default="",

@@ -4,8 +4,8 @@ Why jit-over-a-mesh and not ``pmap``: the installed JAX (0.10) documents ``pmap`
 ``jax.jit`` with shardings / ``shard_map``. With the batch sharded along the mesh axis ``"data"``
 and the parameters replicated, ``jit`` partitions the step automatically: gradients of the mean
 loss are all-reduced by XLA, and BatchNorm's batch mean/variance are computed over the *global*
-batch (synchronised BN — statistics averaged across devices, unlike the seed's per-GPU BN;
-``config.model.bn_sync='per_device'`` gives the seed's behaviour, see ``train.make_grad_fn``).
+batch (synchronised BN — statistics averaged across devices, unlike the original's per-GPU BN;
+``config.model.bn_sync='per_device'`` gives the original's behaviour, see ``train.make_grad_fn``).
 Multi-host runs call :func:`initialize_distributed` first (``jax.distributed``), then every
 process feeds its local slice of the batch (:func:`global_batch`).
 """

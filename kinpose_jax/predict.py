@@ -50,7 +50,7 @@ from kinpose_jax import evaluation, integral, metrics, parallel, skeleton
 from kinpose_jax.data import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-DEFAULT_PATCH_SIZE = 256  # converted checkpoints: the seed's input size
+DEFAULT_PATCH_SIZE = 256  # converted checkpoints: the original's input size
 EXPORTED_FILE, WEIGHTS_FILE, EXPORT_META_FILE = "inference.stablehlo", "variables.msgpack", "export.json"
 
 

@@ -119,7 +119,7 @@ def check_config(meta: dict, model_config: Any, path: str = "checkpoint") -> Non
     if bad:
         hint = ""
         if any(b.startswith("kinematic_view") for b in bad):
-            hint = (" (a seed kinematic head converted with --kinematic-view identity needs "
+            hint = (" (an original kinematic head converted with --kinematic-view identity needs "
                     "config.model.kinematic_view='identity')")
         raise PretrainedMismatchError(f"{path} was converted for another model: " + "; ".join(bad)
                          + f"{hint}. Set config.model to match or re-run kinpose_jax.convert_torch for this config.")

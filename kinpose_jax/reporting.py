@@ -85,7 +85,7 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def format_table(results: Mapping[str, float], title: str) -> str:
-    """The seed's per-group table plus the summary metrics, as aligned text (mm; PCK/AUC in %)."""
+    """The original's per-group table plus the summary metrics, as aligned text (mm; PCK/AUC in %)."""
     groups = list(skeleton.H36M_EVAL_GROUPS)
     lines = [title, "  " + " ".join(f"{g:>8}" for g in groups), "  " + " ".join(f"{results[g]:8.1f}" for g in groups)]
     lines.append("  Protocol #1 MPJPE {mpjpe:.1f} mm | Protocol #2 PA-MPJPE {pa_mpjpe:.1f} mm | "

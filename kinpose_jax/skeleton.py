@@ -16,14 +16,14 @@ BOX_MM = 2000.0
 H36M_ROOT = 0
 #: Left/right pairs swapped by a horizontal flip.
 H36M_FLIP_PAIRS: tuple[tuple[int, int], ...] = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))
-#: The seed's ``parent_ids`` (the root is its own parent).
+#: The original's ``parent_ids`` (the root is its own parent).
 H36M_PARENT_IDS: tuple[int, ...] = (0, 0, 1, 2, 0, 4, 5, 0, 17, 17, 8, 17, 11, 12, 17, 14, 15, 0)
 #: Bones summed for the total skeleton length (``bone_len`` in the caches).
 H36M_BONES: tuple[tuple[int, int], ...] = (
     (0, 7), (7, 8), (8, 9), (9, 10), (8, 11), (11, 12), (12, 13), (8, 14), (14, 15), (15, 16),
     (0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6),
 )
-#: Joint groups of the seed's evaluation table; "17j" is joints 0..16 (thorax excluded).
+#: Joint groups of the original's evaluation table; "17j" is joints 0..16 (thorax excluded).
 H36M_EVAL_GROUPS: dict[str, tuple[int, ...]] = {
     "root": (0,), "hip": (1, 4), "knee": (2, 5), "ankle": (3, 6), "torso": (7,), "neck": (8,),
     "nose": (9,), "head": (10,), "shoulder": (11, 14), "elbow": (12, 15), "wrist": (13, 16),

@@ -1,30 +1,30 @@
-"""The seed's pose network in PyTorch, to run a seed checkpoint next to its JAX conversion.
+"""The original's pose network in PyTorch, to run a checkpoint of the original next to its JAX conversion.
 
 Optional: torch is imported only when a network is built or saved (``pip install .[torch]``).
-Module structure and ``state_dict`` keys are the seed's (``ResPoseNet``), so a seed checkpoint
+Module structure and ``state_dict`` keys are the original's (``ResPoseNet``), so a checkpoint of the original
 loads as it is:
 
 * ``backbone``: torchvision ResNet-18/34/50/101/152 layout (``conv1``, ``bn1``,
   ``layer{1..4}.{j}.conv{1,2,3}/bn{1,2,3}/downsample.{0,1}``), stride in the 3x3 conv;
-* integral ``head`` (the seed's ``DeconvHead``): one module list ``features`` = L x
+* integral ``head`` (the original's ``DeconvHead``): one module list ``features`` = L x
   [ConvTranspose2d(k, stride 2, bias=False), BatchNorm2d, ReLU] and the final 1x1 conv (with bias)
   as ``features.{3L}``; joints by soft-argmax over the [J*D, H, W] heatmap logits (docs/DESIGN.md#soft-argmax);
 * direct ``head``: global average pool -> ``fc`` to J*3 (joint-major);
 * kinematic ``head``: global average pool -> ``fc`` (29*18+1 outputs; the first 29 are the motion
-  parameters, the last is the scale, docs/DESIGN.md#original-bugs, bug (d)) -> ``kin_layer``, holding the seed's buffers
+  parameters, the last is the scale, docs/DESIGN.md#original-bugs, bug (d)) -> ``kin_layer``, holding the original's buffers
   ``M`` (4x4 identity), ``v`` (homogeneous origin [4,1]), ``reorder_idx`` (output axes (x, z, y))
   and ``shape`` (bone lengths / 300 mm, in :data:`~kinpose_jax.kinematics.presets.SEED_BONES`
-  order). Its forward kinematics are the chains of docs/DESIGN.md#original-model, batched, with the seed's bugs (a)-(c)
-  fixed: the outputs :mod:`kinpose_jax.convert_torch` maps the seed layer onto.
+  order). Its forward kinematics are the chains of docs/DESIGN.md#original-model, batched, with the original's bugs (a)-(c)
+  fixed: the outputs :mod:`kinpose_jax.convert_torch` maps the original layer onto.
 
 Every network maps images [B, 3, H, W] (normalized pixels) to ``{'joints': [B, J, 3]}`` in
 normalized units (docs/DESIGN.md#normalized-units; the integral head adds ``'heatmaps'`` [B, J*D, H/4, W/4] for L = 3).
 
     python -m kinpose_jax.torch_reference OUT.pth.tar --backbone resnet18 --head integral
 
-writes a randomly initialised network in the seed's checkpoint format (a dict whose ``'network'``
+writes a randomly initialised network in the original's checkpoint format (a dict whose ``'network'``
 entry is the state_dict with DataParallel ``module.`` prefixes), e.g. to try
-:mod:`kinpose_jax.compare_torch` without a trained seed model.
+:mod:`kinpose_jax.compare_torch` without a trained original model.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-#: Outputs of the seed's kinematic ``fc``: 29 motion parameters per joint of 18, plus the scale.
+#: Outputs of the original's kinematic ``fc``: 29 motion parameters per joint of 18, plus the scale.
 SEED_KINEMATIC_OUTPUTS = 29 * 18 + 1
-#: Seed mm per unit of the kinematic layer's ``shape`` buffer.
+#: The original's mm per unit of the kinematic layer's ``shape`` buffer.
 SEED_SHAPE_NORM = 300.0
 
 
@@ -241,10 +241,10 @@ def _torch_modules() -> SimpleNamespace:
 
 
 def build_network(model_config: Any, kinematic_outputs: int = SEED_KINEMATIC_OUTPUTS):
-    """The seed network for ``model_config`` (``config.model`` fields, see
+    """The original network for ``model_config`` (``config.model`` fields, see
     :func:`kinpose_jax.models.build_pose_net`: backbone, head, num_joints, depth_bins,
     deconv_filters, num_deconv_layers, deconv_kernel), in eval mode with torch's default init.
-    A kinematic head needs ``num_joints`` 18 (the seed's skeleton)."""
+    A kinematic head needs ``num_joints`` 18 (the original's skeleton)."""
     from kinpose_jax.models import RESNET_SPECS, config_value, parse_backbone
 
     t = _torch_modules()
@@ -260,7 +260,7 @@ def build_network(model_config: Any, kinematic_outputs: int = SEED_KINEMATIC_OUT
         net_head = t.DirectHead(backbone.out_channels, joints)
     elif head == "kinematic":
         if joints != 18:
-            raise ValueError(f"the seed's kinematic layer outputs 18 joints; num_joints is {joints}")
+            raise ValueError(f"the original's kinematic layer outputs 18 joints; num_joints is {joints}")
         net_head = t.KinematicHead(backbone.out_channels, kinematic_outputs)
     else:
         raise ValueError(f"unknown head {head!r}; choose one of ('integral', 'direct', 'kinematic')")
@@ -269,7 +269,7 @@ def build_network(model_config: Any, kinematic_outputs: int = SEED_KINEMATIC_OUT
 
 def seed_layout(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``state_dict`` with ``module.`` prefixes removed and an integral head's ``head.final_layer.*``
-    (this repository's torch naming) renamed to the seed's ``head.features.{3L}.*``."""
+    (this repository's torch naming) renamed to the original's ``head.features.{3L}.*``."""
     from kinpose_jax.convert_torch import strip_module_prefix
 
     sd = {strip_module_prefix(k): v for k, v in state_dict.items()}
@@ -282,7 +282,7 @@ def seed_layout(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def load_network(state_dict: Mapping[str, np.ndarray], model_config: Any):
-    """The seed network for ``model_config`` holding ``state_dict`` (numpy arrays, as from
+    """The original network for ``model_config`` holding ``state_dict`` (numpy arrays, as from
     :func:`kinpose_jax.convert_torch.load_torch_state_dict`). Raises ValueError naming the keys
     that do not fit; BatchNorm counters and kinematic-layer buffers may be absent."""
     from kinpose_jax.convert_torch import SEED_KINEMATIC_BUFFERS
@@ -301,7 +301,7 @@ def load_network(state_dict: Mapping[str, np.ndarray], model_config: Any):
                and k not in SEED_KINEMATIC_BUFFERS]
     unexpected = [k for k in sd if k not in wanted]
     if bad or missing or unexpected:
-        raise ValueError("the checkpoint does not fit the seed network for this config: "
+        raise ValueError("the checkpoint does not fit the original network for this config: "
                          + "; ".join(f"{name}: {keys[:8]}{' ...' if len(keys) > 8 else ''}" for name, keys in
                                      (("shape mismatches", bad), ("missing", missing), ("unexpected", unexpected))
                                      if keys))
@@ -319,7 +319,7 @@ def predict(net, images: np.ndarray) -> np.ndarray:
 
 
 class TorchPoseModel:
-    """A seed network behind the ``apply(variables, images, train=False)`` interface of a Flax
+    """An original network behind the ``apply(variables, images, train=False)`` interface of a Flax
     pose network (``variables`` unused), so :func:`kinpose_jax.evaluation.make_predict_fn` can run
     it: the same flip test, decoding and loss as the JAX model (host-side, not jitted)."""
 
@@ -333,8 +333,8 @@ class TorchPoseModel:
 
 
 def save_seed_checkpoint(net, path: str, data_parallel: bool = True, **extra) -> str:
-    """Saves ``net`` like the seed: ``{'network': state_dict, **extra}``, keys prefixed ``module.``
-    when ``data_parallel`` (the seed trains inside ``DataParallel``)."""
+    """Saves ``net`` like the original: ``{'network': state_dict, **extra}``, keys prefixed ``module.``
+    when ``data_parallel`` (the original trains inside ``DataParallel``)."""
     torch = _torch_modules().torch
     prefix = "module." if data_parallel else ""
     torch.save({"network": {prefix + k: v for k, v in net.state_dict().items()}, **extra}, path)
@@ -344,7 +344,7 @@ def save_seed_checkpoint(net, path: str, data_parallel: bool = True, **extra) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m kinpose_jax.torch_reference",
-        description="Write a randomly initialised seed network (torch default init) in the seed's checkpoint format.")
+        description="Write a randomly initialised original network (torch default init) in the original's checkpoint format.")
     p.add_argument("out", help="output file, e.g. seed.pth.tar")
     p.add_argument("--backbone", default="resnet18", help="resnet18|34|50|101|152 (default resnet18)")
     p.add_argument("--head", default="integral", choices=["integral", "direct", "kinematic"])
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     net = build_network(dict(backbone=a.backbone, head=a.head, num_joints=a.num_joints, depth_bins=a.depth_bins,
                              deconv_filters=a.deconv_filters, num_deconv_layers=a.num_deconv_layers))
     save_seed_checkpoint(net, a.out)
-    print(f"wrote {a.out} ({a.backbone}, {a.head} head, seed checkpoint format)")
+    print(f"wrote {a.out} ({a.backbone}, {a.head} head, the original's checkpoint format)")
     return 0
 
 

@@ -1,6 +1,6 @@
 """python -m kinpose_jax.compare_torch end to end (in-process, main(argv)) on a tiny synthetic
 Human3.6M set, with randomly initialised seed networks from the independent torch reference
-(tests/torch_pose_reference.py) saved in the seed's checkpoint format; and the package's torch
+(tests/torch_pose_reference.py) saved in the original's checkpoint format; and the package's torch
 reference network (kinpose_jax.torch_reference) against that independent one."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ CONFIGS = {
 
 @pytest.mark.parametrize("head", sorted(CONFIGS))
 def test_package_reference_network_matches_the_independent_one(head):
-    """kinpose_jax.torch_reference loads the seed's keys (and this repository's final_layer naming)
+    """kinpose_jax.torch_reference loads the original's keys (and this repository's final_layer naming)
     and computes what tests/torch_pose_reference.py computes."""
     net = seed_network(head, seed=2)
     sd = {k: v.numpy() for k, v in net.state_dict().items()}

@@ -32,7 +32,7 @@ def nchw_to_nhwc(x: torch.Tensor) -> jnp.ndarray:
 
 
 def save_seed_checkpoint(model: torch.nn.Module, path, prefix: str = "module.") -> str:
-    """Like the seed: a dict whose 'network' entry is the (DataParallel-prefixed) state_dict."""
+    """Like the original: a dict whose 'network' entry is the (DataParallel-prefixed) state_dict."""
     sd = {prefix + k: v for k, v in model.state_dict().items()}
     torch.save({"epoch": 3, "network": sd, "optimizer": {"lr": 1e-3}}, str(path))
     return str(path)
@@ -80,7 +80,7 @@ SEED_CASES = [(18, 1), (18, 2), (18, 3), (50, 3)]
 
 @pytest.mark.parametrize("depth,layers", SEED_CASES, ids=[f"resnet{d}-{n}deconv" for d, n in SEED_CASES])
 def test_seed_deconv_head_layout_converts_and_matches_torch(tmp_path, depth, layers):
-    """The seed's DeconvHead keeps the final 1x1 conv in ``features`` (``head.features.{3L}``)."""
+    """The original's DeconvHead keeps the final 1x1 conv in ``features`` (``head.features.{3L}``)."""
     torch.manual_seed(depth + layers)
     tm = ref.randomize(ref.build(depth, "seed_integral", depth_bins=8, filters=32, num_layers=layers),
                        seed=depth + layers)

@@ -1,4 +1,4 @@
-"""Seed formats: caches written by old Python/numpy, matlab_meta.txt, record validation errors."""
+"""The original's formats: caches written by old Python/numpy, matlab_meta.txt, record validation errors."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _dump(pickler_cls, obj, protocol):
 
 
 def _seed_record(i: int) -> dict:
-    """A record typed as the seed's cache builder made it: numpy float64 scalars for the box and
+    """A record typed as the original's cache builder made it: numpy float64 scalars for the box and
     bone length, float64 arrays, Python lists for the joint metadata."""
     rng = np.random.default_rng(100 + i)
     cam = rng.uniform(-500, 500, (18, 3)) + [0, 0, 5000]
@@ -125,7 +125,7 @@ def _check_loaded(recs, loaded):
 
 
 def test_loads_python36_numpy1_protocol4_cache(tmp_path):
-    """The seed's real format: pickle.HIGHEST_PROTOCOL on Python 3.6 (protocol 4, framed),
+    """The original's real format: pickle.HIGHEST_PROTOCOL on Python 3.6 (protocol 4, framed),
     numpy 1.x module paths, numpy float64 scalars (``numpy.core.multiarray.scalar``)."""
     import pickletools
 

@@ -1,4 +1,4 @@
-"""MPII + Human3.6M mixing end to end: an MPII cache in the seed's format (docs/DESIGN.md#mpii-cache) with its
+"""MPII + Human3.6M mixing end to end: an MPII cache in the original's format (docs/DESIGN.md#mpii-cache) with its
 images -> converter -> training iterator with ``mpii_fraction > 0``. Checked against numbers
 computed here: the share of MPII samples, their weights (depth 0; torso and nose, which MPII
 lacks, 0) and their x/y targets (docs/DESIGN.md#mpii-coco and docs/DESIGN.md#training-sample,

@@ -23,7 +23,7 @@ STD = np.array([58.395, 57.12, 57.375])
 # -------------------------------------------------------------- independent reference of docs/DESIGN.md#training-sample
 def reference_sample(img_bgr, cx, cy, bw, bh, joints, vis, scale, rot_deg, flip, gains, patch):
     """docs/DESIGN.md#training-sample steps 3-6 written from the text: three point correspondences solved by
-    cv2.getAffineTransform, like the seed; returns (image [P, P, 3], targets [J, 3], weights)."""
+    cv2.getAffineTransform, like the original; returns (image [P, P, 3], targets [J, 3], weights)."""
     joints = np.array(joints, np.float64)
     vis = np.array(vis, np.float64)
     img = img_bgr

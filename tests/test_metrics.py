@@ -1,4 +1,4 @@
-"""Protocol #1/#2, the seed's aligned and bone errors, PCK/AUC, the per-group table, back-projection."""
+"""Protocol #1/#2, the original's aligned and bone errors, PCK/AUC, the per-group table, back-projection."""
 
 import math
 
@@ -42,7 +42,7 @@ def test_pa_mpjpe_is_invariant_to_a_random_similarity_transform():
     np.testing.assert_allclose(metrics.pa_mpjpe(transformed, gt), metrics.pa_mpjpe(pred, gt), rtol=1e-3)
     # a pure similarity transform of the truth aligns back to zero error ...
     assert float(np.max(metrics.pa_mpjpe(s * gt @ r.T + t, gt))) < 0.05
-    # ... but the seed's rigid alignment cannot undo the scale
+    # ... but the original's rigid alignment cannot undo the scale
     assert float(np.min(metrics.seed_aligned_mpjpe(s * gt @ r.T + t, gt))) > 1.0
     assert float(np.max(metrics.seed_aligned_mpjpe(gt @ r.T + t, gt))) < 0.05
 
@@ -141,7 +141,7 @@ def test_error_names_are_the_keys_of_the_table():
 
 
 def seed_recipe_aligned_numpy(pred, gt):
-    """The seed's hm36_17j_align for one sample, written independently (numpy float64): Kabsch
+    """The original's hm36_17j_align for one sample, written independently (numpy float64): Kabsch
     (rotation + translation, reflection fixed) on all 18 joints, re-centre both on the root
     (the *aligned* prediction's root), mean error over joints 0..16."""
     mu_p, mu_g = pred.mean(0), gt.mean(0)
@@ -157,7 +157,7 @@ def seed_recipe_aligned_numpy(pred, gt):
 
 
 def seed_recipe_bone_numpy(pred, gt, parent_ids):
-    """The seed's bone error: bone_j = joint_j - joint_parent(j), the root (own parent) keeps its
+    """The original's bone error: bone_j = joint_j - joint_parent(j), the root (own parent) keeps its
     absolute position; mean Euclidean error over joints 0..16 (a per-joint loop)."""
     errs = []
     for j in range(17):

@@ -256,7 +256,7 @@ def test_head_initialization_follows_the_spec():
     for name in ("features_0", "features_3", "features_6", "final_layer"):
         _assert_normal_std(name, head[name]["kernel"], 0.001)
     for name in ("features_0", "features_3", "features_6"):
-        assert set(head[name]) == {"kernel"}  # bias=False, as in the seed
+        assert set(head[name]) == {"kernel"}  # bias=False, as in the original
     np.testing.assert_array_equal(head["final_layer"]["bias"], 0.0)
     for name in ("features_1", "features_4", "features_7"):
         np.testing.assert_array_equal(head[name]["scale"], 1.0)

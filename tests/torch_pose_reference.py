@@ -1,20 +1,20 @@
 """Independent PyTorch reference of the pose networks (written from scratch; no torchvision).
 
-Module names follow the seed / torchvision ``state_dict`` layout that
+Module names follow the original / torchvision ``state_dict`` layout that
 :mod:`kinpose_jax.convert_torch` reads:
 
 * backbone (torchvision ResNet v1.5): ``conv1``, ``bn1``, ``layer{1..4}.{j}.conv{1,2,3}``,
   ``.bn{1,2,3}``, ``.downsample.{0,1}``; with ``with_fc=True`` also ``fc`` (a plain ImageNet dict);
 * integral head: ``head.features.{3i}`` ConvTranspose2d(4, 2, 1, bias=False),
   ``head.features.{3i+1}`` BatchNorm2d, ReLU; ``head.final_layer`` 1x1 conv (``"integral"``), or,
-  as the seed's ``DeconvHead`` has it, the 1x1 conv appended to the same ``features`` module list
+  as the original's ``DeconvHead`` has it, the 1x1 conv appended to the same ``features`` module list
   as ``head.features.{3L}`` (``"seed_integral"``);
-* direct and kinematic heads: ``head.fc`` after global average pooling; the seed's kinematic
+* direct and kinematic heads: ``head.fc`` after global average pooling; the original's kinematic
   head also holds the buffers ``head.kin_layer.{M, v, reorder_idx, shape}``.
 
 Forward kinematics is implemented twice, both independently of the JAX code: generically from a
 tree's static description (:func:`generic_fk`, a per-joint loop over 4x4 matrices) and by hand
-from the chains of docs/DESIGN.md#original-model (:func:`seed_chain_fk`, the seed's model with its bugs fixed).
+from the chains of docs/DESIGN.md#original-model (:func:`seed_chain_fk`, the original's model with its bugs fixed).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class IntegralHead(nn.Module):
 
 
 class SeedDeconvHead(nn.Module):
-    """The seed's ``DeconvHead`` module structure: one ``nn.ModuleList`` ``features`` holding
+    """The original's ``DeconvHead`` module structure: one ``nn.ModuleList`` ``features`` holding
     L x [ConvTranspose2d, BatchNorm2d, ReLU] and then the final 1x1 conv (``features.{3L}``)."""
 
     def __init__(self, cin, num_joints, depth_bins, filters=256, num_layers=3):
@@ -250,7 +250,7 @@ class KinematicHead(nn.Module):
         return dict(joints=t[:, None, :] + local @ self.view.to(raw.dtype).to(raw.device).T)
 
 
-# Seed (docs/DESIGN.md#original-model) -------------------------------------------------------------------------------
+# The original (docs/DESIGN.md#original-model) -------------------------------------------------------------------------------
 SEED_NAMES = ("TransX TransY TransZ Root_RotZ Root_RotX Root_RotY Pelvis_RotY Pelvis_RotX Pelvis_RotZ "
               "L_Hip_RotZ L_Hip_RotX L_Hip_RotY L_Knee_RotX R_Hip_RotZ R_Hip_RotX R_Hip_RotY R_Knee_RotX "
               "L_Shoulder_RotZ L_Shoulder_RotX L_Shoulder_RotY L_Elbow_RotX R_Shoulder_RotZ R_Shoulder_RotX "
@@ -259,10 +259,10 @@ X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
 
 def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The seed's kinematic model written out chain by chain from docs/DESIGN.md#original-model, with bugs (a)-(c) fixed
+    """The original's kinematic model written out chain by chain from docs/DESIGN.md#original-model, with bugs (a)-(c) fixed
     (translation applied, a fresh matrix per operation, both shoulders on the neck).
 
-    motion [B, 29] (seed order), scale [B] -> joints [B, 18, 3] in H36M order, axes (x, z, y).
+    motion [B, 29] (the original's order), scale [B] -> joints [B, 18, 3] in H36M order, axes (x, z, y).
     """
     m = {n: motion[:, i] for i, n in enumerate(SEED_NAMES)}
 
@@ -298,7 +298,7 @@ def seed_chain_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 class SeedKinematicLayer(nn.Module):
-    """Holds the buffers of the seed's kinematic layer under its names (identity ``M`` [4,4],
+    """Holds the buffers of the original's kinematic layer under its names (identity ``M`` [4,4],
     homogeneous origin ``v`` [4,1], axis order ``reorder_idx`` [3] int64, bone lengths / 300
     ``shape`` [12,1]); they are constants, so they are part of the state_dict but not learned."""
 
@@ -312,7 +312,7 @@ class SeedKinematicLayer(nn.Module):
 
 
 class SeedKinematicHead(nn.Module):
-    """The seed's head layout: avg pool -> ``fc`` with 29*18+1 outputs of which the first 29 (motion)
+    """The original's head layout: avg pool -> ``fc`` with 29*18+1 outputs of which the first 29 (motion)
     and the last (scale) are used (bug (d)), then ``kin_layer``; joints = :func:`seed_chain_fk`."""
 
     def __init__(self, cin, num_outputs: int = 29 * 18 + 1):
@@ -364,7 +364,7 @@ def randomize(model: TorchPoseNet, seed: int = 0, calib_size: int = 64, out_std:
     through the net), then perturbed (mean shifted, variance scaled by U(0.7, 1.3)); BN weight is
     U(0.5, 1.5) (U(0.1, 0.4) for the last BN of a residual branch) and bias N(0, 0.2). Deconvs get N(0, 0.05) weights. The last layer is rescaled
     so its outputs have a realistic size: ``out_std`` for linear heads (normalized joints /
-    radians), ``logit_std`` for heatmap logits (the seed's N(0, 0.001) would make them flat).
+    radians), ``logit_std`` for heatmap logits (the original's N(0, 0.001) would make them flat).
     """
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
@@ -397,7 +397,7 @@ def randomize(model: TorchPoseNet, seed: int = 0, calib_size: int = 64, out_std:
     if hasattr(head, "final_layer"):
         h = head.features(feats)
         w = head.final_layer.weight
-    elif isinstance(getattr(head, "features", None), nn.ModuleList):  # the seed's DeconvHead
+    elif isinstance(getattr(head, "features", None), nn.ModuleList):  # the original's DeconvHead
         h = feats
         for layer in head.features[:-1]:
             h = layer(h)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 # -------------------------------------------------------------- seed forward kinematics (docs/DESIGN.md#original-model)
-# Indices into the seed's 29 motion parameters.
+# Indices into the original's 29 motion parameters.
 TRANS = (0, 1, 2)
 ROOT_ZXY = (3, 4, 5)
 PELVIS_ZXY = (8, 7, 6)  # stored as RotY, RotX, RotZ
@@ -59,9 +59,9 @@ def _zxy(motion: torch.Tensor, idx) -> torch.Tensor:
 
 
 def seed_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The seed's kinematic model with the intended semantics.
+    """The original's kinematic model with the intended semantics.
 
-    motion: [B, 29]; scale: [B]. Returns [B, 18, 3] in the seed's output order (x, z, y).
+    motion: [B, 29]; scale: [B]. Returns [B, 18, 3] in the original's output order (x, z, y).
     """
     b = motion.shape[0]
     t = torch.eye(4, dtype=motion.dtype).repeat(b, 1, 1)
@@ -91,13 +91,13 @@ def seed_fk(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def seed_fk_per_sample(motion: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Seed-style evaluation: a Python loop over samples (the seed's bug (e) cost model)."""
+    """Original-style evaluation: a Python loop over samples (the original's bug (e) cost model)."""
     return torch.cat([seed_fk(motion[i : i + 1], scale[i : i + 1]) for i in range(motion.shape[0])], dim=0)
 
 
 # ---------------------------------------------------------------- soft-argmax (docs/DESIGN.md#soft-argmax)
 def softargmax_3d_nchw(heatmaps: torch.Tensor, num_joints: int, depth: int) -> torch.Tensor:
-    """The seed's integral: reshape, softmax over D*H*W, marginals times bin index."""
+    """The original's integral: reshape, softmax over D*H*W, marginals times bin index."""
     b, _, h, w = heatmaps.shape
     p = torch.softmax(heatmaps.reshape(b, num_joints, depth * h * w), dim=2).reshape(b, num_joints, depth, h, w)
     x = (p.sum(dim=(2, 3)) * torch.arange(w, dtype=p.dtype, device=p.device)).sum(-1) / w - 0.5

@@ -1,4 +1,4 @@
-"""One training/evaluation sample, exactly as the seed makes it (docs/DESIGN.md#training-sample).
+"""One training/evaluation sample, exactly as the original makes it (docs/DESIGN.md#training-sample).
 
 Pipeline for one record, on the host (numpy + OpenCV, in the grain workers): decode (BGR) ->
 augmentation draw -> optional horizontal flip of the image and labels -> affine warp of the
@@ -29,7 +29,7 @@ PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation parameters (docs/DESIGN.md#augmentation; the seed's defaults)."""
+    """Augmentation parameters (docs/DESIGN.md#augmentation; the original's defaults)."""
 
     scale_factor: float = 0.25  # s = 1 + scale_factor * clip(N(0,1), -1, 1)
     rotation_factor: float = 30.0  # degrees: r = rotation_factor * clip(N(0,1), -2, 2)
@@ -52,7 +52,7 @@ NO_AUGMENTATION = Augmentation()
 
 
 def draw_augmentation(rng: np.random.Generator, cfg: AugmentConfig) -> Augmentation:
-    """Draws one augmentation in the seed's order: scale normal, rotation normal, rotation coin,
+    """Draws one augmentation in the original's order: scale normal, rotation normal, rotation coin,
     flip coin, three gains."""
     scale = 1.0 + cfg.scale_factor * float(np.clip(rng.standard_normal(), -1.0, 1.0))
     rot = cfg.rotation_factor * float(np.clip(rng.standard_normal(), -2.0, 2.0))
@@ -219,7 +219,7 @@ def cut_crop(image_bgr: np.ndarray, crop: Crop) -> np.ndarray:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """JPEG (or any OpenCV format) bytes -> HxWx3 uint8 BGR, like ``cv2.imread`` in the seed."""
+    """JPEG (or any OpenCV format) bytes -> HxWx3 uint8 BGR, like ``cv2.imread`` in the original."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise ValueError(f"image data cannot be decoded ({len(data)} bytes)")

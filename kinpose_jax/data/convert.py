@@ -1,4 +1,4 @@
-"""Seed caches (or ``matlab_meta.txt`` annotations) -> validated ArrayRecord shards.
+"""The original's caches (or ``matlab_meta.txt`` annotations) -> validated ArrayRecord shards.
 
 Every record is validated (keys, shapes, finite values, joint set, image present, complete and
 decodable); a bad record raises :class:`~kinpose_jax.data.DataError` naming the record and field,
@@ -449,7 +449,7 @@ def convert_h36m(
     """Converts Human3.6M set ``image_set`` (train, validmin, valid, ...) under ``root/hm36``.
 
     Args:
-      root: data root holding ``hm36/`` in the seed layout (docs/DESIGN.md#h36m-on-disk).
+      root: data root holding ``hm36/`` in the original's layout (docs/DESIGN.md#h36m-on-disk).
       out_dir: where ``hm36_<set>/`` is written (default ``root/records``).
       cache: the cache pickle (default: the one in ``hm36/HM36_<set>_cache/``).
       image_root: folder holding ``<folder>/<file>.jpg`` (default ``root/hm36/images``); cache

@@ -1,4 +1,4 @@
-"""The seed's on-disk formats (docs/DESIGN.md#h36m-on-disk): cache pickles, ``matlab_meta.txt``, sequence folder names,
+"""The original's on-disk formats (docs/DESIGN.md#h36m-on-disk): cache pickles, ``matlab_meta.txt``, sequence folder names,
 image paths — and validation of every record read from them.
 
 A validated record is a plain dict of float64 numpy arrays (plus the image path):
@@ -43,10 +43,10 @@ MPII_CACHE_KEYS: tuple[str, ...] = (
 #: Subjects of the Human3.6M splits (docs/DESIGN.md#h36m-on-disk).
 TRAIN_SUBJECTS: tuple[int, ...] = (1, 5, 6, 7, 8)
 VALID_SUBJECTS: tuple[int, ...] = (9, 11)
-#: Frames sampled per folder by the seed's cache sets (-1 = every frame).
+#: Frames sampled per folder by the original's cache sets (-1 = every frame).
 SET_SAMPLES: dict[str, int] = {"train": 200, "validmin": 10, "valid": 40, "trainfull": -1, "validfull": -1}
 BOX_MM = skeleton.BOX_MM
-#: The 17 of Human3.6M's 32 mocap joints used by the seed (one-based, H36M-17 order).
+#: The 17 of Human3.6M's 32 mocap joints used by the original (one-based, H36M-17 order).
 H36M_32_TO_17_ONE_BASED: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 26, 27, 28)
 
 _FOLDER_RE = re.compile(r"^s_(\d+)_act_(\d+)_subact_(\d+)_ca_(\d+)$")
@@ -164,7 +164,7 @@ class _CacheUnpickler(pickle.Unpickler):
 
 
 def load_cache(path: str) -> list[dict]:
-    """Loads a seed cache: a pickled list of dicts (docs/DESIGN.md#cache-format), including caches written by
+    """Loads a cache of the original: a pickled list of dicts (docs/DESIGN.md#cache-format), including caches written by
     Python 2.7/3.6 with numpy 1.x. Raises DataError naming the file if it is missing, not a
     pickle, not a list of dicts, or empty."""
     data, errors = None, []
@@ -642,7 +642,7 @@ def records_from_annotations(hm36_dir: str, subjects: Iterable[int], sample: int
 
 
 def subjects_of_set(image_set: str) -> tuple[int, ...]:
-    """Subjects of a seed cache set name (``train*`` -> 1,5,6,7,8; ``valid*`` -> 9,11)."""
+    """Subjects of one of the original's cache set names (``train*`` -> 1,5,6,7,8; ``valid*`` -> 9,11)."""
     if image_set.startswith("train"):
         return TRAIN_SUBJECTS
     if image_set.startswith("valid"):
@@ -651,7 +651,7 @@ def subjects_of_set(image_set: str) -> tuple[int, ...]:
 
 
 def write_cache(path: str, records: list[dict]) -> None:
-    """Pickles ``records`` like the seed's caches (a list of dicts, protocol 3), atomically."""
+    """Pickles ``records`` like the original's caches (a list of dicts, protocol 3), atomically."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:

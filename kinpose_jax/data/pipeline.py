@@ -16,9 +16,9 @@ processes). Everything is a pure function of (seed, position), so
 
 Epochs (training). Human3.6M only: an epoch is a fresh permutation of the records, cut to
 ``steps_per_epoch = len // B`` full batches (the ``len % B`` left-over records differ per epoch).
-Mixed with MPII (``mpii_fraction = f > 0``), as the seed does (``mpii_hm36`` datasets): every
+Mixed with MPII (``mpii_fraction = f > 0``), as the original does (``mpii_hm36`` datasets): every
 epoch holds *all* MPII records plus ``round(n_mpii * (1 - f) / f)`` Human3.6M records drawn
-without replacement from a fresh permutation (f = 0.5 is the seed: as many H36M as MPII
+without replacement from a fresh permutation (f = 0.5 is the original: as many H36M as MPII
 records), the union shuffled; a batch therefore holds a fraction f of MPII in expectation.
 
 Batch layout (numpy, leading axis = per-process batch ``B/P``):
@@ -71,7 +71,7 @@ class PipelineConfig:
       train_set / eval_set: Human3.6M set names (``hm36_<set>`` directories).
       mpii_set: MPII set mixed into training when ``mpii_fraction > 0``.
       mpii_fraction: expected fraction of MPII samples per training batch (0 = H36M only,
-        0.5 = the seed's mixing); must be < 1.
+        0.5 = the original's mixing); must be < 1.
       patch_size: square network input, px.
       global_batch_size: images per step over all processes.
       seed: data order and augmentation seed.

@@ -1,5 +1,5 @@
 """From a training config to ready pipelines: generate the synthetic set if asked, convert the
-seed-layout data to shards if not done yet, then build :class:`~kinpose_jax.data.pipeline.DataPipeline`.
+original-layout data to shards if not done yet, then build :class:`~kinpose_jax.data.pipeline.DataPipeline`.
 
     data = setup.create(config, global_batch_size)          # config: configs/default.py fields
     data.steps_per_epoch; it = data.train_iterator(); for batch in data.eval_batches(): ...

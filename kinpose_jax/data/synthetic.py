@@ -1,4 +1,4 @@
-"""A synthetic Human3.6M in the seed's exact on-disk layout (docs/DESIGN.md#h36m-on-disk), deterministic by seed.
+"""A synthetic Human3.6M in the original's exact on-disk layout (docs/DESIGN.md#h36m-on-disk), deterministic by seed.
 
 ``generate(root)`` writes under ``root/hm36/``::
 
@@ -111,7 +111,7 @@ def poses_to_world(tree, angles: np.ndarray, scales: np.ndarray, floor_xy: np.nd
 
 def _mocap32(joints18: np.ndarray) -> np.ndarray:
     """32-joint mocap rows [F, 32, 3]: the 17 used joints at their one-based slots, the rest filled
-    with the pelvis (those slots are unused by the seed)."""
+    with the pelvis (those slots are unused by the original)."""
     out = np.repeat(joints18[:, :1], 32, axis=1)
     out[:, np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED) - 1] = joints18[:, :17]
     return out

@@ -1,9 +1,9 @@
 """Ready-made skeletons.
 
-* :func:`seed_h36m18` — the seed's kinematic model (docs/DESIGN.md#original-model) with its bone lengths and *intended*
+* :func:`seed_h36m18` — the original's kinematic model (docs/DESIGN.md#original-model) with its bone lengths and *intended*
   semantics: global translation applied, fresh transforms per operation, both shoulders on the
   neck. Model frame: x = person's left, y = up, nose towards -z; outputs reordered to (x, z, y)
-  like the seed.
+  like the original.
 * :func:`h36m18` / :func:`h36m17` — a left/right-symmetric Human3.6M tree (same topology) with
   right-handed axes x = left, y = up, z = forward and approximate default bone lengths
   (:data:`H36M_MEAN_BONES`, not measured by this project); rebuild it from lengths measured on
@@ -25,14 +25,14 @@ import numpy as np
 from kinpose_jax import skeleton
 from kinpose_jax.kinematics.tree import KinematicTree, make_tree
 
-#: Bone lengths of the seed's model, mm (docs/DESIGN.md#original-model).
+#: Bone lengths of the original's model, mm (docs/DESIGN.md#original-model).
 SEED_BONES = dict(
     knee2ankle=300.0, hip2knee=302.0, pelvis2hip=84.7, pelvis2torso=165.0, torso2neck=161.6, neck2nose_y=73.46,
     neck2nose_z=29.0, nose2head_y=66.91, elbow2wrist=160.6, shoulder2elbow=187.16, neck2shoulder_x=117.0,
     neck2shoulder_y=6.5,
 )
 
-#: The seed's 29 motion parameters in the order its network emits them (docs/DESIGN.md#original-model); the 30th
+#: The original's 29 motion parameters in the order its network emits them (docs/DESIGN.md#original-model); the 30th
 #: network output is the scale.
 SEED_MOTION_NAMES: tuple[str, ...] = (
     "TransX", "TransY", "TransZ", "Root_RotZ", "Root_RotX", "Root_RotY", "Pelvis_RotY", "Pelvis_RotX",
@@ -78,7 +78,7 @@ def _limits(forward: float) -> dict[str, list[tuple[float, float]]]:
 
 
 def _human18(b: dict, forward: float, output_axes: tuple[int, int, int]) -> KinematicTree:
-    """The 18-joint H36M topology shared by the seed and symmetric trees.
+    """The 18-joint H36M topology shared by the original and symmetric trees.
 
     ``b`` holds offsets (3-vectors, mm) keyed by bone name. Hidden frames: ``spine`` (pelvis
     rotation that moves the upper body but not the hips) and ``head_base`` (neck rotation that
@@ -135,7 +135,7 @@ def _permute(tree: KinematicTree, order: list[int]) -> KinematicTree:
 
 
 def seed_h36m18() -> KinematicTree:
-    """The seed's kinematic model (docs/DESIGN.md#original-model), bugs (a)-(c) fixed; outputs in (x, z, y) order."""
+    """The original's kinematic model (docs/DESIGN.md#original-model), bugs (a)-(c) fixed; outputs in (x, z, y) order."""
     s = SEED_BONES
     b = {
         "l_hip": (s["pelvis2hip"], 0, 0), "r_hip": (-s["pelvis2hip"], 0, 0),
@@ -279,16 +279,16 @@ def get_tree(name: str) -> KinematicTree:
 
 
 def seed_motion_permutation(tree: KinematicTree) -> np.ndarray:
-    """Index into the seed's 29 motion parameters for every angle of ``tree`` (by name)."""
+    """Index into the original's 29 motion parameters for every angle of ``tree`` (by name)."""
     try:
         return np.asarray([SEED_MOTION_NAMES.index(n) for n in tree.param_names], dtype=np.int32)
     except ValueError as err:
-        raise ValueError(f"tree angles {tree.param_names} are not all seed motion parameters") from err
+        raise ValueError(f"tree angles {tree.param_names} are not all the original's motion parameters") from err
 
 
 def seed_motion_to_fk_inputs(motion: jnp.ndarray, tree: KinematicTree | None = None):
-    """Splits the seed's motion vector [..., 29] into ``(translation [..., 3], angles [..., 25])``
-    for :func:`seed_h36m18` (``Head_RotX`` is unused by the seed and dropped)."""
+    """Splits the original's motion vector [..., 29] into ``(translation [..., 3], angles [..., 25])``
+    for :func:`seed_h36m18` (``Head_RotX`` is unused by the original and dropped)."""
     tree = tree or seed_h36m18()
     motion = jnp.asarray(motion)
     if motion.shape[-1] != len(SEED_MOTION_NAMES):

@@ -83,7 +83,7 @@ class KinematicTree:
       dof_labels: E name prefixes for the angles of each entry (``<label>_Rot<X|Y|Z>``).
       derived: E tuples of (source entry index, weight); empty for frames.
       hidden: E flags; hidden entries are not part of the output joints.
-      output_axes: permutation of (0, 1, 2) applied to output coordinates (e.g. the seed's x,z,y).
+      output_axes: permutation of (0, 1, 2) applied to output coordinates (e.g. the original's x,z,y).
     """
 
     offsets: np.ndarray

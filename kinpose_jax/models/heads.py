@@ -1,7 +1,7 @@
 """Pose heads on top of a backbone feature map [B, h, w, C] (NHWC).
 
 * :class:`IntegralHead` — deconvolutions + 1x1 conv to volumetric heatmaps [B, H, W, J*D]
-  (channel ``j*D + d``, the same channel order as the seed's [B, J*D, H, W]).
+  (channel ``j*D + d``, the same channel order as the original's [B, J*D, H, W]).
 * :class:`DirectHead` — global average pool + linear to joints [B, J, 3] (normalized).
 * :class:`KinematicHead` — global average pool + linear to (translation, joint angles, scale),
   then forward kinematics of a :class:`~kinpose_jax.kinematics.KinematicTree` to joints [B, J, 3].
@@ -26,7 +26,7 @@ from kinpose_jax.models.deconv import TorchConvTranspose
 from kinpose_jax.models.resnet import PointwiseConv, make_norm
 from kinpose_jax.skeleton import BOX_MM
 
-#: The seed's init for deconv / final conv weights: N(0, 0.001), zero bias.
+#: The original's init for deconv / final conv weights: N(0, 0.001), zero bias.
 head_init = nn.initializers.normal(stddev=0.001)
 
 
@@ -34,7 +34,7 @@ class IntegralHead(nn.Module):
     """features [B,h,w,C] -> heatmaps [B, h*2^L, w*2^L, J*D] float32 (L = num_deconv_layers).
 
     Torch equivalent: ``features = [ConvTranspose2d(k=4, s=2, p=1, bias=False), BatchNorm2d, ReLU] * L``
-    then a 1x1 ``Conv2d(bias=True)``, which the seed's ``DeconvHead`` appends to ``features`` (as
+    then a 1x1 ``Conv2d(bias=True)``, which the original's ``DeconvHead`` appends to ``features`` (as
     ``features.{3L}``) and this repository's torch reference names ``final_layer``; Flax module
     names are ``features_{3i}`` (deconv), ``features_{3i+1}`` (BN) and ``final_layer``.
     The deconv kernel is stored like ``nn.ConvTranspose(transpose_kernel=True)``: [kh, kw, out, in]

@@ -139,7 +139,7 @@ def build_pose_net(model_config: Any) -> PoseNet:
         A tree with more output joints than num_joints is mapped by name
         (:func:`dataset_joint_indices`).
       kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
-        (tree output axes used as camera axes, as the seed does; needed to reuse seed weights).
+        (tree output axes used as camera axes, as the original does; needed to reuse the original's weights).
       box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
       dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
       bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
