@@ -27,7 +27,7 @@ them onto our head's ``[translation(3), angles(tree.param_names), scale]`` layou
 are taken to camera axes (tree output axes, then the head's view rotation), angle rows are picked
 by name (``Head_RotX`` is unused and dropped), and the scale row ``s_seed`` becomes our raw scale
 ``box_mm * s_seed - 1`` (our head multiplies bones by ``(1 + s) / box_mm``). This reproduces the
-seed's intended outputs exactly with ``kinematic_view='identity'``; with ``'upright'`` the
+the original's intended outputs exactly with ``kinematic_view='identity'``; with ``'upright'`` the
 outputs are those rotated by the fixed view.
 
 The result is written as an orbax checkpoint of ``{'params': ..., 'batch_stats': ...}`` in OUT_DIR

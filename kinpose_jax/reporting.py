@@ -89,10 +89,10 @@ def format_table(results: Mapping[str, float], title: str) -> str:
     groups = list(skeleton.H36M_EVAL_GROUPS)
     lines = [title, "  " + " ".join(f"{g:>8}" for g in groups), "  " + " ".join(f"{results[g]:8.1f}" for g in groups)]
     lines.append("  Protocol #1 MPJPE {mpjpe:.1f} mm | Protocol #2 PA-MPJPE {pa_mpjpe:.1f} mm | "
-                 "seed's aligned (rigid, 18 joints) {seed_aligned:.1f} mm | seed's bone {bone:.1f} mm | "
+                 "original's aligned (rigid, 18 joints) {seed_aligned:.1f} mm | original's bone {bone:.1f} mm | "
                  "x/y/z {x:.1f}/{y:.1f}/{z:.1f} mm".format(**results))
     lines.append("  PCK3D@150mm {pck_150mm:.1f}% | AUC (0-150 mm) {auc:.1f}% | "
-                 "seed's PCK@5mm {seed_pck_5mm:.1f}% @105mm {seed_pck_105mm:.1f}%".format(**results))
+                 "original's PCK@5mm {seed_pck_5mm:.1f}% @105mm {seed_pck_105mm:.1f}%".format(**results))
     return "\n".join(lines)
 
 
