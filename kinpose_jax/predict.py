@@ -91,7 +91,7 @@ def load_model(checkpoint: str, patch_size: int | None = None, step: int | None 
     path = os.path.abspath(checkpoint)
     if not os.path.isdir(path):
         raise PredictError(f"--checkpoint {checkpoint}: no such folder")
-    from kinpose_jax.convert_torch import REPORT_FILE
+    from kinpose_jax.weights_format import REPORT_FILE
 
     if os.path.exists(os.path.join(path, REPORT_FILE)):
         return _load_converted(path, patch_size or DEFAULT_PATCH_SIZE)
@@ -135,7 +135,7 @@ def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> Loa
 
 def _load_converted(path: str, patch_size: int) -> LoadedModel:
     from kinpose_jax import pretrained
-    from kinpose_jax.convert_torch import read_conversion_metadata
+    from kinpose_jax.weights_format import read_conversion_metadata
     from kinpose_jax.models import build_pose_net, init_variables
 
     model_config = dict(read_conversion_metadata(path)["model"])

@@ -48,7 +48,7 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None, allow_
       PretrainedMismatchError (a ValueError) naming the field and both values on a config
       disagreement, or the missing / unknown / mis-shaped leaves.
     """
-    from kinpose_jax.convert_torch import REPORT_FILE, load_converted, read_conversion_metadata
+    from kinpose_jax.weights_format import REPORT_FILE, load_converted, read_conversion_metadata
 
     meta = read_conversion_metadata(path) if os.path.exists(os.path.join(path, REPORT_FILE)) else None
     source = meta["source"] if meta else None
