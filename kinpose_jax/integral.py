@@ -17,9 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+#: Heatmap rows (one joint's [D,] H, W logits each) per sequential step of the NCHW soft-argmax
+#: on the CPU backend: a step's rows stay in cache between the max and the exp passes.
+CPU_ROWS_PER_STEP = 4
+
+
 def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, ...]):
     """Softmax over ``sum_axes`` (stable: max-subtracted, float32) and expected indices along
-    each named axis. Returns {name: [...]} with the summed axes removed."""
+    each named axis, over the whole array at once (the NHWC layout, whose per-joint bins are not
+    contiguous). Returns {name: [...]} with the summed axes removed."""
     logits = logits.astype(jnp.float32)
     m = jax.lax.stop_gradient(jnp.max(logits, axis=sum_axes, keepdims=True))
     e = jnp.exp(logits - m)
@@ -35,6 +41,30 @@ def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, 
     return out
 
 
+def _row_expectations(row: jax.Array) -> jax.Array:
+    """Softmax over all of one row's bins ([..., W] logits, any float dtype; stable: max-subtracted,
+    float32) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z])."""
+    row = row.astype(jnp.float32)
+    e = jnp.exp(row - jax.lax.stop_gradient(jnp.max(row)))
+    rest = jnp.sum(e, axis=-1)  # marginal over the leading axes
+    sums = [jnp.sum(e * jnp.arange(row.shape[-1], dtype=jnp.float32))]
+    for ax in reversed(range(row.ndim - 1)):
+        shape = [1] * (row.ndim - 1)
+        shape[ax] = row.shape[ax]
+        sums.append(jnp.sum(rest * jnp.arange(row.shape[ax], dtype=jnp.float32).reshape(shape)))
+    return jnp.stack(sums) / jnp.sum(rest)
+
+
+def _rows_expectations(rows: jax.Array) -> jax.Array:
+    """:func:`_row_expectations` of every row of [R, ...]: [R, ndim - 1]. On the CPU backend, as a
+    sequential loop over steps of :data:`CPU_ROWS_PER_STEP` rows (XLA:CPU's exp inside a
+    reduction over the whole batch streams every row through memory several times)."""
+    r = rows.shape[0]
+    if jax.default_backend() == "cpu" and isinstance(r, int) and r > CPU_ROWS_PER_STEP:
+        return jax.lax.map(_row_expectations, rows, batch_size=CPU_ROWS_PER_STEP)
+    return jax.vmap(_row_expectations)(rows)
+
+
 def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout: str = "NHWC") -> jax.Array:
     """Integral 3D joint regression.
 
@@ -47,8 +77,8 @@ def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout:
     if layout == "NCHW":
         b, c, h, w = heatmaps.shape
         _check_channels(c, num_joints, depth_bins)
-        x = heatmaps.reshape(b, num_joints, depth_bins, h, w)
-        exp = _expectations(x, {"x": 4, "y": 3, "z": 2}, (2, 3, 4))
+        xyz = _rows_expectations(heatmaps.reshape(b * num_joints, depth_bins, h, w)).reshape(b, num_joints, 3)
+        exp = {"x": xyz[..., 0], "y": xyz[..., 1], "z": xyz[..., 2]}
     elif layout == "NHWC":
         b, h, w, c = heatmaps.shape
         _check_channels(c, num_joints, depth_bins)
@@ -63,8 +93,9 @@ def softargmax_2d(heatmaps: jax.Array, layout: str = "NHWC") -> jax.Array:
     """Integral 2D joint regression: [B, J, H, W] ("NCHW") or [B, H, W, J] ("NHWC") -> [B, J, 2]
     normalized (x, y)."""
     if layout == "NCHW":
-        _, _, h, w = heatmaps.shape
-        exp = _expectations(heatmaps, {"x": 3, "y": 2}, (2, 3))
+        b, j, h, w = heatmaps.shape
+        xy = _rows_expectations(heatmaps.reshape(b * j, h, w)).reshape(b, j, 2)
+        exp = {"x": xy[..., 0], "y": xy[..., 1]}
     elif layout == "NHWC":
         _, h, w, _ = heatmaps.shape
         exp = _expectations(heatmaps, {"x": 2, "y": 1}, (1, 2))
