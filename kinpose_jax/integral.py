@@ -18,7 +18,7 @@ import numpy as np
 
 
 #: Heatmap rows (one joint's [D,] H, W logits each) per sequential step of the NCHW soft-argmax
-#: on the CPU backend: a step's rows stay in cache between the max and the exp passes.
+#: on the CPU backend.
 CPU_ROWS_PER_STEP = 4
 
 
@@ -41,11 +41,10 @@ def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, 
     return out
 
 
-def _row_expectations(row: jax.Array) -> jax.Array:
-    """Softmax over all of one row's bins ([..., W] logits, any float dtype; stable: max-subtracted,
-    float32) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z])."""
-    row = row.astype(jnp.float32)
-    e = jnp.exp(row - jax.lax.stop_gradient(jnp.max(row)))
+def _row_expectations(row: jax.Array, row_max: jax.Array) -> jax.Array:
+    """Softmax over all of one row's bins ([..., W] logits; ``row_max``: their max, a constant for
+    autodiff) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z])."""
+    e = jnp.exp(row.astype(jnp.float32) - row_max)
     rest = jnp.sum(e, axis=-1)  # marginal over the leading axes
     sums = [jnp.sum(e * jnp.arange(row.shape[-1], dtype=jnp.float32))]
     for ax in reversed(range(row.ndim - 1)):
@@ -56,13 +55,16 @@ def _row_expectations(row: jax.Array) -> jax.Array:
 
 
 def _rows_expectations(rows: jax.Array) -> jax.Array:
-    """:func:`_row_expectations` of every row of [R, ...]: [R, ndim - 1]. On the CPU backend, as a
-    sequential loop over steps of :data:`CPU_ROWS_PER_STEP` rows (XLA:CPU's exp inside a
-    reduction over the whole batch streams every row through memory several times)."""
+    """Stable (max-subtracted, float32) softmax expectations of every row of [R, ...] logits:
+    [R, ndim - 1] (see :func:`_row_expectations`). The max is one pass over the whole array; on the
+    CPU backend the exp and sums then run as a sequential loop over steps of
+    :data:`CPU_ROWS_PER_STEP` rows, since XLA:CPU evaluates ``exp`` inside reductions over the
+    whole batch several times slower than over a few rows at a time."""
     r = rows.shape[0]
+    row_max = jax.lax.stop_gradient(jnp.max(rows, axis=tuple(range(1, rows.ndim))).astype(jnp.float32))
     if jax.default_backend() == "cpu" and isinstance(r, int) and r > CPU_ROWS_PER_STEP:
-        return jax.lax.map(_row_expectations, rows, batch_size=CPU_ROWS_PER_STEP)
-    return jax.vmap(_row_expectations)(rows)
+        return jax.lax.map(lambda a: _row_expectations(*a), (rows, row_max), batch_size=CPU_ROWS_PER_STEP)
+    return jax.vmap(_row_expectations)(rows, row_max)
 
 
 def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout: str = "NHWC") -> jax.Array:
