@@ -17,9 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+#: Heatmap rows (one joint's [D,] H, W logits each) per sequential step of the NCHW soft-argmax
+#: on the CPU backend.
+CPU_ROWS_PER_STEP = 4
+
+
 def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, ...]):
     """Softmax over ``sum_axes`` (stable: max-subtracted, float32) and expected indices along
-    each named axis. Returns {name: [...]} with the summed axes removed."""
+    each named axis, over the whole array at once (the NHWC layout, whose per-joint bins are not
+    contiguous). Returns {name: [...]} with the summed axes removed."""
     logits = logits.astype(jnp.float32)
     m = jax.lax.stop_gradient(jnp.max(logits, axis=sum_axes, keepdims=True))
     e = jnp.exp(logits - m)
@@ -35,6 +41,32 @@ def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, 
     return out
 
 
+def _row_expectations(row: jax.Array, row_max: jax.Array) -> jax.Array:
+    """Softmax over all of one row's bins ([..., W] logits; ``row_max``: their max, a constant for
+    autodiff) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z])."""
+    e = jnp.exp(row.astype(jnp.float32) - row_max)
+    rest = jnp.sum(e, axis=-1)  # marginal over the leading axes
+    sums = [jnp.sum(e * jnp.arange(row.shape[-1], dtype=jnp.float32))]
+    for ax in reversed(range(row.ndim - 1)):
+        shape = [1] * (row.ndim - 1)
+        shape[ax] = row.shape[ax]
+        sums.append(jnp.sum(rest * jnp.arange(row.shape[ax], dtype=jnp.float32).reshape(shape)))
+    return jnp.stack(sums) / jnp.sum(rest)
+
+
+def _rows_expectations(rows: jax.Array) -> jax.Array:
+    """Stable (max-subtracted, float32) softmax expectations of every row of [R, ...] logits:
+    [R, ndim - 1] (see :func:`_row_expectations`). The max is one pass over the whole array; on the
+    CPU backend the exp and sums then run as a sequential loop over steps of
+    :data:`CPU_ROWS_PER_STEP` rows, since XLA:CPU evaluates ``exp`` inside reductions over the
+    whole batch several times slower than over a few rows at a time."""
+    r = rows.shape[0]
+    row_max = jax.lax.stop_gradient(jnp.max(rows, axis=tuple(range(1, rows.ndim))).astype(jnp.float32))
+    if jax.default_backend() == "cpu" and isinstance(r, int) and r > CPU_ROWS_PER_STEP:
+        return jax.lax.map(lambda a: _row_expectations(*a), (rows, row_max), batch_size=CPU_ROWS_PER_STEP)
+    return jax.vmap(_row_expectations)(rows, row_max)
+
+
 def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout: str = "NHWC") -> jax.Array:
     """Integral 3D joint regression.
 
@@ -47,8 +79,8 @@ def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout:
     if layout == "NCHW":
         b, c, h, w = heatmaps.shape
         _check_channels(c, num_joints, depth_bins)
-        x = heatmaps.reshape(b, num_joints, depth_bins, h, w)
-        exp = _expectations(x, {"x": 4, "y": 3, "z": 2}, (2, 3, 4))
+        xyz = _rows_expectations(heatmaps.reshape(b * num_joints, depth_bins, h, w)).reshape(b, num_joints, 3)
+        exp = {"x": xyz[..., 0], "y": xyz[..., 1], "z": xyz[..., 2]}
     elif layout == "NHWC":
         b, h, w, c = heatmaps.shape
         _check_channels(c, num_joints, depth_bins)
@@ -63,8 +95,9 @@ def softargmax_2d(heatmaps: jax.Array, layout: str = "NHWC") -> jax.Array:
     """Integral 2D joint regression: [B, J, H, W] ("NCHW") or [B, H, W, J] ("NHWC") -> [B, J, 2]
     normalized (x, y)."""
     if layout == "NCHW":
-        _, _, h, w = heatmaps.shape
-        exp = _expectations(heatmaps, {"x": 3, "y": 2}, (2, 3))
+        b, j, h, w = heatmaps.shape
+        xy = _rows_expectations(heatmaps.reshape(b * j, h, w)).reshape(b, j, 2)
+        exp = {"x": xy[..., 0], "y": xy[..., 1]}
     elif layout == "NHWC":
         _, h, w, _ = heatmaps.shape
         exp = _expectations(heatmaps, {"x": 2, "y": 1}, (1, 2))

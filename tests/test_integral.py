@@ -42,6 +42,22 @@ def test_softargmax_2d_matches_torch():
         np.asarray(integral.softargmax_2d(np.transpose(hm, (0, 2, 3, 1)), "NHWC")), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("b, j", [(1, 3), (3, 5)])  # on CPU: one vectorized step; a loop of steps + remainder
+def test_softargmax_2d_values_and_gradients_match_torch_autograd(b, j):
+    rng = np.random.default_rng(b)
+    hm = (rng.normal(size=(b, j, H, W)) * 3).astype(np.float32)
+    w = rng.normal(size=(b, j, 2)).astype(np.float32)
+    t = torch.tensor(hm, requires_grad=True)
+    expected = ref.softargmax_2d_nchw(t)
+    (expected * torch.from_numpy(w)).sum().backward()
+    for layout, x, to_nchw in (("NCHW", hm, lambda a: a), ("NHWC", np.transpose(hm, (0, 2, 3, 1)),
+                                                           lambda a: np.transpose(a, (0, 3, 1, 2)))):
+        out, vjp = jax.vjp(lambda y: integral.softargmax_2d(y, layout), x)
+        np.testing.assert_allclose(np.asarray(out), ref.to_numpy(expected), atol=1e-5)
+        np.testing.assert_allclose(to_nchw(np.asarray(vjp(jnp.asarray(w))[0])), ref.to_numpy(t.grad),
+                                   atol=1e-6, rtol=1e-4)
+
+
 def test_a_sharp_peak_decodes_to_its_bin_and_huge_logits_stay_finite():
     hm = np.full((1, J * D, H, W), -1e4, np.float32)
     j, d, y, x = 2, 5, 7, 3

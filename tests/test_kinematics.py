@@ -169,6 +169,54 @@ def test_arbitrary_axis_hinge_follows_rodrigues():
     assert tree.param_names == ("b_RotAxis0",)
 
 
+def test_oblique_and_basis_axis_sequences_match_rodrigues_in_float64():
+    """Frames whose dofs mix oblique axes with a basis axis (two frames share one sequence, so
+    they are built together): rotations, positions and angle gradients against a torch chain of
+    Rodrigues rotations, in float64."""
+    a1 = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
+    a2 = np.array([-0.3, 0.1, 0.9]) / np.linalg.norm([-0.3, 0.1, 0.9])
+    seq = [a1, "x", a2]
+    offsets = [(0.0, 0.0, 0.0), (10.0, 20.0, -5.0), (30.0, -10.0, 5.0), (0.0, 7.0, 3.0)]
+    tree = kin.make_tree([
+        dict(name="a", parent=None, offset=offsets[0], dofs="zy"),
+        dict(name="b", parent="a", offset=offsets[1], dofs=seq),
+        dict(name="c", parent="b", offset=offsets[2], dofs=seq),
+        dict(name="d", parent="c", offset=offsets[3]),
+    ])
+    axes = [[(0.0, 0.0, 1.0), (0.0, 1.0, 0.0)], [a1, (1.0, 0.0, 0.0), a2], [a1, (1.0, 0.0, 0.0), a2], []]
+    rng = np.random.default_rng(21)
+    angles = rng.uniform(-math.pi, math.pi, size=(5, 8))
+    w = rng.normal(size=(5, 4, 3))
+
+    def rodrigues(axis, t):
+        k = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]],
+                         dtype=torch.float64)
+        return torch.eye(3, dtype=torch.float64) + torch.sin(t)[:, None, None] * k + \
+            (1 - torch.cos(t))[:, None, None] * (k @ k)
+
+    ta = torch.tensor(angles, requires_grad=True)
+    rot, pos, rots, positions, col = None, None, [], [], 0
+    for frame_axes, off in zip(axes, offsets):
+        local = torch.eye(3, dtype=torch.float64).expand(5, 3, 3)
+        for ax in frame_axes:
+            local = local @ rodrigues(ax, ta[:, col])
+            col += 1
+        pos = torch.zeros(5, 3, dtype=torch.float64) if rot is None else \
+            pos + (rot @ torch.tensor(off, dtype=torch.float64))
+        rot = local if rot is None else rot @ local
+        rots.append(rot)
+        positions.append(pos)
+    theirs_pos = torch.stack(positions, 1)
+    (theirs_pos * torch.from_numpy(w)).sum().backward()
+    with jax.enable_x64(True):
+        res = kin.forward_kinematics(tree, jnp.asarray(angles))
+        g = jax.grad(lambda a: jnp.sum(kin.forward_kinematics(tree, a).positions * jnp.asarray(w)))(jnp.asarray(angles))
+        ours_pos, ours_rot, g = np.asarray(res.positions), np.asarray(res.rotations), np.asarray(g)
+    np.testing.assert_allclose(ours_rot, ref.to_numpy(torch.stack(rots, 1)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours_pos, ref.to_numpy(theirs_pos), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(g, ref.to_numpy(ta.grad), rtol=0, atol=1e-10)
+
+
 def test_jit_vmap_grad_and_leading_batch_dims():
     tree = presets.h36m18()
     rng = np.random.default_rng(4)

@@ -24,9 +24,9 @@ class _Schedule(NamedTuple):
     frames: np.ndarray  # [F] entry index of every frame, in level order
     level_slices: tuple[tuple[int, int], ...]  # [start, stop) into ``frames`` per depth level
     parent_in_prev: tuple[np.ndarray, ...]  # per level > 0: parent's position inside the previous level
-    dof_axes: np.ndarray  # [P, 3] unit axis of every angle
-    dof_groups: tuple[np.ndarray, ...]  # per k = 1..3: [n_k, k] angle indices of the frames with k dofs
-    local_order: np.ndarray  # [F] level-ordered frame -> row of concat(no-dof frames, group 1, 2, 3)
+    dof_groups: tuple[tuple[tuple[tuple[float, float, float], ...], np.ndarray], ...]
+    # per distinct axis sequence (the k unit axes of a frame's dofs, in order): [n, k] angle indices
+    local_order: np.ndarray  # [F] level-ordered frame -> row of concat(no-dof frames, *dof_groups)
     entry_from_level: np.ndarray  # [E] position of every entry in concat(levels, derived)
     derived: np.ndarray  # [D] derived entry indices
     derived_weights: np.ndarray  # [D, F] weights over level-ordered frames
@@ -56,13 +56,15 @@ def _schedule(names, parents, dofs, derived) -> _Schedule:
     for i in range(e):
         offsets[i] = dof_offset
         dof_offset += len(dofs[i])
-    dof_axes = np.asarray([a for i in range(e) for a in dofs[i]], dtype=np.float64).reshape(-1, 3)
-    by_count = [[f for f, i in enumerate(frames) if len(dofs[i]) == k] for k in range(4)]
+    signatures = {}  # axis sequence -> level-ordered frames with it (in first-seen order)
+    for f, i in enumerate(frames):
+        if len(dofs[i]):
+            signatures.setdefault(tuple(tuple(float(c) for c in a) for a in dofs[i]), []).append(f)
     dof_groups = tuple(
-        np.asarray([[offsets[frames[f]] + s for s in range(k)] for f in by_count[k]], dtype=np.int32).reshape(-1, k)
-        for k in range(1, 4)
+        (sig, np.asarray([[offsets[frames[f]] + s for s in range(len(sig))] for f in fs], dtype=np.int32))
+        for sig, fs in signatures.items()
     )
-    grouped = [f for k in range(4) for f in by_count[k]]
+    grouped = [f for f, i in enumerate(frames) if not len(dofs[i])] + [f for fs in signatures.values() for f in fs]
     local_order = np.asarray([grouped.index(f) for f in range(len(frames))], dtype=np.int32)
     derived_idx = np.asarray([i for i in range(e) if derived[i]], dtype=np.int32)
     level_pos = {int(i): p for p, i in enumerate(frames)}
@@ -72,7 +74,7 @@ def _schedule(names, parents, dofs, derived) -> _Schedule:
             weights[r, level_pos[src]] += w
     order = list(frames) + list(derived_idx)
     entry_from_level = np.asarray([order.index(i) for i in range(e)], dtype=np.int32)
-    return _Schedule(frames, tuple(slices), parent_in_prev, dof_axes, dof_groups, local_order,
+    return _Schedule(frames, tuple(slices), parent_in_prev, dof_groups, local_order,
                      entry_from_level, derived_idx, weights)
 
 
@@ -150,8 +152,17 @@ def forward_kinematics(
     chunk = resolve_chunk_size(chunk_size)
     angles = jnp.broadcast_to(angles, batch + angles.shape[-1:]).reshape(n, angles.shape[-1])
     translation = jnp.broadcast_to(translation, batch + (3,)).reshape(n, 3)
-    offsets = jnp.broadcast_to(offsets, batch + offsets.shape[-2:]).reshape((n,) + offsets.shape[-2:])
-    offsets = offsets * jnp.broadcast_to(scale, batch).reshape(n, 1, 1)
+    scale = jnp.broadcast_to(scale, batch).reshape(n)
+    per_sample = [angles, translation, scale]
+    if offsets.ndim > 2:  # batched bone lengths: [N, E, 3]; otherwise one [E, 3] for every sample
+        per_sample.append(jnp.broadcast_to(offsets, batch + offsets.shape[-2:]).reshape((n,) + offsets.shape[-2:]))
+        shared = None
+    else:
+        shared = offsets
+
+    def flat(a, t, s, off=None):
+        return _forward_flat(tree, sched, a, t, s, shared if off is None else off, dtype)
+
     if chunk and isinstance(n, int) and n > chunk:
         # Large batches run as a sequential loop over chunks (lax.map): on CPU the per-level
         # intermediates then stay in cache instead of streaming through memory. The chunks are
@@ -159,12 +170,12 @@ def forward_kinematics(
         num_chunks = -(-n // chunk)
         size = -(-n // num_chunks)
         pad = num_chunks * size - n
-        padded = [jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], dtype)]) for x in (angles, translation, offsets)]
+        padded = [jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], dtype)]) for x in per_sample]
         chunks = [x.reshape((num_chunks, size) + x.shape[1:]) for x in padded]
-        result = jax.lax.map(lambda c: _forward_flat(tree, sched, *c, dtype), chunks)
+        result = jax.lax.map(lambda c: flat(*c), chunks)
         result = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], result)
     else:
-        result = _forward_flat(tree, sched, angles, translation, offsets, dtype)
+        result = flat(*per_sample)
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), result)
 
 
@@ -189,6 +200,51 @@ def resolve_chunk_size(chunk_size: int | None, backend: str | None = None) -> in
     return int(chunk_size)
 
 
+def _add(a, b):
+    """Sum of two entries, each a float constant or an array; zero constants are dropped."""
+    if isinstance(a, float) and a == 0.0:
+        return b
+    if isinstance(b, float) and b == 0.0:
+        return a
+    return a + b
+
+
+def _mul(a, b):
+    """Product of two entries, each a float constant or an array; 0 and 1 constants fold away."""
+    for u, v in ((a, b), (b, a)):
+        if isinstance(u, float) and u == 0.0:
+            return 0.0
+        if isinstance(u, float) and u == 1.0:
+            return v
+    return a * b
+
+
+def _axis_rotation(axis, sin, cos):
+    """Rotation about the constant unit ``axis`` by angles given by ``sin``/``cos`` [n, N], as a
+    3x3 nested list of entries (float constants or [n, N] arrays): Rodrigues'
+    ``I + sin K + (1 - cos) K^2`` with the constant coefficients folded at trace time, so a
+    rotation about x, y or z costs 4 non-constant entries and no multiplications by zero."""
+    k = skew(np.asarray(axis))
+    k2 = k @ k
+    const = np.eye(3) + k2
+    return [[_add(_add(float(const[r, q]), _mul(float(-k2[r, q]), cos)), _mul(float(k[r, q]), sin))
+             for q in range(3)] for r in range(3)]
+
+
+def _entries_mm3(a, b):
+    """3x3 product of nested-list matrices (:func:`_axis_rotation` entries)."""
+    out = []
+    for r in range(3):
+        row = []
+        for q in range(3):
+            acc = 0.0
+            for k in range(3):
+                acc = _add(acc, _mul(a[r][k], b[k][q]))
+            row.append(acc)
+        out.append(row)
+    return out
+
+
 def _mm3(a: jax.Array, b: jax.Array) -> jax.Array:
     """3x3 products on batch-last arrays [..., 3, 3, N]: three unrolled multiply-adds over
     contiguous N lanes, which XLA:CPU vectorizes far better than a batched dot of tiny matrices."""
@@ -200,29 +256,30 @@ def _mv3(a: jax.Array, v: jax.Array) -> jax.Array:
     return sum(a[..., :, k, :] * v[..., k : k + 1, :] for k in range(3))
 
 
-def _forward_flat(tree, sched, angles, translation, offsets, dtype) -> FKResult:
-    """FK on flat inputs: angles [N, P], translation [N, 3], offsets [N, E, 3] (scaled).
+def _forward_flat(tree, sched, angles, translation, scale, offsets, dtype) -> FKResult:
+    """FK on flat inputs: angles [N, P], translation [N, 3], scale [N], offsets [E, 3] (shared)
+    or [N, E, 3] (per sample), unscaled.
 
     Internally batch-last ("structure of arrays"): every 3x3 block is [..., 3, 3, N].
     """
     n = angles.shape[0]
     ang = angles.T  # [P, N]
-    k = skew(sched.dof_axes)
-    k1 = jnp.asarray(k, dtype)[..., None]
-    k2 = jnp.asarray(k @ k, dtype)[..., None]
+    sin, cos = jnp.sin(ang), jnp.cos(ang)
     eye = jnp.eye(3, dtype=dtype)[..., None]
-    dof_rot = eye + jnp.sin(ang)[:, None, None, :] * k1 + (1.0 - jnp.cos(ang))[:, None, None, :] * k2  # [P,3,3,N]
-    num_static = len(sched.frames) - sum(len(g) for g in sched.dof_groups)
+    num_static = len(sched.frames) - sum(len(idx) for _, idx in sched.dof_groups)
     parts = [jnp.broadcast_to(eye, (num_static, 3, 3, n))]
-    for group in sched.dof_groups:
-        if len(group):
-            m = dof_rot[group[:, 0]]
-            for j in range(1, group.shape[1]):
-                m = _mm3(m, dof_rot[group[:, j]])
-            parts.append(m)
+    for axes, idx in sched.dof_groups:  # frames sharing one axis sequence: [n_g, k] angle indices
+        m = _axis_rotation(axes[0], sin[idx[:, 0]], cos[idx[:, 0]])
+        for j in range(1, len(axes)):
+            m = _entries_mm3(m, _axis_rotation(axes[j], sin[idx[:, j]], cos[idx[:, j]]))
+        shape = (len(idx), n)
+        parts.append(jnp.stack([jnp.stack([jnp.broadcast_to(jnp.asarray(v, dtype), shape) for v in row], 1)
+                                for row in m], 1))
     local_rot = jnp.concatenate(parts, axis=0)[sched.local_order]  # [F, 3, 3, N] level order
-    local_off = jnp.transpose(offsets[:, sched.frames, :], (1, 2, 0))  # [F, 3, N]
-
+    if offsets.ndim == 2:
+        local_off = offsets[sched.frames][..., None] * scale  # [F, 3, N]
+    else:
+        local_off = jnp.transpose(offsets[:, sched.frames, :], (1, 2, 0)) * scale
     start, stop = sched.level_slices[0]
     rot_levels = [local_rot[start:stop]]
     pos_levels = [jnp.broadcast_to(translation.T[None], (stop - start, 3, n))]
