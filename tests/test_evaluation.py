@@ -430,3 +430,35 @@ def test_evaluation_passes_share_one_data_iterator(four_sequence_records, monkey
     assert made == [2, 1, 2, 2]
     data.close()
     assert data._eval is None
+
+
+def test_evaluation_passes_keep_one_pool_of_worker_processes(four_sequence_records):
+    """With grain worker processes, every pass is read from the same worker processes, and gives
+    the batches of the in-process pipeline."""
+    import multiprocessing
+
+    from kinpose_jax.data import pipeline
+
+    def make(workers):
+        return pipeline.DataPipeline(pipeline.PipelineConfig(
+            records_dir=os.path.join(four_sequence_records, "records"), patch_size=32, global_batch_size=8,
+            read_threads=1, worker_count=workers, worker_buffer_size=1), train=False)
+
+    in_process = make(0)
+    want = list(in_process.eval_batches())
+    in_process.close()
+    before = set(multiprocessing.active_children())
+    data = make(1)
+    try:
+        pools = []
+        for _ in range(2):
+            got = list(data.eval_batches())
+            pools.append(set(multiprocessing.active_children()) - before)
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                assert a.keys() == b.keys()
+                for k in a:
+                    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert pools[0] and pools[1] == pools[0]
+    finally:
+        data.close()
