@@ -10,8 +10,9 @@ sections that would start after the budget are recorded as skipped):
    (bfloat16, float32): kinpose_jax (jit, default JAX backend) vs the PyTorch reference network on
    the same machine (CUDA when torch sees a GPU, under bfloat16 autocast for --dtype bfloat16; else
    CPU float32) — ``benchmarks/train_step.py``;
-2. input pipeline (``benchmarks/input_pipeline.py``): grain vs a seed-style torch DataLoader with the
-   same number of worker processes; images/s per worker process (= per CPU core used for decoding);
+2. input pipeline (``benchmarks/input_pipeline.py``): grain over full-image and over patch-sized
+   records vs a seed-style torch DataLoader with the same number of worker processes; images/s per
+   core (cores = worker processes, at most the CPU count);
 3. core ops (``benchmarks/core_ops.py``): forward kinematics (poses/s) and 3D soft-argmax at large
    batch, JAX vs torch on the same device, with the device copy bandwidth measured in the same run.
 
@@ -118,10 +119,11 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
                 rows.append((f"{name} {row['kind']} img/s", f"{row['jax_images_per_s']:.1f}",
                              f"{row['torch_images_per_s']:.1f}", f"{row['ratio_jax_over_torch']:.2f}x"))
         elif name == "input_pipeline":
-            w = max(1, r["workers"])
-            g, t = r["grain"]["images_per_s"], r["torch_seed_style"]["images_per_s"]
-            rows.append((f"input pipeline img/s per worker ({r['workers']} workers)", f"{g / w:.1f}",
-                         f"{t / w:.1f}", f"{g / t:.2f}x"))
+            t = r["torch_seed_style"]["images_per_s_per_core"]
+            for key, layout in (("grain_full", "full-image"), ("grain_crop", "patch-sized")):
+                g = r[key]["images_per_s_per_core"]
+                rows.append((f"input pipeline img/s per core, {layout} records ({r['cores_used']} cores)", f"{g:.1f}",
+                             f"{t:.1f}", f"{g / t:.2f}x"))
         elif name == "core_ops":
             for f in r["fk"]:
                 rows.append((f"FK poses/s, batch {f['batch']}", f"{f['kinpose_jax_poses_per_s']:.3g}",

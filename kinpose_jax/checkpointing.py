@@ -6,7 +6,11 @@ kill during a save never destroys the last good checkpoint; temporary directorie
 killed save are removed when the next run opens the manager (and by :func:`remove_partial_saves`
 after a failed save). A checkpoint that cannot be read is never deleted: :func:`set_aside` moves
 it to ``<workdir>/damaged_checkpoints/``. :func:`lock_workdir` keeps a second run out of a
-workdir in use.
+(local) workdir in use.
+
+A workdir may be remote (``gs://...``): paths go through :mod:`kinpose_jax.storage` (etils.epath),
+which orbax also takes. Renames there (temporary save directories, :func:`set_aside`) are only as
+atomic as the storage makes them, and a remote workdir is not locked.
 
 RNG: training draws no device random numbers after initialization (no dropout); all randomness
 is the data augmentation, a pure function of (seed, epoch, record index) inside the grain
@@ -17,10 +21,8 @@ another seed is refused (``train._check_resumable``).
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import os
-import shutil
 import socket
 import time
 from typing import Any
@@ -28,7 +30,10 @@ from typing import Any
 import grain.python as grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
+
+from kinpose_jax import storage
 
 STATE, DATA, META = "state", "data_iter", "meta"
 #: Where unreadable checkpoints are moved (next to ``checkpoints/``), never deleted.
@@ -45,12 +50,16 @@ class CheckpointSaveError(OSError):
     """Writing a checkpoint failed (disk full, read-only or vanished directory, ...)."""
 
 
-def lock_workdir(workdir: str) -> int:
+def lock_workdir(workdir: str) -> int | None:
     """Takes an exclusive lock on ``workdir`` (creating it) and returns the lock's file
     descriptor (:func:`unlock_workdir` releases it; so does the holder's exit or death).
 
     An ``flock`` on ``<workdir>/.lock``: the kernel drops it when the holding process ends, so a
-    lock left by a killed run is never stale. WorkdirLockedError names the holder (pid, host)."""
+    lock left by a killed run is never stale. WorkdirLockedError names the holder (pid, host).
+    A remote workdir (no ``flock`` there) is created and not locked: None."""
+    if not storage.is_local(workdir):
+        storage.path(workdir).mkdir(parents=True, exist_ok=True)
+        return None
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -71,34 +80,36 @@ def lock_workdir(workdir: str) -> int:
     return fd
 
 
-def unlock_workdir(fd: int) -> None:
+def unlock_workdir(fd: int | None) -> None:
     """Releases a lock taken by :func:`lock_workdir`."""
+    if fd is None:
+        return
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.abspath(os.path.join(workdir, "checkpoints"))
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return storage.path(workdir) / "checkpoints"
 
 
 def step_dirs(workdir: str) -> list[int]:
     """Steps with a finished checkpoint directory under ``<workdir>/checkpoints``, newest first."""
     folder = checkpoint_dir(workdir)
-    names = os.listdir(folder) if os.path.isdir(folder) else []
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     return sorted((int(n) for n in names if n.isdigit()), reverse=True)
 
 
 def set_aside(workdir: str, step: int) -> str:
     """Moves checkpoint ``step`` to ``<workdir>/damaged_checkpoints/<step>`` (a suffix if taken)
     and returns the new path; nothing is deleted."""
-    target_dir = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, str(step))
+    target_dir = storage.path(workdir) / DAMAGED_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / str(step)
     k = 1
-    while os.path.exists(target):
-        target, k = os.path.join(target_dir, f"{step}.{k}"), k + 1
-    os.rename(os.path.join(checkpoint_dir(workdir), str(step)), target)
-    return target
+    while target.exists():
+        target, k = target_dir / f"{step}.{k}", k + 1
+    (checkpoint_dir(workdir) / str(step)).rename(target)
+    return str(target)
 
 
 def unreadable_metrics(workdir: str) -> dict[int, str]:
@@ -106,11 +117,10 @@ def unreadable_metrics(workdir: str) -> dict[int, str]:
     with the reason."""
     bad = {}
     for step in step_dirs(workdir):
-        path = os.path.join(checkpoint_dir(workdir), str(step), "metrics", "metrics")
-        if os.path.exists(path):
+        path = checkpoint_dir(workdir) / str(step) / "metrics" / "metrics"
+        if path.exists():
             try:
-                with open(path) as f:
-                    json.load(f)
+                json.loads(path.read_text())
             except (OSError, ValueError) as err:
                 bad[step] = f"its metrics file {path} is unreadable ({type(err).__name__}: {err})"
     return bad
@@ -118,10 +128,14 @@ def unreadable_metrics(workdir: str) -> dict[int, str]:
 
 def remove_partial_saves(workdir: str) -> list[str]:
     """Removes the temporary directories of unfinished saves under ``<workdir>/checkpoints``."""
-    found = glob.glob(os.path.join(checkpoint_dir(workdir), "*.orbax-checkpoint-tmp*"))
+    folder = checkpoint_dir(workdir)
+    found = sorted(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
     for path in found:
-        shutil.rmtree(path, ignore_errors=True)
-    return found
+        try:
+            path.rmtree()
+        except OSError:
+            pass
+    return [str(p) for p in found]
 
 
 def _val_loss(metrics: dict) -> float:
@@ -133,7 +147,7 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
     """Manager over ``<workdir>/checkpoints``: keeps the ``keep`` latest steps and the step
     with the lowest ``val_loss`` among those saved with one. ``create=False``: the directory
     must exist (FileNotFoundError otherwise; nothing is created)."""
-    if not create and not os.path.isdir(checkpoint_dir(workdir)):
+    if not create and not checkpoint_dir(workdir).is_dir():
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)} (the directory does not exist)")
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
@@ -198,7 +212,7 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     ``{'params': ..., 'batch_stats': ...}``."""
     target = {k: abstract_variables[k] for k in ("params", "batch_stats") if k in abstract_variables}
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    path = os.path.join(checkpoint_dir(workdir), str(step), STATE)
+    path = checkpoint_dir(workdir) / str(step) / STATE
     with ocp.PyTreeCheckpointer() as ckptr:
         restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                                     partial_restore=True))

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 
 DATA_AXIS = "data"
@@ -56,8 +56,21 @@ def _has_accelerator_plugin() -> bool:
 
 
 def make_mesh() -> Mesh:
-    """1-D mesh over all devices of all processes, axis ``"data"``."""
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+    """1-D mesh over all devices of all processes, axis ``"data"`` (``AxisType.Auto``: jit
+    propagates the shardings).
+
+    ``jax.make_mesh`` orders the devices for the interconnect (a ring on TPUs); the order is then
+    made process-major (:func:`process_major`), so that process ``p`` holds one contiguous block
+    of every global batch, the rows :func:`global_batch` fills from its local batch."""
+    mesh = jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    return Mesh(process_major(mesh.devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def process_major(devices: np.ndarray) -> np.ndarray:
+    """``devices`` (1-D) stably sorted by ``process_index``: the devices of process 0 first, each
+    process's devices in their given (topology) order."""
+    order = sorted(range(len(devices)), key=lambda i: devices[i].process_index)
+    return np.asarray(devices)[order]
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

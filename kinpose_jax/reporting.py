@@ -1,8 +1,10 @@
 """What a researcher sees: JSON lines + TensorBoard scalars, evaluation tables, and PNGs
-(validation samples with 2D joints and 3D skeletons; the learning curve). Host-side only."""
+(validation samples with 2D joints and 3D skeletons; the learning curve). Host-side only.
+Every path may be remote (``gs://...``, :mod:`kinpose_jax.storage`)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -10,29 +12,43 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from kinpose_jax import skeleton
+from kinpose_jax import skeleton, storage
 
 
 class MetricWriter:
     """Appends ``{"step": s, "kind": k, ...}`` lines to ``<workdir>/metrics.jsonl`` and writes the
-    same scalars as TensorBoard events under ``<workdir>/tensorboard`` (process 0 only)."""
+    same scalars as TensorBoard events under ``<workdir>/tensorboard`` (process 0 only). Object
+    stores cannot append: there the file is read and rewritten at each write. A remote workdir
+    gets events only where tensorboardX writes that scheme (``gs://``: with google-cloud-storage
+    installed); otherwise a warning says none are written."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
+            storage.path(workdir).mkdir(parents=True, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            try:
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError as err:  # e.g. gs:// without google-cloud-storage
+                logging.getLogger("kinpose_jax").warning("no TensorBoard events in %s (metrics.jsonl has the "
+                                                         "scalars): %s", workdir, err)
 
     def write(self, step: int, kind: str, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), "kind": kind, **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if storage.is_local(self.path):
+            with open(self.path, "a") as f:
+                f.write(line)
+        else:
+            path = storage.path(self.path)
+            path.write_text((path.read_text() if path.exists() else "") + line)
+        if self._tb is None:
+            return
         for k, v in scalars.items():
             self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
         self._tb.flush()
@@ -47,21 +63,21 @@ def read_metrics(path: str) -> list[dict]:
 
     A line that is not a JSON object with an integer ``step`` and a string ``kind`` (a torn
     write, a stray edit) is skipped with one warning naming the file and its line numbers."""
-    if not os.path.exists(path):
+    if not storage.path(path).exists():
         return []
     rows, bad = [], []
-    with open(path, errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("kind"), str):
-                rows.append(row)
-            else:
-                bad.append(lineno)
+    text = storage.path(path).read_bytes().decode("utf-8", errors="replace")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("kind"), str):
+            rows.append(row)
+        else:
+            bad.append(lineno)
     if bad:
         logging.getLogger("kinpose_jax").warning("%s: skipped %d unreadable line(s): %s", path, len(bad),
                                                  ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else ""))
@@ -107,11 +123,9 @@ def write_eval_report(stem: str, results: Mapping[str, float], tables: Mapping[s
     markdown = format_group_tables(tables, title)
     print(format_table(results, title))
     print(markdown)
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump({**results, **tables}, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown + "\n")
+    storage.path(stem).parent.mkdir(parents=True, exist_ok=True)
+    storage.path(stem + ".json").write_text(json.dumps({**results, **tables}, indent=2))
+    storage.path(stem + ".md").write_text(markdown + "\n")
 
 
 def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
@@ -143,8 +157,15 @@ def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
     ax[1].set_ylabel("mm")
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save_figure(fig, path, dpi=80)
     plt.close(fig)
+
+
+def _save_figure(fig, path: str, dpi: int) -> None:
+    """``fig`` as PNG at ``path`` (local or remote)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    storage.path(path).write_bytes(buffer.getvalue())
 
 
 def _is_number(x) -> bool:
@@ -186,7 +207,7 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
             draw_skeleton_3d(ax3, pts - pts[0], color)
         ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=70)
+    _save_figure(fig, path, dpi=70)
     plt.close(fig)
 
 
@@ -236,5 +257,5 @@ def plot_prediction(image_rgb: np.ndarray, joints_px: np.ndarray, joints_mm: np.
     draw_skeleton_3d(ax3, joints_mm, "red")
     ax3.set_title("3D, root-relative (mm)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save_figure(fig, path, dpi=80)
     plt.close(fig)

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting
+from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting, storage
 from kinpose_jax.data import DataError, augment
 from kinpose_jax.data.pipeline import MODEL_KEYS
 from kinpose_jax.models import build_pose_net
@@ -402,8 +402,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                              out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
         writer = reporting.MetricWriter(workdir, enabled=is_main)
         if is_main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+            (storage.path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
         eval_step = make_eval_step(config, model, mesh)
 
         def save(step, metrics=None):

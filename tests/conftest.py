@@ -19,20 +19,29 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for the whole run: the many tests that build the same tiny
-    models (and every in-process train_and_evaluate, which jits afresh) compile each program once."""
+    models (and every in-process train_and_evaluate, which jits afresh) compile each program once;
+    the environment variables carry it to main.py subprocesses (the SIGKILL resume test's
+    processes then load the programs its in-process reference run compiled)."""
     import jax
     from jax._src import compilation_cache as cc
 
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    saved = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+                "jax_persistent_cache_min_compile_time_secs": 0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    saved = {k: getattr(jax.config, k) for k in settings}
+    saved_env = {k.upper(): os.environ.get(k.upper()) for k in settings}
+    for key, value in settings.items():
+        jax.config.update(key, value)
+        os.environ[key.upper()] = str(value)  # main.py subprocesses read the same cache
     cc.reset_cache()
     yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
+    for key, value in saved.items():
+        jax.config.update(key, value)
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     cc.reset_cache()
 
 

@@ -25,7 +25,8 @@ def test_small_suite_runs_every_section(tmp_path):
         for row in sections[f"train_step/{head}/float32"]["results"]:
             assert row["jax_images_per_s"] > 0 and row["torch_images_per_s"] > 0
             assert math.isfinite(row["ratio_jax_over_torch"])
-    assert sections["input_pipeline"]["grain"]["images_per_s"] > 0
+    assert sections["input_pipeline"]["grain_full"]["images_per_s"] > 0
+    assert sections["input_pipeline"]["grain_crop"]["images_per_s"] > 0
     assert max(r["max_abs_diff"] for r in sections["core_ops"]["fk"]) < 1e-3  # JAX and torch FK agree
     assert sections["core_ops"]["softargmax"]["max_abs_diff"] < 1e-5
     assert "baseline = PyTorch in the same run" in proc.stdout

@@ -4,6 +4,7 @@ layout; decoding predictions back to the image."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -475,6 +476,14 @@ def test_crop_records_refuse_augmentation_beyond_the_crop_and_bad_crops(tmp_path
         pipeline.train_plan(_cfg(records_dir=out, aug=augment.AugmentConfig(scale_factor=0.3, rotation_factor=0.0)))
     pipeline.train_plan(_cfg(records_dir=out, aug=augment.AugmentConfig(rotation_factor=0.0)))  # covered
     pipeline.train_plan(_cfg(records_dir=out, augment=False))
+    # a patch above the crops' 48 px would be upsampled from them: refused in training and evaluation
+    too_big = _cfg(records_dir=out, patch_size=56, aug=augment.AugmentConfig(rotation_factor=0.0))
+    for build in (pipeline.train_plan, lambda c: pipeline.DataPipeline(c, train=False), pipeline.make_eval_iterator,
+                  lambda c: pipeline.train_plan(dataclasses.replace(c, augment=False))):
+        with pytest.raises(ValueError, match=r"resampled for 48 px patches.*data.patch_size=56.*re-convert with "
+                                             r"matching crop options.*full-image layout"):
+            build(too_big)
+    pipeline.DataPipeline(_cfg(records_dir=out, patch_size=32, aug=augment.AugmentConfig(rotation_factor=0.0)))
     from kinpose_jax.data import DataError
 
     rec = records.ShardedRecords(os.path.join(out, "hm36_train"))[2]
@@ -484,6 +493,18 @@ def test_crop_records_refuse_augmentation_beyond_the_crop_and_bad_crops(tmp_path
                          "hm36_train record 2")
     with pytest.raises(DataError, match="record 2 field image: the stored crop is .* px, its recorded geometry"):
         pipeline._sample(dict(rec, crop_size=rec["crop_size"] + 8), augment.NO_AUGMENTATION, cfg, "hm36_train record 2")
+
+
+def test_unresampled_crops_take_a_larger_patch(tmp_path):
+    """Crops kept at the image's resolution (resample=False) hold every pixel a patch of any size samples."""
+    out, info = _crop_records(tmp_path, resample=False)
+    assert info["crop"]["patch_size"] == 48
+    cfg = _cfg(records_dir=out, patch_size=64, read_threads=0)
+    pipeline.DataPipeline(cfg)
+    full = next(pipeline.make_eval_iterator(_cfg(patch_size=64, read_threads=0)))
+    crop = next(pipeline.make_eval_iterator(cfg))
+    np.testing.assert_array_equal(full["joints"], crop["joints"])
+    assert np.abs(full["image"].astype(int) - crop["image"].astype(int)).mean() < 3  # JPEG re-encoding only (measured 2.2)
 
 
 def test_setup_converts_the_configured_record_layout(tmp_path):

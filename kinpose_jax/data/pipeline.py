@@ -257,11 +257,20 @@ def _sample(rec: dict, aug: aug_lib.Augmentation, cfg: PipelineConfig, where: st
                                skeleton.H36M_FLIP_PAIRS, cfg.box_mm, crop=crop, image_width=int(rec["image_size"][0]))
 
 
-def check_crop_layout(info: dict, cfg: PipelineConfig, path: str) -> None:
-    """Refuses training augmentation that could sample outside the stored crops of a crop-layout
-    dataset (``dataset_info.json`` ``layout: crop``); whole-image datasets take any."""
+def check_crop_layout(info: dict, cfg: PipelineConfig, path: str, training: bool = True) -> None:
+    """Refuses, for a crop-layout dataset (``dataset_info.json`` ``layout: crop``), a patch size
+    above the one its resampled crops were cut for (the patch would be upsampled from them), and
+    in ``training`` augmentation that could sample outside the stored crops; whole-image
+    datasets take any."""
     spec = info.get("crop")
-    if info.get("layout", "full") != "crop" or not cfg.augment:
+    if info.get("layout", "full") != "crop":
+        return
+    if spec.get("resample", True) and cfg.patch_size > spec["patch_size"]:
+        raise ValueError(f"{path} holds crops resampled for {spec['patch_size']} px patches; this config has "
+                         f"data.patch_size={cfg.patch_size}, which would upsample them. Lower data.patch_size or "
+                         f"re-convert with matching crop options (crop patch size >= {cfg.patch_size}) or the "
+                         f"full-image layout.")
+    if not (training and cfg.augment):
         return
     rotates = cfg.aug.rotation_factor != 0.0 and cfg.aug.rotation_prob > 0.0
     stored_rotates = spec["rotation_factor"] != 0.0 and spec["rotation_prob"] > 0.0
@@ -443,7 +452,9 @@ def make_eval_iterator(cfg: PipelineConfig, image_set: str | None = None, num_ba
     import grain
 
     path = _h36m_source(cfg, image_set or cfg.eval_set)
-    n = records.load_info(path)["num_records"]
+    info = records.load_info(path)
+    check_crop_layout(info, cfg, path, training=False)
+    n = info["num_records"]
     sources = _Sources({H36M: path})
     total = eval_num_batches(n, cfg.global_batch_size)
     num_batches = total if num_batches is None else num_batches
@@ -462,7 +473,10 @@ class DataPipeline:
     def __init__(self, cfg: PipelineConfig, train: bool = True):
         self.cfg = cfg
         self.plan = train_plan(cfg)[0] if train else None
-        self.num_eval_records = records.load_info(_h36m_source(cfg, cfg.eval_set))["num_records"]
+        eval_path = _h36m_source(cfg, cfg.eval_set)
+        info = records.load_info(eval_path)
+        check_crop_layout(info, cfg, eval_path, training=False)  # fail before training, not at the first evaluation
+        self.num_eval_records = info["num_records"]
         self._eval = None  # (batches per pass, the repeating iterator, a pass is being read)
 
     @property

@@ -85,6 +85,17 @@ def shard_paths(dataset_dir: str) -> list[str]:
     return sorted(paths, key=lambda p: int(pattern.match(p).group(1)))
 
 
+def require_local(path: str) -> None:
+    """DataError unless ``path`` is on this machine's file system: array_record (and so grain's
+    ``ArrayRecordDataSource``) opens shards as local files only (google/array_record#120); a bucket
+    is read through a local mount (e.g. gcsfuse) or a copy."""
+    from kinpose_jax import storage
+
+    if not storage.is_local(path):
+        raise DataError(f"{path}: records must be on a local file system (array_record reads local files only); "
+                        f"copy them to local disk or mount the bucket (e.g. gcsfuse) and give that path")
+
+
 def load_info(dataset_dir: str) -> dict:
     """``dataset_info.json`` of a converted dataset; DataError (with the fix) if absent."""
     path = os.path.join(dataset_dir, INFO_FILE)
@@ -131,11 +142,13 @@ class ShardedRecords:
     """Random access to the decoded records of one converted dataset directory.
 
     ``len(src)`` records; ``src[i]`` -> the record dict (:func:`decode_record`). Picklable (the
-    underlying grain ``ArrayRecordDataSource`` re-opens its files in each worker process)."""
+    underlying grain ``ArrayRecordDataSource`` re-opens its files in each worker process).
+    ``dataset_dir`` must be local (:func:`require_local`)."""
 
     def __init__(self, dataset_dir: str):
         import grain
 
+        require_local(dataset_dir)
         self.dataset_dir = dataset_dir
         self.info = load_info(dataset_dir)
         paths = shard_paths(dataset_dir)

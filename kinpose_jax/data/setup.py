@@ -4,15 +4,16 @@ seed-layout data to shards if not done yet, then build :class:`~kinpose_jax.data
     data = setup.create(config, global_batch_size)          # config: configs/default.py fields
     data.steps_per_epoch; it = data.train_iterator(); for batch in data.eval_batches(): ...
 
-Multi-process runs: process 0 prepares, the others wait for ``dataset_info.json`` to appear.
+Multi-process runs: process 0 prepares while the others wait at a JAX collective (no file
+polling); process 0's success or failure is broadcast there, so the others raise instead of
+waiting when it failed, and every process then checks that it sees the prepared ``dataset_info.json``.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
-from kinpose_jax.data import convert, pipeline, records
+from kinpose_jax.data import DataError, convert, pipeline, records
 
 
 def _records_dir(config) -> str:
@@ -29,8 +30,7 @@ def _needed(config, train: bool) -> list[tuple[str, str]]:
     return sets
 
 
-def ensure_dataset(config, train: bool = True, process_index: int | None = None, timeout_s: float = 3600.0,
-                   log=print) -> None:
+def ensure_dataset(config, train: bool = True, process_index: int | None = None, log=print) -> None:
     """Makes sure the shards the config needs exist (idempotent, cheap when done).
 
     With ``config.data.synthetic`` the synthetic Human3.6M is generated under ``config.data.root``
@@ -38,22 +38,53 @@ def ensure_dataset(config, train: bool = True, process_index: int | None = None,
     ``synthetic_image_size`` px). Missing shards are converted from ``root/hm36`` (``root/mpii``),
     in ``config.data.record_layout``; shards converted with another layout or other crop options
     are converted again to match the config.
+
+    Only process 0 prepares; every process of a multi-process run must call this (they meet in
+    :func:`_process0_failed`). Process 0 re-raises its own error; the others raise DataError
+    saying that process 0 failed. DataError names each ``dataset_info.json`` a process does not
+    see afterwards (``records_dir`` must be storage shared by all processes).
     """
     if process_index is None:
         import jax
 
         process_index = jax.process_index()
     out = _records_dir(config)
+    records.require_local(out)
     needed = _needed(config, train)
+    error = None
+    if process_index == 0:
+        try:
+            _prepare(config, needed, out, log)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the others learn of it
+            error = err
+    failed = _process0_failed(error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise DataError(f"process {process_index}: process 0 failed to prepare the data in {out} "
+                        f"(its output names the error)")
     infos = [os.path.join(pipeline.dataset_dir(out, kind, s), records.INFO_FILE) for kind, s in needed]
-    if process_index != 0:
-        start = time.monotonic()
-        while not all(os.path.exists(p) for p in infos):
-            if time.monotonic() - start > timeout_s:
-                raise TimeoutError(f"process {process_index}: data not prepared by process 0 after {timeout_s} s: "
-                                   f"{[p for p in infos if not os.path.exists(p)]}")
-            time.sleep(2.0)
-        return
+    missing = [p for p in infos if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"process {process_index}: {missing} not found after process 0 prepared the data in {out}; "
+                        f"data.records_dir (data.root) must be storage every process sees")
+
+
+def _process0_failed(failed: bool) -> bool:
+    """Every process meets here (a collective over all devices: the others wait until process 0
+    arrives, after preparing); returns process 0's ``failed``. Single-process: ``failed``."""
+    import jax
+
+    if jax.process_count() == 1:
+        return failed
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
+
+
+def _prepare(config, needed: list[tuple[str, str]], out: str, log) -> None:
+    """Process 0's part of :func:`ensure_dataset`: generate (synthetic) and convert."""
     d = config.data
     if d.synthetic:
         from kinpose_jax.data import synthetic
