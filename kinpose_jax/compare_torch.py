@@ -137,9 +137,7 @@ def compare(config, torch_checkpoint: str, allow_pickle: bool = False, log=print
     accs = {"pytorch": evaluation.ErrorAccumulator(), "jax": evaluation.ErrorAccumulator()}
     seconds = {"pytorch": [], "jax": []}
     images, diffs = [], []
-    for i, batch in enumerate(data.eval_batches()):
-        if 0 <= config.max_eval_batches <= i:
-            break
+    for batch in data.eval_batches(config.max_eval_batches):
         inputs = {k: batch[k] for k in ("image", "joints", "joints_vis")}
         t0 = time.perf_counter()
         out = jax.block_until_ready(jax_predict(variables, parallel.global_batch(mesh, inputs)))
@@ -154,6 +152,7 @@ def compare(config, torch_checkpoint: str, allow_pickle: bool = False, log=print
             pred[side], _ = accs[side].add(np.asarray(px), np.asarray(loss), batch, patch, config.model.box_mm)
         valid = np.asarray(batch["valid"]).astype(bool)
         diffs.append(np.linalg.norm(pred["jax"][valid] - pred["pytorch"][valid], axis=-1).ravel())
+    data.close()
     if not images:
         raise ValueError("the evaluation produced no batches")
     diffs = np.concatenate(diffs)

@@ -2,10 +2,12 @@
 root depth -> Protocol #1 / #2, the seed's errors, PCK, per-joint-group / per-action / per-subject /
 per-camera tables (docs/DESIGN.md#evaluation, :mod:`kinpose_jax.metrics`).
 
-The device part (:func:`make_predict_fn`) returns patch-pixel joints; the host part
-(:class:`ErrorAccumulator`) sums per-sample errors over *valid* samples only, so padded
-evaluation batches never count a sample twice, and can keep every prediction
-(:func:`save_predictions`) for :mod:`kinpose_jax.evaluate_predictions` to recompute all numbers.
+The device part (:func:`make_eval_fn`, jitted on full, padded batches: one compiled program
+for every batch) predicts patch-pixel joints, decodes them to camera mm and computes every
+per-sample metric; the host part (:class:`ErrorAccumulator`) sums the per-sample errors over
+*valid* samples only, so padded evaluation batches never count a sample twice, and can keep
+every prediction (:func:`save_predictions`) for :mod:`kinpose_jax.evaluate_predictions` to
+recompute all numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from kinpose_jax import integral, losses, metrics, skeleton
 from kinpose_jax.data import augment, h36m_format
+from kinpose_jax.data.pipeline import MODEL_KEYS
 
 
 def make_joints_fn(model, patch_size: int, flip_test: bool) -> Callable:
@@ -65,6 +68,54 @@ def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l
     return predict
 
 
+#: The camera data of an evaluation batch that decoding and the metrics read (besides the predictions).
+CAMERA_KEYS: tuple[str, ...] = ("center", "box_size", "fl", "c_p", "pelvis", "joints_cam")
+#: The batch fields :func:`make_eval_fn` reads.
+DEVICE_KEYS: tuple[str, ...] = MODEL_KEYS + CAMERA_KEYS
+
+
+def batch_metrics(joints_px, camera: dict, patch_size: int, box_mm: float = skeleton.BOX_MM) -> dict:
+    """Decodes patch-pixel predictions and computes every metric, per row (padding rows too).
+
+    Decoding to the image: the inverse patch affine (scale 1, no rotation; depth ``z * box_mm``),
+    :func:`~kinpose_jax.data.augment.normalized_to_image`; then back-projection with the true
+    root (pelvis) depth. jax.numpy throughout (jit-able).
+
+    Args:
+      joints_px: [B, 18, 3] patch px (depth in patch-width units).
+      camera: :data:`CAMERA_KEYS` of the batch: ``center``, ``box_size``, ``fl``, ``c_p`` [B, 2]
+        px, ``pelvis`` [B, 3] mm, ``joints_cam`` [B, 18, 3] mm.
+    Returns:
+      ``{'pred_cam': [B, 18, 3] mm, 'errors': {name: [B]}}``, the errors of
+      :func:`~kinpose_jax.metrics.h36m_errors` against ``joints_cam``.
+    """
+    norm = integral.patch_to_normalized(jnp.asarray(joints_px, jnp.float32), patch_size, patch_size)
+    img = augment.normalized_to_image(norm, camera["center"], camera["box_size"], (patch_size, patch_size), box_mm,
+                                      xp=jnp)
+    pred_cam = metrics.pixel_to_camera(img, jnp.asarray(camera["pelvis"], jnp.float32)[:, 2],
+                                       jnp.asarray(camera["fl"], jnp.float32), jnp.asarray(camera["c_p"], jnp.float32))
+    return {"pred_cam": pred_cam, "errors": metrics.h36m_errors(pred_cam, jnp.asarray(camera["joints_cam"], jnp.float32))}
+
+
+def make_eval_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l1",
+                 box_mm: float = skeleton.BOX_MM) -> Callable:
+    """``eval(variables, batch) -> {'joints_px': [B, J, 3], 'loss': [B], 'pred_cam': [B, 18, 3],
+    'errors': {name: [B]}}``: :func:`make_predict_fn`, then :func:`batch_metrics`, on every row
+    of ``batch`` (:data:`DEVICE_KEYS`; padding rows too: the host drops them)."""
+    predict = make_predict_fn(model, patch_size, flip_test, loss_name)
+
+    def eval_step(variables, batch):
+        px, loss = predict(variables, batch)
+        return {"joints_px": px, "loss": loss, **batch_metrics(px, {k: batch[k] for k in CAMERA_KEYS}, patch_size,
+                                                                box_mm)}
+
+    return eval_step
+
+
+_batch_metrics_jit = jax.jit(batch_metrics, static_argnames=("patch_size", "box_mm"))
+_errors_jit = jax.jit(metrics.h36m_errors)
+
+
 #: Per-group tables: the column of the batch's ``sequence`` [B, 4] (subject, action, subaction,
 #: camera) each is grouped by.
 GROUPINGS: dict[str, int] = {"action": 1, "subject": 0, "camera": 3}
@@ -93,29 +144,33 @@ class ErrorAccumulator:
 
     def add(self, joints_px, per_sample_loss, batch, patch_size: int, box_mm: float = skeleton.BOX_MM
             ) -> tuple[np.ndarray, np.ndarray]:
-        """Adds one batch of patch-pixel predictions; returns (pred_cam, gt_cam) [B, 18, 3] mm.
-
-        Decoding to the image (inverse patch affine, scale 1, no rotation; depth ``z * box_mm``)
-        is the data pipeline's own :func:`~kinpose_jax.data.augment.normalized_to_image`.
-        """
-        norm = np.asarray(integral.patch_to_normalized(np.asarray(joints_px), patch_size, patch_size))
-        img = augment.normalized_to_image(norm, batch["center"], batch["box_size"], (patch_size, patch_size), box_mm)
-        pelvis_depth = np.asarray(batch["pelvis"])[:, 2]
-        pred_cam = np.asarray(metrics.pixel_to_camera(img, pelvis_depth, np.asarray(batch["fl"]),
-                                                      np.asarray(batch["c_p"])))
-        gt_cam = np.asarray(batch["joints_cam"])
-        self.add_camera(pred_cam, gt_cam, batch["valid"], batch["sequence"], per_sample_loss,
-                        batch["image_index"], batch["frame"])
+        """Adds one batch of patch-pixel predictions [B, J, 3] (decoded and measured by
+        :func:`batch_metrics`, jitted); returns (pred_cam, gt_cam) [B, 18, 3] mm."""
+        out = jax.device_get(_batch_metrics_jit(joints_px, {k: batch[k] for k in CAMERA_KEYS}, patch_size, box_mm))
+        pred_cam, gt_cam = np.asarray(out["pred_cam"]), np.asarray(batch["joints_cam"])
+        self.add_errors(out["errors"], per_sample_loss, batch["valid"], batch["sequence"], batch["image_index"],
+                        batch["frame"], pred_cam, gt_cam)
         return pred_cam, gt_cam
 
     def add_camera(self, pred_cam, gt_cam, valid, sequence, per_sample_loss, image_index=None, frame=None) -> None:
         """Adds camera-space joints: pred_cam, gt_cam [B, 18, 3] mm (absolute), valid [B] (0 =
         padding, ignored), sequence [B, 4] int (subject, action, subaction, camera), per_sample_loss
         [B]; image_index, frame [B] int are only kept (``keep_predictions``)."""
+        errors = jax.device_get(_errors_jit(jnp.asarray(pred_cam, jnp.float32), jnp.asarray(gt_cam, jnp.float32)))
+        self.add_errors(errors, per_sample_loss, valid, sequence, image_index, frame, pred_cam, gt_cam)
+
+    def add_errors(self, errors, per_sample_loss, valid, sequence, image_index=None, frame=None, pred_cam=None,
+                   gt_cam=None) -> None:
+        """Adds per-sample errors ``{name: [B]}`` (:func:`~kinpose_jax.metrics.h36m_errors`, mm)
+        and losses [B]; valid [B] (0 = padding, ignored), sequence [B, 4] int (subject, action,
+        subaction, camera). image_index, frame [B] int and pred_cam, gt_cam [B, 18, 3] mm are
+        only kept (``keep_predictions``: pred_cam and gt_cam required)."""
         valid = np.asarray(valid).astype(bool)
         sequence = np.asarray(sequence, np.int64)
         loss = np.asarray(per_sample_loss, np.float64)
         if self._rows is not None:
+            if pred_cam is None or gt_cam is None:
+                raise ValueError("an accumulator with keep_predictions=True needs pred_cam and gt_cam")
             b = len(valid)
             self._rows.append({
                 "valid": valid.astype(np.int32), "image_index": np.asarray(image_index if image_index is not None else np.full(b, -1)),
@@ -123,7 +178,8 @@ class ErrorAccumulator:
                 "pred_cam": np.asarray(pred_cam, np.float32), "gt_cam": np.asarray(gt_cam, np.float32), "loss": loss})
         if not valid.any():
             return
-        errs = {k: np.asarray(v, np.float64) for k, v in metrics.h36m_errors(pred_cam[valid], gt_cam[valid]).items()}
+        # in h36m_errors' order (a jitted function returns its dict sorted by key)
+        errs = {k: np.asarray(errors[k], np.float64)[valid] for k in metrics.h36m_error_names()}
         for k, v in errs.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(np.sum(v))
         self.loss_sum += float(np.sum(loss[valid]))

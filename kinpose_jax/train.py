@@ -180,28 +180,56 @@ def make_predict(config, model, mesh):
     return jax.jit(fn, out_shardings=(parallel.data_sharding(mesh), parallel.data_sharding(mesh)))
 
 
-def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None, predict=None) -> dict:
+def make_eval_step(config, model, mesh):
+    """The jitted evaluation step (:func:`~kinpose_jax.evaluation.make_eval_fn`: prediction, decoding
+    and every per-sample metric); its outputs stay sharded over the batch axis like its inputs, so
+    every process can read back exactly the rows of its own slice of the batch."""
+    fn = evaluation.make_eval_fn(model, config.data.patch_size, config.flip_test, config.loss, config.model.box_mm)
+    return jax.jit(fn, out_shardings=parallel.data_sharding(mesh))
+
+
+def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None, eval_step=None) -> dict:
     """Runs the evaluation set; prints the tables and writes ``eval/eval_<step>.json`` / ``.md``
     (+ PNG of a few samples, + ``eval/predictions_<step>.npz`` with ``config.save_predictions``).
 
     Every process evaluates its slice of each global batch (its own rows of the predictions);
     the error sums (and kept predictions) are then added up over processes, so all processes
-    return the same results.
+    return the same results. Every batch has the full global batch size (the last one padded),
+    so ``eval_step`` (:func:`make_eval_step`) compiles once; the results of batch k are read
+    back while batch k+1 runs (dispatched before them, their copy to the host started at once).
     """
-    predict = predict or make_predict(config, model, mesh)
+    eval_step = eval_step or make_eval_step(config, model, mesh)
     acc = evaluation.ErrorAccumulator(keep_predictions=bool(config.save_predictions))
     vis = None
-    for i, batch in enumerate(data.eval_batches()):
-        if 0 <= config.max_eval_batches <= i:
-            break
-        device_batch = parallel.global_batch(mesh, {k: batch[k] for k in MODEL_KEYS})
-        px, per_loss = parallel.local_rows(mesh, predict(variables, device_batch))
-        pred_cam, gt_cam = acc.add(px, per_loss, batch, config.data.patch_size, config.model.box_mm)
-        if vis is None and config.num_vis_samples > 0:
+
+    def finish(batch, out):
+        """Reads one batch's results back (waits for its step) and adds them."""
+        nonlocal vis
+        host = parallel.local_rows(mesh, out)
+        acc.add_errors(host["errors"], host["loss"], batch["valid"], batch["sequence"], batch["image_index"],
+                       batch["frame"], host.get("pred_cam"), batch["joints_cam"])
+        if "joints_px" in host:
             k = min(config.num_vis_samples, int(np.sum(batch["valid"])))
             gt_px = np.asarray(integral.normalized_to_patch(batch["joints"][:k], config.data.patch_size,
                                                             config.data.patch_size))
-            vis = (batch["image"][:k], px[:k], gt_px, pred_cam[:k], gt_cam[:k])
+            vis = (batch["image"][:k], host["joints_px"][:k], gt_px, host["pred_cam"][:k], batch["joints_cam"][:k])
+
+    pending = None
+    for i, batch in enumerate(data.eval_batches(config.max_eval_batches)):
+        out = eval_step(variables, parallel.global_batch(mesh, {k: batch[k] for k in evaluation.DEVICE_KEYS}))
+        wanted = ["errors", "loss"]
+        if config.save_predictions or (i == 0 and config.num_vis_samples > 0):
+            wanted.append("pred_cam")
+        if i == 0 and config.num_vis_samples > 0:
+            wanted.append("joints_px")
+        out = {k: out[k] for k in wanted}
+        for leaf in jax.tree.leaves(out):
+            leaf.copy_to_host_async()
+        if pending is not None:
+            finish(*pending)
+        pending = (batch, out)
+    if pending is not None:
+        finish(*pending)
     if jax.process_count() > 1:
         acc = acc.summed_over_processes()
     results = acc.result()
@@ -375,7 +403,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         writer = reporting.MetricWriter(workdir, enabled=is_main)
         if is_main:
             (storage.path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-        predict = make_predict(config, model, mesh)
+        eval_step = make_eval_step(config, model, mesh)
 
         def save(step, metrics=None):
             checkpointing.save(manager, step, state, train_iter, dict(meta, step=step), metrics)
@@ -425,13 +453,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             epoch_done = step // steps_per_epoch
             if epoch_done % config.eval_every_epochs == 0 or step >= total_steps:
                 variables = {"params": state.params, "batch_stats": state.batch_stats}
-                results = evaluate(config, model, variables, data, mesh, workdir, step, writer, predict)
+                results = evaluate(config, model, variables, data, mesh, workdir, step, writer, eval_step)
                 save(step, {"val_loss": results["val_loss"]})
             else:
                 save(step)
         checkpointing.wait(manager)  # the last save's outcome
         failed = False
     finally:
+        data.close()
         if writer is not None:
             writer.close()
         if failed:
@@ -505,7 +534,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
         print(f"Evaluating checkpoint step {step} of {workdir}")
     data = input_pipeline.create(config, global_batch, train=False)  # after the weights: fail fast
     variables = jax.device_put(variables, parallel.replicated(mesh))
-    return evaluate(config, model, variables, data, mesh, workdir, step, writer=None)
+    try:
+        return evaluate(config, model, variables, data, mesh, workdir, step, writer=None)
+    finally:
+        data.close()
 
 
 def _restore_best_variables(config, workdir: str, abstract_variables: dict) -> tuple[dict, int]:

@@ -216,6 +216,255 @@ def test_evaluate_predictions_help_and_bad_file(tmp_path, capsys):
         evaluate_predictions.main([bad])
 
 
+# ------------------------------------------------------------------- evaluation on the devices
+def camera_batch(seed, b=8, patch=32):
+    """Random camera-space truth, camera, boxes, and patch-pixel predictions near the truth [b, 18, 3]."""
+    rng = np.random.default_rng(seed)
+    cam = (rng.normal(size=(b, 18, 3)) * 250 + [0, 0, 4500]).astype(np.float32)
+    fl = rng.uniform(1100, 1150, size=(b, 2)).astype(np.float32)
+    cp = rng.uniform(490, 520, size=(b, 2)).astype(np.float32)
+    uv = np.asarray(metrics.camera_to_pixel(cam, fl, cp))
+    center = (uv[:, 0] + rng.normal(size=(b, 2)) * 10).astype(np.float32)
+    box = np.repeat(rng.uniform(300, 500, (b, 1)), 2, 1).astype(np.float32)
+    px = np.stack([(uv[..., 0] - center[:, None, 0]) / box[:, None, 0] * patch + patch / 2,
+                   (uv[..., 1] - center[:, None, 1]) / box[:, None, 1] * patch + patch / 2,
+                   (cam[..., 2] - cam[:, :1, 2]) / 2000 * patch], -1)
+    px = (px + rng.normal(size=px.shape) * rng.uniform(0.2, 2.0, (b, 1, 1))).astype(np.float32)
+    camera = dict(center=center, box_size=box, fl=fl, c_p=cp, pelvis=cam[:, 0], joints_cam=cam)
+    return px, camera
+
+
+def host_reference(px, camera, valid, patch):
+    """Evaluation's former host computation: float64 numpy decoding, then the metrics called
+    eagerly on the valid rows."""
+    norm = np.asarray(px, np.float64) / patch - [0.5, 0.5, 0.0]
+    from kinpose_jax.data import augment
+
+    img = augment.normalized_to_image(norm, camera["center"], camera["box_size"], (patch, patch))
+    pred_cam = np.asarray(metrics.pixel_to_camera(img, camera["pelvis"][:, 2], camera["fl"], camera["c_p"]))
+    keep = np.asarray(valid).astype(bool)
+    errors = {k: np.asarray(v) for k, v in metrics.h36m_errors(pred_cam[keep], camera["joints_cam"][keep]).items()}
+    return pred_cam, errors
+
+
+def test_normalized_to_image_on_the_device_equals_the_host_decoding():
+    from kinpose_jax.data import augment
+
+    rng = np.random.default_rng(2)
+    norm = rng.uniform(-0.6, 0.6, size=(5, 18, 3))
+    center, box = rng.uniform(200, 800, (5, 2)), rng.uniform(200, 500, (5, 2))
+    scale, rotation = rng.uniform(0.8, 1.2, 5), rng.uniform(-30, 30, 5)
+    host = augment.normalized_to_image(norm, center, box, (64, 64), 2000.0, scale, rotation)
+    for i in range(5):  # per sample through the patch affine itself
+        inv = augment.patch_affine(center[i], box[i], (64, 64), scale[i], rotation[i], inverse=True)
+        np.testing.assert_allclose(host[i, :, :2], augment.apply_affine((norm[i, :, :2] + 0.5) * 64, inv), atol=1e-9)
+    device = jax.jit(lambda *a: augment.normalized_to_image(*a[:2], a[2], (64, 64), 2000.0, a[3], a[4], xp=jnp))(
+        norm, center, box, scale, rotation)
+    assert device.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(device), host, rtol=2e-6, atol=1e-3)
+
+
+def test_device_metrics_of_a_sharded_batch_equal_the_host_computation():
+    """make_eval_step's decoding and metrics (jitted, batch sharded over the 4 devices) give the
+    numbers of the host computation, to float32 precision; padding rows are dropped by the host."""
+    from configs import default
+    from kinpose_jax import parallel, train
+
+    patch, b = 32, 8
+    px_true, camera = camera_batch(5, b, patch)
+    config = default.get_config()
+    config.data.patch_size = patch
+    config.flip_test = False
+    mesh = parallel.make_mesh()
+
+    class Fixed:  # a stand-in network whose predictions are px_true (normalized, as networks output)
+        def apply(self, variables, images, train=False):
+            return {"joints": variables["joints"]}
+
+    norm = (px_true / patch - [0.5, 0.5, 0.0]).astype(np.float32)
+    variables = jax.device_put({"joints": norm}, parallel.replicated(mesh))
+    batch = {"image": np.zeros((b, patch, patch, 3), np.uint8), "gains": np.ones((b, 3), np.float32),
+             "joints": np.zeros((b, 18, 3), np.float32), "joints_vis": np.ones((b, 18, 3), np.float32), **camera}
+    step = train.make_eval_step(config, Fixed(), mesh)
+    out = parallel.local_rows(mesh, step(variables, parallel.global_batch(mesh, batch)))
+    valid = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+    pred_cam, errors = host_reference(out["joints_px"], camera, valid, patch)
+    np.testing.assert_allclose(out["joints_px"], px_true, atol=1e-4)
+    np.testing.assert_allclose(out["pred_cam"], pred_cam, atol=2e-3)  # mm, at 4.5 m depth
+    assert set(out["errors"]) == set(errors)
+    for k, want in errors.items():
+        np.testing.assert_allclose(out["errors"][k][valid > 0], want, rtol=1e-5, atol=1e-4, err_msg=k)
+    # the accumulator keeps h36m_errors' order and sums only the valid rows
+    seq = np.array([[9, 2, 1, 1]] * b, np.int32)
+    acc = evaluation.ErrorAccumulator()
+    acc.add_errors(out["errors"], out["loss"], valid, seq)
+    res = acc.result()
+    assert list(res)[:-2] == list(metrics.h36m_errors(pred_cam[:1], camera["joints_cam"][:1]))
+    for k, want in errors.items():
+        assert res[k] == pytest.approx(float(np.mean(want)), rel=1e-5, abs=1e-4), k
+    # ErrorAccumulator.add (used on predictions of other frameworks) is the same jitted computation
+    other = evaluation.ErrorAccumulator()
+    host_batch = dict(batch, valid=valid, sequence=seq, image_index=np.arange(b), frame=np.arange(b))
+    added_cam, _ = other.add(out["joints_px"], out["loss"], host_batch, patch)
+    np.testing.assert_allclose(added_cam, out["pred_cam"], atol=1e-3)
+    assert_nested_close(other.result(), res, rtol=1e-5)
+
+
+class CompileCounter:
+    """Counts XLA compilations (in-memory cache misses, persistent-cache loads included)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
+def small_eval_setup(records_root, save_predictions=True, num_vis=0, per_device_batch=2):
+    """(config, data, mesh, variables) for the 12-frame set; at a global batch of 8 (the default)
+    the second (last) batch holds 4 records and 4 padding rows."""
+    from configs import default
+    from kinpose_jax import parallel
+    from kinpose_jax.data import pipeline
+
+    config = default.get_config()
+    config.data.patch_size = 32
+    config.save_predictions = save_predictions
+    config.num_vis_samples = num_vis
+    config.per_device_batch_size = per_device_batch
+    global_batch = per_device_batch * jax.device_count()
+    assert jax.device_count() == 4
+    data = pipeline.DataPipeline(pipeline.PipelineConfig(records_dir=os.path.join(records_root, "records"),
+                                                         patch_size=32, global_batch_size=global_batch,
+                                                         read_threads=1), train=False)
+    w = np.random.default_rng(0).normal(size=(18, 3)).astype(np.float32) * 0.1
+    return config, data, parallel.make_mesh(), {"w": w}
+
+
+def test_an_evaluation_with_a_padded_last_batch_compiles_one_program(four_sequence_records, tmp_path):
+    """Every batch (the padded last one too) runs the one compiled evaluation step; nothing else
+    compiles (no eager metric ops on host arrays), and a second evaluation compiles nothing."""
+    from kinpose_jax import train
+
+    config, data, mesh, variables = small_eval_setup(four_sequence_records)
+    model = MirrorSensitiveModel()
+    step = train.make_eval_step(config, model, mesh)
+    with CompileCounter() as first:
+        res = train.evaluate(config, model, variables, data, mesh, str(tmp_path), step=1, eval_step=step)
+    with CompileCounter() as second:
+        again = train.evaluate(config, model, variables, data, mesh, str(tmp_path), step=2, eval_step=step)
+    data.close()
+    assert res["num_samples"] == again["num_samples"] == 12
+    assert step._cache_size() == 1
+    assert first.count == 1 and second.count == 0
+    assert_nested_close(again, res, rtol=0)
+
+
+def test_results_are_read_back_after_the_next_batch_is_dispatched(four_sequence_records, tmp_path, monkeypatch):
+    """Batch k's results are copied to the host while batch k+1 runs: evaluate starts the copy of
+    each result it needs at dispatch, and reads batch k back only after dispatching batch k+1."""
+    from kinpose_jax import parallel, train
+
+    config, data, mesh, variables = small_eval_setup(four_sequence_records, save_predictions=False,
+                                                     per_device_batch=1)  # 3 batches of 4
+    model = MirrorSensitiveModel()
+    step = train.make_eval_step(config, model, mesh)
+    events = []
+
+    def recorded_step(variables, batch):
+        out = step(variables, batch)
+        k = sum(e[0] == "dispatch" for e in events)
+        events.append(("dispatch", k))
+        for leaf in jax.tree.leaves(out):  # records the copies started before the batch is read back
+            leaf.copy_to_host_async = lambda leaf=leaf, k=k: (
+                ("read", k) not in events and events.append(("copy", k)), type(leaf).copy_to_host_async(leaf))
+        return out
+
+    real_local_rows = parallel.local_rows
+
+    def recorded_local_rows(mesh, arrays):
+        events.append(("read", sum(e[0] == "read" for e in events)))
+        return real_local_rows(mesh, arrays)
+
+    monkeypatch.setattr(parallel, "local_rows", recorded_local_rows)
+    train.evaluate(config, model, variables, data, mesh, str(tmp_path), step=1, eval_step=recorded_step)
+    data.close()
+    copies_per_batch = len(metrics.h36m_error_names()) + 1  # every error and the loss; nothing else
+    assert [e for e in events if e[0] == "copy"] == [("copy", k) for k in range(3) for _ in range(copies_per_batch)]
+    order = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
+    assert order == [("dispatch", 0), ("copy", 0), ("dispatch", 1), ("copy", 1), ("read", 0),
+                     ("dispatch", 2), ("copy", 2), ("read", 1), ("read", 2)]
+
+
+def test_evaluation_passes_share_one_data_iterator(four_sequence_records, monkeypatch):
+    """The evaluation iterator (its grain worker pool) is made once per pipeline: every pass
+    reads the same batches from it; a pass of another length, or one left early, starts a new one."""
+    from kinpose_jax.data import pipeline
+
+    made = []
+    real = pipeline.make_eval_iterator
+
+    def counted(*args, **kwargs):
+        made.append(kwargs.get("num_batches"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_eval_iterator", counted)
+    _, data, _, _ = small_eval_setup(four_sequence_records)
+    index = lambda passes: [b["image_index"].tolist() for b in passes]  # noqa: E731
+    first = index(data.eval_batches())
+    assert first == [list(range(8)), [8, 9, 10, 11, -1, -1, -1, -1]]
+    assert index(data.eval_batches()) == first and index(data.eval_batches()) == first
+    assert made == [2]
+    assert index(data.eval_batches(1)) == first[:1] == index(data.eval_batches(1))
+    assert made == [2, 1]
+    for _ in data.eval_batches():  # left after its first batch
+        break
+    assert index(data.eval_batches()) == first
+    assert made == [2, 1, 2, 2]
+    data.close()
+    assert data._eval is None
+
+
+def test_evaluation_passes_keep_one_pool_of_worker_processes(four_sequence_records):
+    """With grain worker processes, every pass is read from the same worker processes, and gives
+    the batches of the in-process pipeline."""
+    import multiprocessing
+
+    from kinpose_jax.data import pipeline
+
+    def make(workers):
+        return pipeline.DataPipeline(pipeline.PipelineConfig(
+            records_dir=os.path.join(four_sequence_records, "records"), patch_size=32, global_batch_size=8,
+            read_threads=1, worker_count=workers, worker_buffer_size=1), train=False)
+
+    in_process = make(0)
+    want = list(in_process.eval_batches())
+    in_process.close()
+    before = set(multiprocessing.active_children())
+    data = make(1)
+    try:
+        pools = []
+        for _ in range(2):
+            got = list(data.eval_batches())
+            pools.append(set(multiprocessing.active_children()) - before)
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                assert a.keys() == b.keys()
+                for k in a:
+                    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert pools[0] and pools[1] == pools[0]
+    finally:
+        data.close()
+
+
 class PixelMomentModel:
     """A stand-in network whose joints follow the image's content and position, smoothly as a
     trained one's do: per joint j, x and y are the first moments over the patch of ``w_j . pixel``
@@ -235,8 +484,8 @@ class _Recorded:
     def __init__(self, data):
         self.data, self.batches = data, []
 
-    def eval_batches(self):
-        for batch in self.data.eval_batches():
+    def eval_batches(self, max_batches=-1):
+        for batch in self.data.eval_batches(max_batches):
             self.batches.append(batch)
             yield batch
 
@@ -265,6 +514,7 @@ def test_crop_layout_evaluates_like_the_full_layout(data_root, tmp_path):
         assert records.load_info(os.path.join(records_dir, "hm36_" + config.data.eval_set))["layout"] == layout
         workdir = str(tmp_path / layout)
         results = train.evaluate(config, model, variables, data, mesh, workdir, step=1)
+        data.data.close()
         runs[layout] = (results, data.batches, dict(np.load(os.path.join(workdir, "eval", "predictions_00000001.npz"))))
     (full, full_batches, full_pred), (crop, crop_batches, crop_pred) = runs["full"], runs["crop"]
     assert len(full_batches) == len(crop_batches) == 8

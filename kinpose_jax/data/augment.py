@@ -292,27 +292,29 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
 # ---------------------------------------------------------------------------------------- decoding
 def normalized_to_image(joints: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: tuple[int, int],
                         box_mm: float = BOX_MM, scale: np.ndarray | float = 1.0,
-                        rotation: np.ndarray | float = 0.0) -> np.ndarray:
+                        rotation: np.ndarray | float = 0.0, xp=np) -> np.ndarray:
     """Decodes predicted normalized joints back to the image (docs/DESIGN.md#decoding).
+
+    The inverse of :func:`patch_affine` in closed form: patch px ``(x + 0.5) pw`` etc. map to
+    ``center + R(rotation) (x w s, y h s)`` for box (w, h), scale s (``patch_size`` cancels).
 
     Args:
       joints: [B, J, 3] normalized (x, y, z). center: [B, 2] box centre px. box_size: [B, 2]
         box width, height px. patch_size: (pw, ph). scale / rotation: [B] or scalars — the
         augmentation used for the patch (evaluation: 1 and 0).
+      xp: ``numpy`` (float64, the default) or ``jax.numpy`` (float32; jit-able, on the device).
     Returns:
       [B, J, 3]: image u px, v px, depth relative to the pelvis in mm (``z * box_mm * scale``).
     """
-    joints = np.asarray(joints, np.float64)
+    dtype = np.float64 if xp is np else np.float32
+    joints = xp.asarray(joints, dtype)
     b = joints.shape[0]
-    pw, ph = patch_size
-    center = np.asarray(center, np.float64).reshape(b, 2)
-    box_size = np.asarray(box_size, np.float64).reshape(b, 2)
-    scale = np.broadcast_to(np.asarray(scale, np.float64), (b,))
-    rotation = np.broadcast_to(np.asarray(rotation, np.float64), (b,))
-    px = np.stack([(joints[..., 0] + 0.5) * pw, (joints[..., 1] + 0.5) * ph], axis=-1)
-    out = np.empty_like(joints)
-    for i in range(b):
-        inv = patch_affine(center[i], box_size[i], (pw, ph), scale[i], rotation[i], inverse=True)
-        out[i, :, :2] = apply_affine(px[i], inv)
-    out[..., 2] = joints[..., 2] * box_mm * scale[:, None]
-    return out
+    center = xp.asarray(center, dtype).reshape(b, 1, 2)
+    box_size = xp.asarray(box_size, dtype).reshape(b, 1, 2)
+    scale = xp.broadcast_to(xp.asarray(scale, dtype), (b,))[:, None]
+    angle = xp.deg2rad(xp.broadcast_to(xp.asarray(rotation, dtype), (b,)))[:, None]
+    dx = joints[..., 0] * box_size[..., 0] * scale
+    dy = joints[..., 1] * box_size[..., 1] * scale
+    cos, sin = xp.cos(angle), xp.sin(angle)
+    return xp.stack([center[..., 0] + cos * dx - sin * dy, center[..., 1] + sin * dx + cos * dy,
+                     joints[..., 2] * box_mm * scale], axis=-1)

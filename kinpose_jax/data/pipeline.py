@@ -442,9 +442,13 @@ def eval_num_batches(num_records: int, global_batch_size: int) -> int:
     return math.ceil(num_records / global_batch_size)
 
 
-def make_eval_iterator(cfg: PipelineConfig, image_set: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_iterator(cfg: PipelineConfig, image_set: str | None = None, num_batches: int | None = None,
+                       repeat: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """One pass over ``image_set`` (default ``cfg.eval_set``) without augmentation, in record
-    order, the last batch padded (``valid`` 0): every record appears exactly once as valid."""
+    order, the last batch padded (``valid`` 0): every record appears exactly once as valid.
+
+    ``num_batches``: only the pass's first batches (default all); ``repeat``: those batches
+    again and again, endlessly (one iterator, one worker pool, for many passes)."""
     import grain
 
     path = _h36m_source(cfg, image_set or cfg.eval_set)
@@ -452,14 +456,19 @@ def make_eval_iterator(cfg: PipelineConfig, image_set: str | None = None) -> Ite
     check_crop_layout(info, cfg, path, training=False)
     n = info["num_records"]
     sources = _Sources({H36M: path})
-    length = eval_num_batches(n, cfg.global_batch_size) * cfg.local_batch_size()
-    ds = grain.MapDataset.range(length).map(EvalTransform(cfg, sources, n))
+    total = eval_num_batches(n, cfg.global_batch_size)
+    num_batches = total if num_batches is None else num_batches
+    if not 1 <= num_batches <= total:
+        raise ValueError(f"num_batches must be in [1, {total}] (the evaluation batches of {path}), got {num_batches}")
+    ds = grain.MapDataset.range(num_batches * cfg.local_batch_size()).map(EvalTransform(cfg, sources, n))
+    if repeat:
+        ds = ds.repeat()
     return _to_iterator(ds, cfg)
 
 
 class DataPipeline:
     """What a training driver needs: ``steps_per_epoch``, ``train_iterator()`` (checkpointable),
-    ``eval_batches()`` (a fresh one-pass iterator per call), ``num_eval_records``."""
+    ``eval_batches()`` (one pass per call), ``num_eval_records``; ``close()`` when done."""
 
     def __init__(self, cfg: PipelineConfig, train: bool = True):
         self.cfg = cfg
@@ -468,6 +477,7 @@ class DataPipeline:
         info = records.load_info(eval_path)
         check_crop_layout(info, cfg, eval_path, training=False)  # fail before training, not at the first evaluation
         self.num_eval_records = info["num_records"]
+        self._eval = None  # (batches per pass, the repeating iterator, a pass is being read)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -482,12 +492,34 @@ class DataPipeline:
     def train_iterator(self):
         return make_train_iterator(self.cfg)
 
-    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        it = make_eval_iterator(self.cfg)
+    def eval_batches(self, max_batches: int = -1) -> Iterator[dict[str, np.ndarray]]:
+        """One pass over the evaluation set: its first ``max_batches`` batches (-1: all).
+
+        Every pass reads the same iterator (made at the first pass, with its grain worker
+        processes; :func:`make_eval_iterator` with ``repeat``), which cycles through the pass's
+        batches: the workers start once per pipeline, not once per evaluation. A pass left
+        before its end, or a pass of another length, replaces that iterator by a new one."""
+        n = self.eval_steps if max_batches < 0 else min(max_batches, self.eval_steps)
+        if self._eval is not None and (self._eval[0] != n or self._eval[2]):
+            self.close()
+        if self._eval is None:
+            self._eval = [n, make_eval_iterator(self.cfg, num_batches=n, repeat=True), False]
+        entry = self._eval
+        entry[2], done = True, 0
         try:
-            yield from it
+            while done < n:
+                batch = next(entry[1])
+                done += 1
+                entry[2] = done < n  # after the last batch the next pass starts at the cycle's first
+                yield batch
         finally:
-            close = getattr(it, "close", None)
+            if done < n and self._eval is entry:
+                self.close()
+
+    def close(self) -> None:
+        """Ends the evaluation iterator (its worker processes), if any."""
+        entry, self._eval = self._eval, None
+        if entry is not None:
+            close = getattr(entry[1], "close", None)
             if close is not None:
                 close()
-
