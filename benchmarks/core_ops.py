@@ -6,10 +6,10 @@ FK (seed's 18-joint model, poses/s) at batch 1, 256 and 65,536 for
   * kinpose_jax: ``jax.jit`` of the level-batched tree FK,
   * torch_vectorized: a batched PyTorch FK written for this benchmark (one op per joint, whole
     batch at a time),
-  * torch_seed_loop: the seed's *cost model* (bug (e): a Python loop over samples), batch <= 256.
-    It is NOT the seed's code: each sample runs ``tests/torch_reference.seed_fk`` — an
+  * torch_seed_loop: the original's *cost model* (bug (e): a Python loop over samples), batch <= 256.
+    It is NOT the original's code: each sample runs ``tests/torch_reference.seed_fk`` — an
     intended-semantics reference built from explicit per-sample 4x4 matrix products — so it is
-    a stand-in for the seed's per-sample style, not a measurement of the seed itself.
+    a stand-in for the original's per-sample style, not a measurement of the original itself.
 Soft-argmax at [32, 18*64, 64, 64] float32: kinpose_jax (jit) vs the PyTorch reshape/softmax/
 marginal implementation, plus the achieved heatmap-read bandwidth against a numpy memory copy
 measured in the same run. Copy bandwidth counts the bytes copied in one direction (array size /
@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
         jax_backend=jax.default_backend(), torch=torch.__version__, torch_device=str(_torch_device()),
         fk=fk, softargmax=sa,
         notes=dict(
-            torch_seed_loop=("not the seed's code: a Python loop over samples, each running an "
+            torch_seed_loop=("not the original's code: a Python loop over samples, each running an "
                              "intended-semantics per-sample 4x4 reference FK (tests/torch_reference.seed_fk)"),
             numpy_copy_gb_per_s="bytes copied in one direction (array size / copy time); read + write "
                                 "traffic is about twice this",
@@ -197,8 +197,8 @@ def main(argv=None) -> dict:
     )
     print(f"\nForward kinematics, seed 18-joint model (poses/s; jax {jax.__version__} {jax.default_backend()}, "
           f"torch {torch.__version__}, {os.cpu_count()} cores)")
-    print("  'seed loop' = per-sample Python loop over an intended-semantics 4x4 reference FK (the seed's\n"
-          "  per-sample style, not the seed's code)")
+    print("  'seed loop' = per-sample Python loop over an intended-semantics 4x4 reference FK (the original's\n"
+          "  per-sample style, not the original's code)")
     print(f"{'batch':>7} {'kinpose_jax':>13} {'torch vec':>12} {'seed loop':>11} {'x torch vec':>12} {'x seed loop':>12}")
     for r in fk:
         loop = f"{r['torch_seed_loop_poses_per_s']:11.0f}" if r["torch_seed_loop_poses_per_s"] else f"{'-':>11}"

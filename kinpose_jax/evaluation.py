@@ -1,5 +1,5 @@
 """Evaluation: predict -> (flip test) -> decode to image space -> back-project with the true
-root depth -> Protocol #1 / #2, the seed's errors, PCK, per-joint-group / per-action / per-subject /
+root depth -> Protocol #1 / #2, the original's errors, PCK, per-joint-group / per-action / per-subject /
 per-camera tables (docs/DESIGN.md#evaluation, :mod:`kinpose_jax.metrics`).
 
 The device part (:func:`make_eval_fn`, jitted on full, padded batches: one compiled program

@@ -5,7 +5,7 @@ along an axis gives ``i / W - 0.5`` (x), ``i / H - 0.5`` (y), ``i / D - 0.5`` (z
 patch pixels: ``x_px = (x + 0.5) * patch_w``, ``y_px = (y + 0.5) * patch_h``, ``z = z * patch_w``.
 
 Channel order of the 3D heatmaps is ``j * D + d`` (joint-major) in both layouts:
-``"NCHW"``: [B, J*D, H, W] (the seed's PyTorch layout); ``"NHWC"``: [B, H, W, J*D] (Flax convs).
+``"NCHW"``: [B, J*D, H, W] (the original's PyTorch layout); ``"NHWC"``: [B, H, W, J*D] (Flax convs).
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ Names as papers use them; all errors in mm on the 17 evaluation joints (0-16, th
 * **Protocol #1** (``mpjpe``): mean per-joint Euclidean error after subtracting the root joint.
 * **Protocol #2** (``pa_mpjpe``): per frame, a similarity Procrustes fit (rotation, translation,
   *scale*) of the 17 root-relative predicted joints onto the truth, then the mean error.
-* The seed's aligned error (``seed_aligned``, its ``hm36_17j_align``): a rigid fit (rotation and
+* The original's aligned error (``seed_aligned``, its ``hm36_17j_align``): a rigid fit (rotation and
   translation, *no scale*) on all 18 joints, then the aligned prediction's root and the truth's
   root are subtracted and the 17 evaluation joints averaged. Not Protocol #2.
-* ``bone``: the seed's bone error — per joint the error of its ``joint - parent`` vector (seed
-  parent ids, docs/DESIGN.md#bones); the root, its own parent, keeps its absolute position error.
-* PCK (percent of joints with root-relative error *strictly below* a threshold): the seed's
+* ``bone``: the original's bone error — per joint the error of its ``joint - parent`` vector (the
+  original's parent ids, docs/DESIGN.md#bones); the root, its own parent, keeps its absolute position error.
+* PCK (percent of joints with root-relative error *strictly below* a threshold): the original's
   thresholds 5 and 105 mm (``range(5, 205, 100)`` in its ``evaluate``), and the standard 3DPCK
   at 150 mm with its AUC, the mean PCK over thresholds 0, 5, ..., 150 mm (Mehta et al. 2017,
   ``mpii_compute_3d_pck``), here on the 17 Human3.6M joints.
@@ -119,7 +119,7 @@ def pa_mpjpe(pred: jax.Array, gt: jax.Array) -> jax.Array:
     return jnp.mean(per_joint_error(procrustes_align(pred, gt, with_scale=True), gt), axis=-1)
 
 
-#: The seed's PCK thresholds, mm (``range(5, 205, 100)`` in its ``evaluate``; computed, never printed).
+#: The original's PCK thresholds, mm (``range(5, 205, 100)`` in its ``evaluate``; computed, never printed).
 SEED_PCK_THRESHOLDS_MM: tuple[float, ...] = (5.0, 105.0)
 #: Standard 3DPCK threshold and the AUC's thresholds 0, 5, ..., 150 mm (Mehta et al. 2017).
 PCK3D_THRESHOLD_MM = 150.0
@@ -129,7 +129,7 @@ EVAL_JOINTS: tuple[int, ...] = tuple(range(17))
 
 def seed_aligned_mpjpe(pred: jax.Array, gt: jax.Array, eval_joints: Sequence[int] = EVAL_JOINTS,
                        root: int = skeleton.H36M_ROOT) -> jax.Array:
-    """The seed's aligned error (``hm36_17j_align``); [..., J, 3] x2 -> [...] mm.
+    """The original's aligned error (``hm36_17j_align``); [..., J, 3] x2 -> [...] mm.
 
     A rigid Procrustes fit (rotation + translation, no scale) of ``pred`` onto ``gt`` on *all*
     J joints; then the aligned prediction's root and ``gt``'s root are subtracted and the error
@@ -141,7 +141,7 @@ def seed_aligned_mpjpe(pred: jax.Array, gt: jax.Array, eval_joints: Sequence[int
 
 def bone_error(pred: jax.Array, gt: jax.Array, parent_ids: Sequence[int] = skeleton.H36M_PARENT_IDS,
                joints: Sequence[int] = EVAL_JOINTS) -> jax.Array:
-    """The seed's bone error; [..., J, 3] x2 (camera mm, *absolute*) -> [...] mm.
+    """The original's bone error; [..., J, 3] x2 (camera mm, *absolute*) -> [...] mm.
 
     Per joint ``j`` the Euclidean error of ``joint[j] - joint[parent_ids[j]]``; a joint that is its
     own parent (the root) keeps ``joint[j]`` itself, i.e. its absolute position error (0 for
@@ -189,10 +189,10 @@ def h36m_errors(
         the absolute root error; every other entry is translation invariant).
     Returns:
       {name: [B]}: one entry per joint group (root-relative per-joint error averaged over the
-      group, mm; the seed's table), ``x``/``y``/``z`` (mean absolute per-axis error over
+      group, mm; the original's table), ``x``/``y``/``z`` (mean absolute per-axis error over
       ``eval_joints``, mm), ``mpjpe`` (Protocol #1, = ``17j``), ``pa_mpjpe`` (Protocol #2),
-      ``seed_aligned`` (the seed's rigid, no-scale aligned error), ``bone`` (the seed's bone
-      error), ``seed_pck_5mm`` / ``seed_pck_105mm`` (the seed's PCK thresholds), ``pck_150mm``
+      ``seed_aligned`` (the original's rigid, no-scale aligned error), ``bone`` (the original's bone
+      error), ``seed_pck_5mm`` / ``seed_pck_105mm`` (the original's PCK thresholds), ``pck_150mm``
       (3DPCK) and ``auc`` (0-150 mm); PCK and AUC in percent, over ``eval_joints``,
       root-relative. See the module docstring for the definitions.
     """

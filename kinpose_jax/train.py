@@ -1,7 +1,7 @@
 """Training and evaluation loop (the body of ``main.py``).
 
 One jit-compiled step, data parallel over a device mesh (see :mod:`kinpose_jax.parallel`),
-optax Adam with the seed's per-epoch multi-step schedule, orbax checkpoints with the data
+optax Adam with the original's per-epoch multi-step schedule, orbax checkpoints with the data
 iterator state for exact resume, evaluation in mm, JSON lines / TensorBoard / PNG reports.
 """
 
@@ -76,7 +76,7 @@ class TrainState:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """The seed's multi-step schedule: ``lr * factor^k`` after the k-th boundary epoch."""
+    """The original's multi-step schedule: ``lr * factor^k`` after the k-th boundary epoch."""
     boundaries = {int(e * steps_per_epoch): config.optim.lr_decay_factor for e in config.optim.lr_decay_epochs}
     return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
 
@@ -117,7 +117,7 @@ def make_grad_fn(model, loss_name: str, bn_sync: str = "global", mesh=None):
     the mean over the global batch (call it under jit with the batch sharded over ``mesh``).
 
     ``bn_sync='global'``: plain ``value_and_grad``; jit partitions it and BatchNorm reduces over the
-    global batch (cross-device all-reduces in every BN layer). ``'per_device'`` (the seed's
+    global batch (cross-device all-reduces in every BN layer). ``'per_device'`` (the original's
     per-GPU BN): ``jax.shard_map`` over ``mesh``'s data axis; each device runs the model on its
     slice with that slice's BN statistics. The loss is ``pmean``-ed *before* ``grad``: the
     replicated parameters enter each device's computation through an implicit broadcast whose

@@ -17,7 +17,6 @@ class MirrorSensitiveModel:
     mirrored patch gives a different answer (apply(vars, images, train) like a flax module)."""
 
     def apply(self, variables, images, train=False):
-        b = images.shape[0]
         left = jnp.mean(images[:, :, : images.shape[2] // 2], axis=(1, 2, 3))
         base = jnp.linspace(-0.3, 0.3, 18 * 3).reshape(1, 18, 3)
         return {"joints": base + left[:, None, None] * jnp.asarray(variables["w"])[None]}

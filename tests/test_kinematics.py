@@ -76,7 +76,7 @@ def test_seed_fk_gradients_match_torch_autograd():
     ts = torch.tensor(scale, requires_grad=True)
     (ref.seed_fk(tm, ts) * torch.from_numpy(w)).sum().backward()
     expected_motion = ref.to_numpy(tm.grad)
-    expected_motion[:, 28] = 0.0  # Head_RotX is unused by the seed model
+    expected_motion[:, 28] = 0.0  # Head_RotX is unused by the original model
     np.testing.assert_allclose(np.asarray(g_motion), expected_motion, atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(g_scale), ref.to_numpy(ts.grad), rtol=1e-4, atol=1e-3)
 
@@ -92,7 +92,7 @@ def test_seed_fk_values_and_gradients_match_torch_in_float64_to_1e_9():
     theirs = ref.seed_fk(tm, ts)
     (theirs * torch.from_numpy(w)).sum().backward()
     expected_motion = ref.to_numpy(tm.grad)
-    expected_motion[:, 28] = 0.0  # Head_RotX is unused by the seed model
+    expected_motion[:, 28] = 0.0  # Head_RotX is unused by the original model
     with jax.enable_x64(True):
         m64, s64, w64 = jnp.asarray(motion, jnp.float64), jnp.asarray(scale, jnp.float64), jnp.asarray(w)
         value_and_grad = jax.jit(jax.value_and_grad(lambda m, s: (jnp.sum(seed_fk_jax(m, s) * w64), seed_fk_jax(m, s)),
@@ -261,13 +261,13 @@ def test_bug_a_global_translation_is_applied():
     t = rng.normal(size=(4, 3)).astype(np.float32) * 1000
     moved = np.asarray(kin.forward_kinematics(tree, angles, t).joints)
     still = np.asarray(kin.forward_kinematics(tree, angles).joints)
-    # translation lives in model axes; the seed's outputs are (x, z, y)
+    # translation lives in model axes; the original's outputs are (x, z, y)
     np.testing.assert_allclose(moved - still, np.broadcast_to(t[:, None, [0, 2, 1]], moved.shape), atol=1e-2)
 
 
 def test_bug_b_no_rotation_leaks_into_later_translations():
     """With only the root and L_Hip rotated, each joint must equal the analytic product of fresh
-    transforms; the seed's shared-matrix bug turns later pure translations into rotations."""
+    transforms; the original's shared-matrix bug turns later pure translations into rotations."""
     tree = presets.seed_h36m18()
     names = tree.param_names
     a = np.zeros(tree.num_dofs, np.float32)
@@ -289,7 +289,7 @@ def test_bug_b_no_rotation_leaks_into_later_translations():
 
 def test_bug_c_both_shoulders_hang_off_the_neck():
     """Right shoulder = neck + R_spine @ (-Neck2ShoulderX, -Neck2ShoulderY, 0) (docs/DESIGN.md#original-model, mirrored
-    left side), computed by hand; the seed's bug puts it at torso + the same vector instead."""
+    left side), computed by hand; the original's bug puts it at torso + the same vector instead."""
     tree = presets.seed_h36m18()
     names = tree.param_names
     rng = np.random.default_rng(7)
