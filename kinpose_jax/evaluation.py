@@ -12,14 +12,14 @@ recompute all numbers.
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinpose_jax import integral, losses, metrics, skeleton
+from kinpose_jax import integral, losses, metrics, skeleton, storage
 from kinpose_jax.data import augment, h36m_format
 from kinpose_jax.data.pipeline import MODEL_KEYS
 
@@ -277,14 +277,17 @@ def save_predictions(path: str, preds: dict[str, np.ndarray]) -> None:
     (``s_SS_act_AA_subact_BB_ca_CC``) and ``subject`` / ``action`` / ``subaction`` / ``camera`` [N]."""
     folders = np.asarray([h36m_format.folder_name(*map(int, s)) for s in preds["sequence"]], dtype=str)
     extra = {name: preds["sequence"][:, i] for i, name in enumerate(("subject", "action", "subaction", "camera"))}
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, folder=folders, **extra, **preds)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, folder=folders, **extra, **preds)
+    target = storage.path(path)
+    tmp = target.parent / (target.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())  # local or remote (storage.path); renamed when complete
+    tmp.rename(target)
 
 
 def load_predictions(path: str) -> dict[str, np.ndarray]:
     """Reads a file written by :func:`save_predictions`; ValueError naming a missing field."""
-    with np.load(path) as data:
+    with storage.path(path).open("rb") as f, np.load(io.BytesIO(f.read())) as data:
         missing = [k for k in PREDICTION_KEYS if k not in data.files]
         if missing:
             raise ValueError(f"{path}: missing field(s) {missing}; expected a predictions file written by "

@@ -130,3 +130,21 @@ def test_records_on_a_bucket_are_refused_naming_the_path(tmp_path):
     config = tiny_config(str(tmp_path), data__records_dir="gs://bucket/records")
     with pytest.raises(DataError, match="gs://bucket/records: records must be on a local file system"):
         setup.ensure_dataset(config, train=True, process_index=0)
+
+
+def test_saved_predictions_in_a_gs_workdir(fake_bucket):
+    from kinpose_jax import evaluation
+
+    rng = np.random.default_rng(0)
+    preds = {"image_index": np.arange(3), "sequence": np.asarray([[9, 2, 1, 1], [9, 2, 1, 2], [11, 3, 2, 4]]),
+             "frame": np.asarray([0, 5, 10]), "pred_cam": rng.normal(size=(3, 18, 3)),
+             "gt_cam": rng.normal(size=(3, 18, 3)), "loss": rng.uniform(size=3)}
+    target = "gs://bucket/run/eval/predictions_00000002.npz"
+    (fake_bucket / "run" / "eval").mkdir(parents=True)
+    evaluation.save_predictions(target, preds)
+    assert sorted(p.name for p in (fake_bucket / "run" / "eval").iterdir()) == ["predictions_00000002.npz"]
+    loaded = evaluation.load_predictions(target)
+    for key, value in preds.items():
+        np.testing.assert_array_equal(loaded[key], value)
+    assert loaded["folder"].tolist()[2] == "s_11_act_03_subact_02_ca_04"
+    assert loaded["camera"].tolist() == [1, 2, 4]
