@@ -6,8 +6,12 @@ accumulation, BatchNorm statistics) are added up, so the two runs differ by roun
 that depends on the CPU's kernels. The tolerance is therefore measured, not assumed: the same
 one-device step on row-permuted copies of the batch (identical in exact arithmetic) shows how far
 a mere re-ordering moves each quantity, and the 4-device run must stay within a small multiple of
-that. A wrong data-parallel step (per-device BatchNorm statistics, a gradient not averaged over
-devices) moves them by orders of magnitude more, and the noise itself is checked to be small.
+that. The noise is not rounding alone: Adam's first update is about ``lr * sign(g)``, so a gradient
+element near zero whose sign a re-ordering flips moves by ``2 lr``, and the later losses and
+BatchNorm statistics inherit that. The test checks that the bound discriminates: replacing one
+image of the batch (less than what a wrong data-parallel step changes) moves the gradients and
+statistics by more than three times the bound (measured: 9.8x for the statistics, far more for
+the gradients).
 """
 
 import jax
@@ -76,10 +80,18 @@ def test_single_and_four_device_steps_agree(head):
     noise_norm = max(np.abs(r[1] - ref[1]).max() for r in reordered)
     noise_grad = np.max([leaf_diff_norms(r[2], ref[2]) for r in reordered], axis=0)
     noise_bn = np.max([leaf_diff_norms(r[3], ref[3]) for r in reordered], axis=0)
-    # the noise is rounding-sized, so the bounds below are tight
-    assert noise_loss <= 1e-5 * np.abs(ref[0]).max() and noise_norm <= 1e-3 * ref[1].max()
-    assert np.all(noise_grad <= 1e-3 * leaf_norms(ref[2]) + 1e-12)
-    assert np.all(noise_bn <= 1e-3 * leaf_norms(ref[3]) + 1e-12)
+    # The noise is small (a broken measurement would not be) ...
+    assert noise_loss <= 1e-3 * np.abs(ref[0]).max() and noise_norm <= 1e-2 * ref[1].max()
+    assert np.all(noise_grad <= 1e-2 * leaf_norms(ref[2]) + 1e-12)
+    assert np.all(noise_bn <= 1e-1 * leaf_norms(ref[3]) + 1e-12)
+    # ... and the tolerance can fail: one image of the eight replaced by another, a smaller change
+    # than BatchNorm statistics of 2 images per device or a gradient not averaged over devices,
+    # moves the gradients and BatchNorm statistics far outside it.
+    changed = dict(batch, image=batch["image"].copy())
+    changed["image"][0] = batch["image"][1]
+    other = run_one(changed)
+    assert leaf_diff_norms(other[2], ref[2]).sum() > 3 * NOISE_FACTOR * noise_grad.sum()
+    assert leaf_diff_norms(other[3], ref[3]).sum() > 3 * NOISE_FACTOR * noise_bn.sum()
 
     ulp = np.finfo(np.float32).eps  # a floor for quantities that re-ordering happened not to move
     np.testing.assert_array_less(np.abs(got[0] - ref[0]), NOISE_FACTOR * noise_loss + 4 * ulp * np.abs(ref[0]))
