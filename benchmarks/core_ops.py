@@ -2,7 +2,7 @@
 
     python benchmarks/core_ops.py [--out benchmarks/runs/core_ops.json] [--quick]
 
-FK (seed's 18-joint model, poses/s) at batch 1, 256 and 65,536 for
+FK (the original's 18-joint model, poses/s) at batch 1, 256 and 65,536 for
   * kinpose_jax: ``jax.jit`` of the level-batched tree FK,
   * torch_vectorized: a batched PyTorch FK written for this benchmark (one op per joint, whole
     batch at a time),
