@@ -296,11 +296,17 @@ def load_predictions(path: str) -> dict[str, np.ndarray]:
 
 
 def accumulate_predictions(preds: dict[str, np.ndarray], batch_size: int = 4096) -> ErrorAccumulator:
-    """An accumulator fed with saved predictions (in chunks of ``batch_size`` rows)."""
+    """An accumulator fed with saved predictions, in chunks of ``min(batch_size, N)`` rows; the last
+    chunk is padded (as invalid rows) to the same size, so the metrics compile once."""
     acc = ErrorAccumulator()
     n = len(preds["image_index"])
-    for lo in range(0, n, batch_size):
-        sl = slice(lo, lo + batch_size)
-        acc.add_camera(preds["pred_cam"][sl], preds["gt_cam"][sl], np.ones(len(preds["image_index"][sl])),
-                       preds["sequence"][sl], preds["loss"][sl])
+    size = max(1, min(batch_size, n))
+    for lo in range(0, n, size):
+        rows = min(size, n - lo)
+
+        def chunk(key):
+            part = np.asarray(preds[key][lo:lo + rows])
+            return np.concatenate([part, np.zeros((size - rows,) + part.shape[1:], part.dtype)])
+
+        acc.add_camera(chunk("pred_cam"), chunk("gt_cam"), np.arange(size) < rows, chunk("sequence"), chunk("loss"))
     return acc

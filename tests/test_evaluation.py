@@ -1,6 +1,5 @@
 """Evaluation helpers: flip-test prediction, decoding to the image, padded-batch accounting."""
 
-import glob
 import json
 import os
 
@@ -541,3 +540,29 @@ def test_crop_layout_evaluates_like_the_full_layout(data_root, tmp_path):
     shifted = np.abs(reference - joints(np.roll(full_images, 1, axis=2), gains)).mean()
     spread = reference.std(axis=0).mean()
     assert shifted > 3 * layouts and spread > 20 * layouts, (layouts, shifted, spread)  # measured: 4.2x, 100x
+
+
+def test_saved_predictions_are_accumulated_in_padded_chunks_of_one_shape():
+    """Chunks of 4 over 10 rows (the last padded with invalid rows) give what one chunk gives, with
+    one compiled metrics program for every chunk."""
+    rng = np.random.default_rng(3)
+    n = 10
+    gt = rng.normal(scale=300.0, size=(n, 18, 3)) + np.asarray([0.0, 0.0, 4000.0])
+    preds = {"image_index": np.arange(n), "frame": np.arange(n), "loss": rng.uniform(size=n),
+             "sequence": np.stack([np.full(n, 9), rng.integers(2, 5, n), np.ones(n, int), rng.integers(1, 5, n)], 1),
+             "gt_cam": gt, "pred_cam": gt + rng.normal(scale=40.0, size=(n, 18, 3))}
+    whole = evaluation.accumulate_predictions(preds)
+    compiled = evaluation._errors_jit._cache_size()
+    chunked = evaluation.accumulate_predictions(preds, batch_size=4)
+    assert evaluation._errors_jit._cache_size() == compiled + 1  # chunks of 4, the last one padded
+    assert chunked.result()["num_samples"] == whole.result()["num_samples"] == n
+    for key, value in whole.result().items():
+        np.testing.assert_allclose(chunked.result()[key], value, rtol=1e-6, err_msg=key)
+    # the mean over frames is the metric of the rows themselves (an independent recomputation)
+    per_sample = np.linalg.norm((preds["pred_cam"] - preds["pred_cam"][:, :1]) - (gt - gt[:, :1]), axis=-1)
+    np.testing.assert_allclose(whole.result()["mpjpe"], per_sample[:, :17].mean(), rtol=1e-5)
+    for grouping in ("per_action", "per_camera"):
+        assert list(chunked.tables()[grouping]) == list(whole.tables()[grouping])
+        for name, row in whole.tables()[grouping].items():
+            assert chunked.tables()[grouping][name]["num_samples"] == row["num_samples"]
+            np.testing.assert_allclose(chunked.tables()[grouping][name]["mpjpe"], row["mpjpe"], rtol=1e-6)
