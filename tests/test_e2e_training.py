@@ -90,8 +90,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root
     args = [f"--config.{k}={v}" for k, v in common.items()]
     killed = str(tmp_path / "killed")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    # its own process group: the SIGKILL takes main.py and its grain workers at once, as a lost node would
     p = subprocess.Popen(main_cmd(killed, data_root, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.time() + 600
     while time.time() < deadline and p.poll() is None:  # kill mid-epoch 2, after a few checkpoints
@@ -99,7 +100,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root
             break
         time.sleep(0.2)
     assert p.poll() is None, "training ended before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
+    os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = max(r["step"] for r in read_rows(killed))
     assert before < 24
