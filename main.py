@@ -117,7 +117,7 @@ def main(argv):
         sys.exit(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/grain INFO lines drown the progress bar
-    from kinpose_jax import parallel, train
+    from kinpose_jax.training import parallel, train
 
     try:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

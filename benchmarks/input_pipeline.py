@@ -53,7 +53,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kinpose_jax import skeleton  # noqa: E402
-from kinpose_jax.data import augment, convert, h36m_format, pipeline, records, synthetic  # noqa: E402
+from kinpose_jax.data import augment, convert, h36m_cache, h36m_layout, pipeline, records  # noqa: E402
+from kinpose_jax.synthetic import h36m as synthetic  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -270,9 +271,9 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    db = h36m_format.load_cache(h36m_format.find_cache(os.path.join(root, "hm36"), "train"))
+    db = h36m_cache.load_cache(h36m_layout.find_cache(os.path.join(root, "hm36"), "train"))
     for rec in db:
-        rec["image"] = h36m_format.reroot_image_path(rec["image"], os.path.join(root, "hm36", "images"), 2)
+        rec["image"] = h36m_layout.reroot_image_path(rec["image"], os.path.join(root, "hm36", "images"), 2)
         rec["flip_pairs"] = np.asarray(skeleton.H36M_FLIP_PAIRS)
 
     def torch_iterator():

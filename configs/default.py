@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     #   crops for this patch_size and augmentation, far less to decode; README "which record layout").
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
-    # Synthetic generator (the defaults are kinpose_jax.data.synthetic.DEFAULTS, the README's set):
+    # Synthetic generator (the defaults are kinpose_jax.synthetic.h36m.DEFAULTS, the README's set):
     d.synthetic_train_folders = 16  # Synthetic generator: sequence folders for the train split.
     d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
     d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.

@@ -33,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kinpose_jax.data import DataError, convert, h36m_format  # noqa: E402
+from kinpose_jax.data import DataError, convert, record_checks  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mpii_cache", default="", help="MPII cache pickle (only with a single --mpii entry)")
     p.add_argument("--mpii_image_root", default="", help="MPII images folder (default <root>/mpii/images)")
     p.add_argument("--records_per_shard", type=int, default=1000)
-    p.add_argument("--max_box_scale", type=float, default=h36m_format.MAX_BOX_SCALE,
+    p.add_argument("--max_box_scale", type=float, default=record_checks.MAX_BOX_SCALE,
                    help="refuse a record whose box side is more than this many times its image side")
-    p.add_argument("--max_reprojection_px", type=float, default=h36m_format.MAX_REPROJECTION_PX,
+    p.add_argument("--max_reprojection_px", type=float, default=record_checks.MAX_REPROJECTION_PX,
                    help="refuse a Human3.6M record whose joints_3d u,v lie more than this many px from the projection "
                         "of joints_3d_cam with its fl/c_p (real caches: a few px of lens distortion)")
     p.add_argument("--on_error", default="raise", choices=["raise", "skip"],

@@ -19,7 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kinpose_jax.data import DataError, convert, synthetic  # noqa: E402
+from kinpose_jax.data import DataError, convert  # noqa: E402
+from kinpose_jax.synthetic import h36m as synthetic  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ image paths are re-rooted onto it on their last two components (default ``<root>
 ``tfds build`` always uses the default).
 
 Features per frame: ``image`` (the JPEG bytes as stored), ``image_path``, and the validated
-labels of :mod:`kinpose_jax.data.h36m_format` (float64): center, box_size, joints_img,
+labels of :mod:`kinpose_jax.data.record_checks` (float64): center, box_size, joints_img,
 joints_vis, joints_cam, pelvis, fl, c_p, bone_len. Splits: ``train`` and ``validmin`` (the original's
 caches, or annotations when no cache exists). Records are validated as in the converter; a bad
 record raises :class:`kinpose_jax.data.DataError`.
@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kinpose_jax.data import h36m_format  # noqa: E402
+from kinpose_jax.data import DataError, h36m_cache, h36m_layout, matlab_meta  # noqa: E402
 from kinpose_jax.data.convert import DEFAULT_LIMITS, prepare_record  # noqa: E402
 
 LABELS = {"center": (2,), "box_size": (2,), "joints_img": (18, 3), "joints_vis": (18, 3), "joints_cam": (18, 3),
@@ -65,20 +65,20 @@ class H36mSeed(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root, image_set):
         hm36 = os.path.join(root, "hm36")
-        cache = h36m_format.find_cache(hm36, image_set)
+        cache = h36m_layout.find_cache(hm36, image_set)
         if cache is not None:
-            raw, source = h36m_format.load_cache(cache), f"cache {cache}"
+            raw, source = h36m_cache.load_cache(cache), f"cache {cache}"
         else:
-            raw = h36m_format.records_from_annotations(hm36, h36m_format.subjects_of_set(image_set),
-                                                       h36m_format.SET_SAMPLES.get(image_set, -1))
+            raw = matlab_meta.records_from_annotations(hm36, h36m_layout.subjects_of_set(image_set),
+                                                       h36m_layout.SET_SAMPLES.get(image_set, -1))
             source = f"annotations of {image_set}"
         image_root = os.path.abspath(self._image_root or os.path.join(hm36, "images"))
         if not os.path.isdir(image_root):
-            raise h36m_format.DataError(f"image folder {image_root} does not exist (pass --image_root)")
+            raise DataError(f"image folder {image_root} does not exist (pass --image_root)")
         for i, rec in enumerate(raw):
             status, _, value = prepare_record(("h36m", rec, i, source, image_root, 2, DEFAULT_LIMITS, None))
             if status == "error":
-                raise h36m_format.DataError(value)
+                raise DataError(value)
             example = {k: np.asarray(value[k], np.float64) for k in LABELS}
             example.update(image=value["image"], image_path=value["image_path"], image_size=value["image_size"])
             yield i, example

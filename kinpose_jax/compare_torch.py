@@ -6,8 +6,8 @@
 The original network runs in PyTorch (:mod:`kinpose_jax.torch_reference`, the original's module
 structure, loaded from the checkpoint as it is); the same state_dict is converted in memory
 (:func:`kinpose_jax.convert_torch.convert_state_dict`) into the JAX model. Both go through the same
-evaluation code (:func:`kinpose_jax.evaluation.make_predict_fn`: flip test, decoding to camera mm;
-:class:`~kinpose_jax.evaluation.ErrorAccumulator`) on every batch. Reported:
+evaluation code (:func:`kinpose_jax.training.evaluation.make_predict_fn`: flip test, decoding to camera mm;
+:class:`~kinpose_jax.training.evaluation.ErrorAccumulator`) on every batch. Reported:
 
 * the distance between the two predictions per joint, camera space mm, over all joints of all
   valid samples: max and mean;
@@ -106,7 +106,8 @@ def compare(config, torch_checkpoint: str, allow_pickle: bool = False, log=print
     'tables': {name: {'pytorch', 'jax'}}, 'images_per_s': {'pytorch', 'jax'}, 'conversion'}``."""
     import jax
 
-    from kinpose_jax import convert_torch, evaluation, parallel, torch_reference, train
+    from kinpose_jax import convert_torch, torch_reference
+    from kinpose_jax.training import evaluation, parallel, train
     from kinpose_jax.data import setup as input_pipeline
     from kinpose_jax.models import build_pose_net, init_variables
 

@@ -102,7 +102,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _number(config, f"data.{field}", 0.0, 1.0, expected="a probability in [0, 1]")
     _number(config, "data.color_factor", 0.0, 1.0, expected="a factor in [0, 1]")
     if d.synthetic:
-        from kinpose_jax.data.synthetic import MIN_IMAGE_SIZE  # numpy/OpenCV only
+        from kinpose_jax.synthetic.h36m import MIN_IMAGE_SIZE  # numpy/OpenCV only
 
         _number(config, "data.synthetic_train_folders", 1, integer=True)
         _number(config, "data.synthetic_frames_per_folder", 1, integer=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kinpose_jax import evaluation, reporting
+from kinpose_jax.training import evaluation, reporting
 
 
 def main(argv: list[str] | None = None) -> dict:

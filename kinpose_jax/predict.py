@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinpose_jax import evaluation, integral, metrics, parallel, skeleton
+from kinpose_jax import integral, metrics, skeleton
+from kinpose_jax.training import evaluation, parallel
 from kinpose_jax.data import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -111,7 +112,7 @@ def load_model(checkpoint: str, patch_size: int | None = None, step: int | None 
 def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> LoadedModel:
     import ml_collections
 
-    from kinpose_jax import checkpointing, train
+    from kinpose_jax.training import checkpointing, train
     from kinpose_jax.models import build_pose_net
 
     with open(os.path.join(workdir, "config.json")) as f:
@@ -335,7 +336,7 @@ def predict_images(loaded: LoadedModel, image_paths: Sequence[str], out_dir: str
             with open(json_path, "w") as fh:  # one field per line
                 fh.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in result.items()) + "\n}\n")
             if plots:
-                from kinpose_jax import reporting
+                from kinpose_jax.training import reporting
 
                 rgb = it.image_bgr[..., ::-1]
                 reporting.plot_prediction(rgb, uv, cam - root[i], os.path.join(out_dir, name + ".png"),

@@ -320,7 +320,7 @@ def predict(net, images: np.ndarray) -> np.ndarray:
 
 class TorchPoseModel:
     """An original network behind the ``apply(variables, images, train=False)`` interface of a Flax
-    pose network (``variables`` unused), so :func:`kinpose_jax.evaluation.make_predict_fn` can run
+    pose network (``variables`` unused), so :func:`kinpose_jax.training.evaluation.make_predict_fn` can run
     it: the same flip test, decoding and loss as the JAX model (host-side, not jitted)."""
 
     def __init__(self, net):

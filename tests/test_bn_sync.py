@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from configs import default
-from kinpose_jax import config_checks, parallel, train
+from kinpose_jax import config_checks
+from kinpose_jax.training import parallel, train
 from kinpose_jax.models import build_pose_net
 
 

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from kinpose_jax import checkpointing
+from kinpose_jax.training import checkpointing
 
 
 def test_keeps_latest_n_and_the_best_by_val_loss(tmp_path):

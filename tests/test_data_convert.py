@@ -10,7 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from kinpose_jax.data import DataError, convert, h36m_format, records, render, synthetic
+from kinpose_jax import geometry
+from kinpose_jax.data import (DataError, convert, h36m_cache, h36m_layout, image_checks, matlab_meta, record_checks,
+                              records)
+from kinpose_jax.synthetic import h36m as synthetic, render
 from tests.test_data_fixtures import SMALL, synthetic_root
 
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -21,17 +24,17 @@ def test_layout_matches_the_seed():
     folders = sorted(os.listdir(os.path.join(hm36, "annot")))
     assert folders == ["s_01_act_02_subact_01_ca_01", "s_05_act_02_subact_01_ca_02", "s_09_act_02_subact_01_ca_01"]
     for f in folders:
-        meta = h36m_format.parse_matlab_meta(os.path.join(hm36, "annot", f, "matlab_meta.txt"))
+        meta = matlab_meta.parse_matlab_meta(os.path.join(hm36, "annot", f, "matlab_meta.txt"))
         assert meta.image_size == (SMALL["image_size"], SMALL["image_size"])
         for k in range(meta.num_frames):
             assert os.path.exists(os.path.join(hm36, "images", f, f"{f}_{k + 1:06d}.jpg"))
-    train = h36m_format.load_cache(os.path.join(hm36, "HM36_train_cache",
+    train = h36m_cache.load_cache(os.path.join(hm36, "HM36_train_cache",
                                                 "HM36_train_w256xh256_keypoint_db_sample8.pkl"))
-    valid = h36m_format.load_cache(h36m_format.find_cache(hm36, "validmin"))
+    valid = h36m_cache.load_cache(h36m_layout.find_cache(hm36, "validmin"))
     assert len(train) == 16 and len(valid) == 6
-    assert set(train[0]) == set(h36m_format.H36M_CACHE_KEYS)
+    assert set(train[0]) == set(h36m_cache.H36M_CACHE_KEYS)
     for i, rec in enumerate(train + valid):
-        h36m_format.validate_h36m_record(rec, i, "synthetic")
+        record_checks.validate_h36m_record(rec, i, "synthetic")
     # the person fills a reasonable part of the 2000 mm box: skeleton ~ 4 m of bones
     assert 3600 < np.mean([r["bone_len"] for r in train]) < 4700
 
@@ -55,7 +58,7 @@ def test_generator_is_deterministic_and_idempotent(tmp_path):
 
 def test_converted_records_match_the_cache_and_the_annotations(tmp_path):
     root = synthetic_root()
-    src = h36m_format.load_cache(h36m_format.find_cache(os.path.join(root, "hm36"), "train"))
+    src = h36m_cache.load_cache(h36m_layout.find_cache(os.path.join(root, "hm36"), "train"))
     shards = records.ShardedRecords(os.path.join(root, "records", "hm36_train"))
     assert len(shards) == len(src)
     info = shards.info
@@ -107,10 +110,10 @@ def test_projected_joints_land_on_the_rendered_limbs():
             else:
                 assert parts[v, u] != 0 and zbuf[v, u] < depth + 150.0, (i, j, parts[v, u])
         # negative control: with the rotation *not* transposed after reading, labels miss the limbs
-        meta = h36m_format.parse_matlab_meta(os.path.join(root, "hm36", "annot", folder, "matlab_meta.txt"))
+        meta = matlab_meta.parse_matlab_meta(os.path.join(root, "hm36", "annot", folder, "matlab_meta.txt"))
         world = meta.joints_world[frame, meta.joint_ids - 1]
         cam = (meta.rotation.T @ (world - meta.position).T).T
-        uv = h36m_format.project(cam, meta.focal, meta.center)
+        uv = geometry.project(cam, meta.focal, meta.center)
         for j in range(17):
             u, v = np.round(uv[j]).astype(int)
             wrong_convention += int(0 <= u < w and 0 <= v < h and parts[v, u] in render.JOINT_PARTS[j])
@@ -185,7 +188,7 @@ def test_convert_is_idempotent_and_resumes(tmp_path):
 def _bad_setup(tmp_path, n=6):
     """A cache of ``n`` train records with their images copied under tmp_path/images."""
     root = synthetic_root()
-    src = h36m_format.load_cache(h36m_format.find_cache(os.path.join(root, "hm36"), "train"))[:n]
+    src = h36m_cache.load_cache(h36m_layout.find_cache(os.path.join(root, "hm36"), "train"))[:n]
     images = tmp_path / "images"
     for rec in src:
         folder, name = rec["image"].split(os.sep)[-2:]
@@ -237,7 +240,7 @@ def _double_focal(rec):
     """The focal length doubled with labels that agree with it: only the camera's other records
     show it is wrong."""
     rec["fl"] = rec["fl"] * 2
-    rec["joints_3d"][:, :2] = h36m_format.project(rec["joints_3d_cam"], rec["fl"], rec["c_p"])
+    rec["joints_3d"][:, :2] = geometry.project(rec["joints_3d_cam"], rec["fl"], rec["c_p"])
 
 
 def _move_out_of_folder(rec, images):
@@ -259,7 +262,7 @@ def test_bad_inputs_raise_or_are_counted(tmp_path, case):
     mutate, pattern = BAD_CASES[case]
     mutate(recs, images)
     cache = str(tmp_path / "cache.pkl")
-    h36m_format.write_cache(cache, recs)
+    h36m_cache.write_cache(cache, recs)
     with pytest.raises(DataError, match=pattern):
         convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images, **QUIET)
     info = convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images,
@@ -275,7 +278,7 @@ def test_bad_inputs_raise_or_are_counted(tmp_path, case):
 
 def test_empty_cache_and_missing_dataset(tmp_path):
     cache = str(tmp_path / "empty.pkl")
-    h36m_format.write_cache(cache, [])
+    h36m_cache.write_cache(cache, [])
     with pytest.raises(DataError, match="holds no records"):
         convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, **QUIET)
     with pytest.raises(DataError, match="found neither a cache for set .train. .* nor annotations"):
@@ -305,7 +308,7 @@ def test_mpii_cache_converts_to_h36m_layout(tmp_path):
                      "center_y": rec["center_y"], "width": rec["width"], "height": rec["height"],
                      "flip_pairs": np.array(skeleton.MPII_FLIP_PAIRS), "joints_3d": joints, "joints_3d_vis": vis})
     cache = tmp_path / "mpii" / "mpii_train_cache" / "mpii_train.pkl"
-    h36m_format.write_cache(str(cache), mpii)
+    h36m_cache.write_cache(str(cache), mpii)
     info = convert.convert_mpii(str(tmp_path), "train", str(tmp_path / "out"), image_root=str(flat), **QUIET)
     assert info["num_records"] == 4 and info["dataset"] == "mpii"
     shards = records.ShardedRecords(str(tmp_path / "out" / "mpii_train"))
@@ -325,14 +328,14 @@ def test_dataset_info_records_camera_extrinsics(tmp_path):
     cams = synthetic.make_cameras(SMALL["seed"], SMALL["image_size"])
     assert info["cameras"] and "matlab_meta.txt" in info["camera_extrinsics"]
     for folder, cam in info["cameras"].items():
-        truth = cams[h36m_format.parse_folder_name(folder)[3] - 1]
+        truth = cams[h36m_layout.parse_folder_name(folder)[3] - 1]
         np.testing.assert_allclose(cam["rotation"], truth.rotation, atol=1e-11)
         np.testing.assert_allclose(cam["position"], truth.position, atol=1e-5)
         np.testing.assert_allclose(cam["fl"], truth.focal, atol=1e-5)
         np.testing.assert_allclose(cam["c_p"], truth.center, atol=1e-5)
     recs, images = _bad_setup(tmp_path, n=3)
     cache = str(tmp_path / "cache.pkl")
-    h36m_format.write_cache(cache, recs)
+    h36m_cache.write_cache(cache, recs)
     info = convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), cache=cache, image_root=images,
                                 **QUIET)
     assert info["cameras"] and all("rotation" not in c and "position" not in c for c in info["cameras"].values())
@@ -350,7 +353,7 @@ def test_skip_then_fix_images_needs_force(tmp_path, capsys):
     (documented as) a no-op, --force converts afresh and includes it."""
     recs, images = _bad_setup(tmp_path, n=4)
     cache = str(tmp_path / "cache.pkl")
-    h36m_format.write_cache(cache, recs)
+    h36m_cache.write_cache(cache, recs)
     missing = _image_file(images, recs[1])
     kept = open(missing, "rb").read()
     os.remove(missing)
@@ -389,7 +392,7 @@ def test_cli_crop_layout(tmp_path):
                                 resample=True, quality=90)
     rec = records.ShardedRecords(os.path.join(out, "hm36_validmin"))[0]
     full = records.ShardedRecords(os.path.join(synthetic_root(), "records", "hm36_validmin"))[0]
-    height, width = h36m_format.check_image_bytes(rec["image"], "crop")
+    height, width = image_checks.check_image_bytes(rec["image"], "crop")
     size = np.round(rec["crop_size"] * rec["crop_scale"]).astype(int)
     assert (width, height) == tuple(size) and width < full["image_size"][0]
     for key in ("center", "box_size", "joints_img", "joints_cam", "image_size", "fl", "c_p", "image_path"):
@@ -409,7 +412,7 @@ def test_lens_distortion_sized_label_offsets_are_accepted_and_the_limits_are_opt
         rec["joints_3d"][:, :2] += rng.uniform(-5, 5, size=(18, 2))
     recs[1]["joints_3d"][:, 0] += 300
     cache = str(tmp_path / "cache.pkl")
-    h36m_format.write_cache(cache, recs)
+    h36m_cache.write_cache(cache, recs)
     out = str(tmp_path / "out")
     with pytest.raises(DataError, match="record 1 .* 3\\d\\d.\\d px from the projection"):
         convert.convert_h36m(str(tmp_path), "train", out, cache=cache, image_root=images, **QUIET)
@@ -429,7 +432,7 @@ def test_a_bad_matlab_meta_header_is_an_error_even_with_a_cache(tmp_path, capsys
     """A missing header line is named by its real line number and the tag found there."""
     recs, images = _bad_setup(tmp_path, n=3)
     cache = str(tmp_path / "cache.pkl")
-    h36m_format.write_cache(cache, recs)
+    h36m_cache.write_cache(cache, recs)
     folder = recs[0]["image"].split(os.sep)[-2]
     src = os.path.join(synthetic_root(), "hm36", "annot", folder, "matlab_meta.txt")
     lines = open(src).read().splitlines()
@@ -453,7 +456,7 @@ def test_a_bad_matlab_meta_header_is_an_error_even_with_a_cache(tmp_path, capsys
 def test_several_caches_error_gives_a_command_that_exists(tmp_path):
     folder = tmp_path / "hm36" / "HM36_train_cache"
     for n in (8, 200):
-        h36m_format.write_cache(str(folder / f"HM36_train_w256xh256_keypoint_db_sample{n}.pkl"), [{}])
+        h36m_cache.write_cache(str(folder / f"HM36_train_w256xh256_keypoint_db_sample{n}.pkl"), [{}])
     with pytest.raises(DataError) as info:
         convert.convert_h36m(str(tmp_path), "train", str(tmp_path / "out"), **QUIET)
     text = str(info.value)

@@ -15,7 +15,8 @@ SMALL = dict(train_folders=2, frames_per_folder=8, valid_folders=1, valid_frames
 @functools.lru_cache(maxsize=None)
 def synthetic_root() -> str:
     """A generated + converted tiny synthetic set: ``<root>/hm36/...`` and ``<root>/records``."""
-    from kinpose_jax.data import convert, synthetic
+    from kinpose_jax.data import convert
+    from kinpose_jax.synthetic import h36m as synthetic
 
     root = tempfile.mkdtemp(prefix="kinpose_data_test_")
     atexit.register(shutil.rmtree, root, True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kinpose_jax import skeleton
-from kinpose_jax.data import DataError, h36m_format
+from kinpose_jax.data import DataError, h36m_cache, h36m_layout, image_checks, matlab_meta, record_checks
 
 
 def _record(rng=None) -> dict:
@@ -38,12 +38,12 @@ def test_loads_caches_written_with_numpy1(tmp_path, protocol):
     recs = [_record(np.random.default_rng(i)) for i in range(3)]
     path = tmp_path / "cache.pkl"
     path.write_bytes(_old_pickle(recs, protocol))
-    loaded = h36m_format.load_cache(str(path))
+    loaded = h36m_cache.load_cache(str(path))
     assert len(loaded) == 3
     for a, b in zip(recs, loaded):
         np.testing.assert_array_equal(a["joints_3d_cam"], b["joints_3d_cam"])
         assert a["image"] == b["image"]
-        out = h36m_format.validate_h36m_record(b, 0, "cache")
+        out = record_checks.validate_h36m_record(b, 0, "cache")
         np.testing.assert_array_equal(out["joints_img"], a["joints_3d"])
 
 
@@ -117,7 +117,7 @@ def _check_loaded(recs, loaded):
         for key in ("joints_3d", "joints_3d_vis", "joints_3d_cam", "pelvis", "fl", "c_p"):
             assert b[key].dtype == np.float64
             np.testing.assert_array_equal(b[key], a[key])
-        out = h36m_format.validate_h36m_record(b, i, "old cache")
+        out = record_checks.validate_h36m_record(b, i, "old cache")
         np.testing.assert_array_equal(out["center"], [float(a["center_x"]), float(a["center_y"])])
         np.testing.assert_array_equal(out["box_size"], [float(a["width"]), float(a["height"])])
         assert float(out["bone_len"]) == float(a["bone_len"])
@@ -137,7 +137,7 @@ def test_loads_python36_numpy1_protocol4_cache(tmp_path):
     assert blob.count(b"scalar") >= 1
     path = tmp_path / "HM36_train_w256xh256_keypoint_db_sample200.pkl"
     path.write_bytes(blob)
-    _check_loaded(recs, h36m_format.load_cache(str(path)))
+    _check_loaded(recs, h36m_cache.load_cache(str(path)))
 
 
 def test_loads_python2_latin1_cache(tmp_path):
@@ -154,7 +154,7 @@ def test_loads_python2_latin1_cache(tmp_path):
         pickle.loads(blob.replace(b"numpy.core", b"numpy._core"), encoding="ASCII")
     path = tmp_path / "py2.pkl"
     path.write_bytes(blob)
-    _check_loaded(recs, h36m_format.load_cache(str(path)))
+    _check_loaded(recs, h36m_cache.load_cache(str(path)))
 
 
 def test_cache_refuses_code_and_reports_bad_files(tmp_path):
@@ -165,21 +165,21 @@ def test_cache_refuses_code_and_reports_bad_files(tmp_path):
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps([Evil()]))
     with pytest.raises(DataError, match="refusing to load"):
-        h36m_format.load_cache(str(evil))
+        h36m_cache.load_cache(str(evil))
     empty = tmp_path / "empty.pkl"
     empty.write_bytes(pickle.dumps([]))
     with pytest.raises(DataError, match="holds no records"):
-        h36m_format.load_cache(str(empty))
+        h36m_cache.load_cache(str(empty))
     notlist = tmp_path / "dict.pkl"
     notlist.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(DataError, match="expected a list of dicts"):
-        h36m_format.load_cache(str(notlist))
+        h36m_cache.load_cache(str(notlist))
     garbage = tmp_path / "garbage.pkl"
     garbage.write_bytes(b"not a pickle at all")
     with pytest.raises(DataError, match="not a readable pickle"):
-        h36m_format.load_cache(str(garbage))
+        h36m_cache.load_cache(str(garbage))
     with pytest.raises(DataError, match="cannot read cache"):
-        h36m_format.load_cache(str(tmp_path / "missing.pkl"))
+        h36m_cache.load_cache(str(tmp_path / "missing.pkl"))
 
 
 @pytest.mark.parametrize("mutate, pattern", [
@@ -199,7 +199,7 @@ def test_validation_names_record_and_field(mutate, pattern):
     rec = _record()
     mutate(rec)
     with pytest.raises(DataError, match=pattern):
-        h36m_format.validate_h36m_record(rec, 7, "cache X")
+        record_checks.validate_h36m_record(rec, 7, "cache X")
 
 
 def test_mpii_record_maps_to_h36m_with_zero_depth_weight():
@@ -209,7 +209,7 @@ def test_mpii_record_maps_to_h36m_with_zero_depth_weight():
     vis[9] = 0  # head top unlabelled
     rec = {"image": "a/b.jpg", "center_x": 1.0, "center_y": 2.0, "width": 3.0, "height": 4.0,
            "flip_pairs": np.array(skeleton.MPII_FLIP_PAIRS), "joints_3d": joints, "joints_3d_vis": vis}
-    out = h36m_format.validate_mpii_record(rec, 0, "mpii")
+    out = record_checks.validate_mpii_record(rec, 0, "mpii")
     for h36m_j, mpii_j in enumerate(skeleton.MPII_TO_H36M):
         if mpii_j < 0:
             assert np.all(out["joints_vis"][h36m_j] == 0)
@@ -220,35 +220,35 @@ def test_mpii_record_maps_to_h36m_with_zero_depth_weight():
     assert out["joints_img"].shape == (18, 3)
     rec["joints_3d"] = joints[:15]
     with pytest.raises(DataError, match=r"record 0 field 'joints_3d': shape \(15, 3\), expected \(16, 3\)"):
-        h36m_format.validate_mpii_record(rec, 0, "mpii")
+        record_checks.validate_mpii_record(rec, 0, "mpii")
 
 
-def _meta(num_frames=3) -> h36m_format.MetaSequence:
+def _meta(num_frames=3) -> matlab_meta.MetaSequence:
     rng = np.random.default_rng(2)
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     q *= np.sign(np.linalg.det(q))
-    return h36m_format.MetaSequence(
+    return matlab_meta.MetaSequence(
         image_size=(1000, 1002), rotation=q, position=np.array([1000.0, -4000.0, 1500.0]),
         focal=np.array([1145.5, 1144.2]), center=np.array([512.3, 515.1]), radial=np.array([-0.2, 0.2, -0.003]),
-        tangential=np.array([-0.001, 0.002]), joint_ids=np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED),
+        tangential=np.array([-0.001, 0.002]), joint_ids=np.asarray(matlab_meta.H36M_32_TO_17_ONE_BASED),
         joints_world=rng.uniform(-1000, 1000, (num_frames, 32, 3)))
 
 
 def test_matlab_meta_roundtrip_and_camera_convention(tmp_path):
     meta = _meta()
     path = tmp_path / "matlab_meta.txt"
-    path.write_text(h36m_format.format_matlab_meta(meta))
+    path.write_text(matlab_meta.format_matlab_meta(meta))
     lines = path.read_text().splitlines()
     # line 2 holds R transposed, row-major (docs/DESIGN.md#matlab-meta): its first three numbers are R's first column
     np.testing.assert_allclose([float(v) for v in lines[2].split()[1:4]], meta.rotation[:, 0], atol=1e-6)
-    got = h36m_format.parse_matlab_meta(str(path))
+    got = matlab_meta.parse_matlab_meta(str(path))
     np.testing.assert_allclose(got.rotation, meta.rotation, atol=1e-6)
     np.testing.assert_allclose(got.joints_world, meta.joints_world, atol=1e-6)
     assert got.image_size == (1000, 1002) and got.num_frames == 3
     # an independent projection of frame 1's left wrist (mocap joint 20, one-based)
     p = meta.joints_world[1, 19]
     cam = meta.rotation @ (p - meta.position)
-    rec = h36m_format.meta_frame_record(got, 1, "x.jpg")
+    rec = matlab_meta.meta_frame_record(got, 1, "x.jpg")
     np.testing.assert_allclose(rec["joints_3d_cam"][13], cam, atol=1e-3)
     np.testing.assert_allclose(rec["joints_3d"][13, :2], cam[:2] / cam[2] * meta.focal + meta.center, atol=1e-3)
     np.testing.assert_allclose(rec["joints_3d_cam"][17], rec["joints_3d_cam"][[11, 14]].mean(0))  # thorax
@@ -260,16 +260,16 @@ def test_matlab_meta_roundtrip_and_camera_convention(tmp_path):
 
 
 def test_matlab_meta_errors_name_the_line(tmp_path):
-    text = h36m_format.format_matlab_meta(_meta(3)).splitlines()
+    text = matlab_meta.format_matlab_meta(_meta(3)).splitlines()
     bad = tmp_path / "m.txt"
     bad.write_text("\n".join(text[:-1]) + "\n")
     with pytest.raises(DataError, match="2 frame lines, but line 1 announces 3"):
-        h36m_format.parse_matlab_meta(str(bad))
+        matlab_meta.parse_matlab_meta(str(bad))
     broken = list(text)
     broken[10] = broken[10].rsplit(" ", 1)[0] + " nan_or_text"
     bad.write_text("\n".join(broken))
     with pytest.raises(DataError, match=r"line 11 \(frame 1 joints\)"):
-        h36m_format.parse_matlab_meta(str(bad))
+        matlab_meta.parse_matlab_meta(str(bad))
 
 
 @pytest.mark.parametrize("line, edit, expected, found", [
@@ -286,25 +286,25 @@ def test_matlab_meta_errors_name_the_line(tmp_path):
 def test_matlab_meta_lines_need_exactly_their_fields(tmp_path, line, edit, expected, found):
     """Extra (or missing) numbers on any line are an error naming file, line and counts — a
     line with extra numbers must never be read by keeping its last N numbers."""
-    text = h36m_format.format_matlab_meta(_meta(3)).splitlines()
+    text = matlab_meta.format_matlab_meta(_meta(3)).splitlines()
     text[line] = edit(text[line])
     path = tmp_path / "matlab_meta.txt"
     path.write_text("\n".join(text) + "\n")
     pattern = re.escape(str(path)) + rf" line {line + 1} \(.*\): found {found} fields, expected {expected}"
     with pytest.raises(DataError, match=pattern):
-        h36m_format.parse_matlab_meta(str(path))
+        matlab_meta.parse_matlab_meta(str(path))
 
 
 def test_matlab_meta_line_numbers_count_blank_lines(tmp_path):
-    text = h36m_format.format_matlab_meta(_meta(2)).splitlines()
+    text = matlab_meta.format_matlab_meta(_meta(2)).splitlines()
     text.insert(3, "")  # a blank line before the camera position: file line numbers shift by one
     text[4] += " 9"
     path = tmp_path / "matlab_meta.txt"
     path.write_text("\n".join(text) + "\n")
     with pytest.raises(DataError, match=r"line 5 \(camera position\): found 5 fields, expected 4"):
-        h36m_format.parse_matlab_meta(str(path))
+        matlab_meta.parse_matlab_meta(str(path))
     with pytest.raises(DataError, match=r"line 5 \(camera position\)"):
-        h36m_format.read_meta_camera(str(path))
+        matlab_meta.read_meta_camera(str(path))
 
 
 def test_read_meta_camera_reads_the_header():
@@ -314,8 +314,8 @@ def test_read_meta_camera_reads_the_header():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "matlab_meta.txt")
         with open(path, "w") as f:
-            f.write(h36m_format.format_matlab_meta(meta))
-        cam = h36m_format.read_meta_camera(path)
+            f.write(matlab_meta.format_matlab_meta(meta))
+        cam = matlab_meta.read_meta_camera(path)
     np.testing.assert_allclose(cam["rotation"], meta.rotation, atol=1e-11)
     np.testing.assert_allclose(cam["position"], meta.position, atol=1e-6)
     np.testing.assert_allclose(cam["focal"], meta.focal, atol=1e-6)
@@ -324,20 +324,20 @@ def test_read_meta_camera_reads_the_header():
 
 
 def test_names_and_rerooting():
-    assert h36m_format.folder_name(9, 2, 1, 4) == "s_09_act_02_subact_01_ca_04"
-    assert h36m_format.parse_folder_name("s_11_act_16_subact_02_ca_03") == (11, 16, 2, 3)
+    assert h36m_layout.folder_name(9, 2, 1, 4) == "s_09_act_02_subact_01_ca_04"
+    assert h36m_layout.parse_folder_name("s_11_act_16_subact_02_ca_03") == (11, 16, 2, 3)
     with pytest.raises(DataError):
-        h36m_format.parse_folder_name("s_11_act_16")
-    assert h36m_format.image_name("f", 0) == "f_000001.jpg"
+        h36m_layout.parse_folder_name("s_11_act_16")
+    assert h36m_layout.image_name("f", 0) == "f_000001.jpg"
     folder = "s_09_act_12_subact_02_ca_01"
-    assert h36m_format.parse_image_path(f"{folder}/{folder}_000123.jpg") == (folder, 122)
+    assert h36m_layout.parse_image_path(f"{folder}/{folder}_000123.jpg") == (folder, 122)
     with pytest.raises(DataError, match="abc.jpg"):
-        h36m_format.parse_image_path(f"{folder}/abc.jpg")
+        h36m_layout.parse_image_path(f"{folder}/abc.jpg")
     windows = r"D:\data\hm36\images\fold\f_000001.jpg"
-    assert h36m_format.reroot_image_path(windows, "/new", 2) == "/new/fold/f_000001.jpg"
-    assert h36m_format.reroot_image_path("/x/mpii/images/abc.jpg", "/m", 1) == "/m/abc.jpg"
-    np.testing.assert_array_equal(h36m_format.sample_frames(10, 5), [0, 2, 4, 6, 8])
-    np.testing.assert_array_equal(h36m_format.sample_frames(3, -1), [0, 1, 2])
+    assert h36m_layout.reroot_image_path(windows, "/new", 2) == "/new/fold/f_000001.jpg"
+    assert h36m_layout.reroot_image_path("/x/mpii/images/abc.jpg", "/m", 1) == "/m/abc.jpg"
+    np.testing.assert_array_equal(h36m_layout.sample_frames(10, 5), [0, 2, 4, 6, 8])
+    np.testing.assert_array_equal(h36m_layout.sample_frames(3, -1), [0, 1, 2])
 
 
 def test_image_checks():
@@ -345,13 +345,13 @@ def test_image_checks():
 
     ok, buf = cv2.imencode(".jpg", np.full((20, 30, 3), 90, np.uint8))
     data = buf.tobytes()
-    assert h36m_format.check_image_bytes(data, "img") == (20, 30)
+    assert image_checks.check_image_bytes(data, "img") == (20, 30)
     with pytest.raises(DataError, match="img: JPEG data is truncated"):
-        h36m_format.check_image_bytes(data[: len(data) // 2], "img")
+        image_checks.check_image_bytes(data[: len(data) // 2], "img")
     with pytest.raises(DataError, match="img: empty image file"):
-        h36m_format.check_image_bytes(b"", "img")
+        image_checks.check_image_bytes(b"", "img")
     with pytest.raises(DataError, match="img: image data cannot be decoded"):
-        h36m_format.check_image_bytes(b"\x89PNG garbage" * 10, "img")
+        image_checks.check_image_bytes(b"\x89PNG garbage" * 10, "img")
 
 
 def _jpeg(shape=(24, 32), progressive=False, seed=0):
@@ -373,23 +373,36 @@ def _with_exif_thumbnail(main: bytes, thumb: bytes) -> bytes:
 def test_jpeg_completeness_trailing_bytes_and_thumbnails():
     for progressive in (False, True):
         data = _jpeg(progressive=progressive)
-        assert h36m_format.jpeg_is_complete(data)
+        assert image_checks.jpeg_is_complete(data)
         # cut anywhere before the final end-of-image marker: truncated
-        assert not any(h36m_format.jpeg_is_complete(data[:k]) for k in range(len(data) - 1))
+        assert not any(image_checks.jpeg_is_complete(data[:k]) for k in range(len(data) - 1))
         with pytest.raises(DataError, match="JPEG data is truncated"):
-            h36m_format.check_image_bytes(data[:-1], "img")
+            image_checks.check_image_bytes(data[:-1], "img")
         # bytes after the end-of-image marker (padding, junk, even marker-like bytes): complete
         for tail in (b"\x00" * 7, b"some trailing junk", b"\xff\xd8\xff\xda\x00\x05junk", b"\xff"):
-            assert h36m_format.check_image_bytes(data + tail, "img") == (24, 32)
+            assert image_checks.check_image_bytes(data + tail, "img") == (24, 32)
     # an EXIF thumbnail carries its own EOI: the main image cut mid-scan is still truncated
     thumb = _jpeg((8, 8), seed=1)
     main = _jpeg(seed=2)
     full = _with_exif_thumbnail(main, thumb)
-    assert h36m_format.check_image_bytes(full, "img") == (24, 32)
+    assert image_checks.check_image_bytes(full, "img") == (24, 32)
     assert b"\xff\xd9" in full[: len(full) // 2]  # the thumbnail's EOI lies in the first half
     cut = full[: len(full) - len(main) // 3]
-    assert not h36m_format.jpeg_is_complete(cut)
+    assert not image_checks.jpeg_is_complete(cut)
     with pytest.raises(DataError, match="img: JPEG data is truncated"):
-        h36m_format.check_image_bytes(cut, "img")
+        image_checks.check_image_bytes(cut, "img")
     with pytest.raises(DataError, match="img: JPEG data is truncated"):
-        h36m_format.check_image_bytes(cut + b"junk", "img")
+        image_checks.check_image_bytes(cut + b"junk", "img")
+
+
+def test_a_large_jpeg_missing_only_its_end_marker_is_truncated():
+    """The last two bytes (the end-of-image marker) of a 1000 x 1000 baseline JPEG lost: OpenCV still
+    decodes it and Pillow's ``Image.load()`` accepts it, so only the marker walk catches it."""
+    import cv2
+
+    img = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    assert cv2.imdecode(np.frombuffer(data[:-2], np.uint8), cv2.IMREAD_COLOR) is not None
+    assert image_checks.check_image_bytes(data, "img") == (1000, 1000)
+    with pytest.raises(DataError, match="img: JPEG data is truncated"):
+        image_checks.check_image_bytes(data[:-2], "img")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kinpose_jax import skeleton
-from kinpose_jax.data import augment, h36m_format, pipeline, records
+from kinpose_jax.data import augment, h36m_layout, pipeline, records
 from tests.test_data_fixtures import synthetic_root
 
 MEAN = np.array([123.675, 116.28, 103.53])
@@ -329,8 +329,8 @@ def test_eval_padding_counts_every_sample_once():
     frame = np.concatenate([b["frame"] for b in batches])
     for i in range(n):
         folder, name = shards[i]["image_path"].split("/")
-        assert h36m_format.folder_name(*seq[i].tolist()) == folder
-        assert h36m_format.image_name(folder, int(frame[i])) == name
+        assert h36m_layout.folder_name(*seq[i].tolist()) == folder
+        assert h36m_layout.image_name(folder, int(frame[i])) == name
     assert np.all(seq[n:] == -1) and np.all(frame[n:] == -1)
     # across 2 processes the union is the same, each sample valid exactly once
     seen = []

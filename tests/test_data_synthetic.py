@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from kinpose_jax.data import DataError, convert, h36m_format, records, synthetic
+from kinpose_jax.data import DataError, convert, h36m_layout, records
+from kinpose_jax.synthetic import h36m as synthetic
 
 QUIET = dict(progress=False, log=lambda *_: None)
 TINY = dict(train_folders=2, frames_per_folder=3, valid_folders=1, valid_frames_per_folder=2, image_size=64, seed=1)
@@ -101,7 +102,7 @@ def test_force_regenerates_identically(tmp_path):
     before = meta.read_bytes()
     synthetic.generate(root, log=lambda *_: None, force=True, **TINY)
     assert meta.read_bytes() == before
-    cache = h36m_format.find_cache(str(tmp_path / "hm36"), "train")
+    cache = h36m_layout.find_cache(str(tmp_path / "hm36"), "train")
     assert cache.endswith("sample3.pkl")
 
 

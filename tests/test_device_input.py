@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from kinpose_jax import evaluation, parallel, train
+from kinpose_jax.training import evaluation, parallel, train
 from kinpose_jax.data import pipeline
 from tests.test_data_pipeline import MEAN, STD, _cfg, _same, _take
 

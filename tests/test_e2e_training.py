@@ -46,7 +46,7 @@ def last_by_step(rows, kind, key):
 
 
 def test_training_on_four_devices_learns_and_reports(tmp_path, data_root, capsys):
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     assert jax.device_count() == 4
     workdir = str(tmp_path / "run")
@@ -78,7 +78,7 @@ def test_training_on_four_devices_learns_and_reports(tmp_path, data_root, capsys
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root):
     """The uninterrupted reference runs in-process; main.py (4 simulated devices like this process,
     the same global batch) is SIGKILLed mid-epoch and restarted."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     common = dict(num_epochs=3, per_device_batch_size=1, log_every_steps=1, checkpoint_every_steps=3,
                   eval_every_epochs=3)
@@ -113,7 +113,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, capsys):
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = str(tmp_path / "nan")
     config = tiny_config(data_root, num_epochs=2, per_device_batch_size=1, checkpoint_every_steps=1,
@@ -137,7 +137,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 
 
 def test_a_non_finite_gradient_norm_stops_training_too():
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     class Manager:
         def latest_step(self):
@@ -162,7 +162,7 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
     """main.py launched as 2 jax.distributed processes (2 CPU devices each, gloo collectives)
     gives the losses and evaluation of this process with its 4 devices: same global batches, BN
     over the global batch, each process evaluating its own rows and the sums added over processes."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     common = dict(num_epochs=1, steps_per_epoch=3, per_device_batch_size=2, log_every_steps=1,
                   checkpoint_every_steps=2, save_predictions=True)
@@ -204,7 +204,7 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
 
 
 def test_resume_with_another_global_batch_is_refused(tmp_path, data_root):
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(tiny_config(data_root, num_epochs=1, steps_per_epoch=1, per_device_batch_size=1), workdir)
@@ -217,7 +217,7 @@ def test_eval_mode_takes_a_checkpoint_converted_from_pytorch(tmp_path, data_root
     """The converter's command line (a subprocess), then --mode=eval's evaluation in-process."""
     import torch
 
-    from kinpose_jax import train
+    from kinpose_jax.training import train
     from tests import torch_pose_reference as ref
 
     net = ref.randomize(ref.build(18, "integral", num_joints=18, depth_bins=8, filters=32, num_layers=1)).eval()

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kinpose_jax import evaluation, metrics, skeleton
+from kinpose_jax import metrics, skeleton
+from kinpose_jax.training import evaluation
 
 
 class MirrorSensitiveModel:
@@ -148,7 +149,8 @@ def test_summed_over_processes_in_one_process_keeps_every_number_and_prediction(
 @pytest.fixture(scope="module")
 def four_sequence_records(tmp_path_factory):
     """A tiny synthetic set whose validation holds 4 sequences (2 subjects, 4 cameras), 3 frames each."""
-    from kinpose_jax.data import convert, synthetic
+    from kinpose_jax.data import convert
+    from kinpose_jax.synthetic import h36m as synthetic
 
     root = str(tmp_path_factory.mktemp("synthetic_eval"))
     synthetic.generate(root, train_folders=1, frames_per_folder=2, valid_folders=4, valid_frames_per_folder=3,
@@ -159,8 +161,9 @@ def four_sequence_records(tmp_path_factory):
 
 def test_saved_predictions_recompute_the_written_tables(four_sequence_records, tmp_path, capsys):
     from configs import default
-    from kinpose_jax import evaluate_predictions, parallel, train
-    from kinpose_jax.data import h36m_format, pipeline, records
+    from kinpose_jax import evaluate_predictions
+    from kinpose_jax.training import parallel, train
+    from kinpose_jax.data import h36m_layout, pipeline, records
 
     config = default.get_config()
     config.data.patch_size = 32
@@ -190,9 +193,9 @@ def test_saved_predictions_recompute_the_written_tables(four_sequence_records, t
     assert saved["image_index"].tolist() == list(range(12))
     for i in range(12):
         rec = src[i]
-        assert "/".join([saved["folder"][i], h36m_format.image_name(saved["folder"][i], int(saved["frame"][i]))]) \
+        assert "/".join([saved["folder"][i], h36m_layout.image_name(saved["folder"][i], int(saved["frame"][i]))]) \
             == rec["image_path"]
-        assert h36m_format.parse_folder_name(saved["folder"][i]) == (
+        assert h36m_layout.parse_folder_name(saved["folder"][i]) == (
             saved["subject"][i], saved["action"][i], saved["subaction"][i], saved["camera"][i])
         np.testing.assert_allclose(saved["gt_cam"][i], rec["joints_cam"], rtol=1e-6)
 
@@ -266,7 +269,7 @@ def test_device_metrics_of_a_sharded_batch_equal_the_host_computation():
     """make_eval_step's decoding and metrics (jitted, batch sharded over the 4 devices) give the
     numbers of the host computation, to float32 precision; padding rows are dropped by the host."""
     from configs import default
-    from kinpose_jax import parallel, train
+    from kinpose_jax.training import parallel, train
 
     patch, b = 32, 8
     px_true, camera = camera_batch(5, b, patch)
@@ -330,7 +333,7 @@ def small_eval_setup(records_root, save_predictions=True, num_vis=0, per_device_
     """(config, data, mesh, variables) for the 12-frame set; at a global batch of 8 (the default)
     the second (last) batch holds 4 records and 4 padding rows."""
     from configs import default
-    from kinpose_jax import parallel
+    from kinpose_jax.training import parallel
     from kinpose_jax.data import pipeline
 
     config = default.get_config()
@@ -350,7 +353,7 @@ def small_eval_setup(records_root, save_predictions=True, num_vis=0, per_device_
 def test_an_evaluation_with_a_padded_last_batch_compiles_one_program(four_sequence_records, tmp_path):
     """Every batch (the padded last one too) runs the one compiled evaluation step; nothing else
     compiles (no eager metric ops on host arrays), and a second evaluation compiles nothing."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     config, data, mesh, variables = small_eval_setup(four_sequence_records)
     model = MirrorSensitiveModel()
@@ -369,7 +372,7 @@ def test_an_evaluation_with_a_padded_last_batch_compiles_one_program(four_sequen
 def test_results_are_read_back_after_the_next_batch_is_dispatched(four_sequence_records, tmp_path, monkeypatch):
     """Batch k's results are copied to the host while batch k+1 runs: evaluate starts the copy of
     each result it needs at dispatch, and reads batch k back only after dispatching batch k+1."""
-    from kinpose_jax import parallel, train
+    from kinpose_jax.training import parallel, train
 
     config, data, mesh, variables = small_eval_setup(four_sequence_records, save_predictions=False,
                                                      per_device_batch=1)  # 3 batches of 4
@@ -497,7 +500,7 @@ def test_crop_layout_evaluates_like_the_full_layout(data_root, tmp_path):
     every image (measured: 0.05 px spread, 2e-5 px between layouts), which would agree whatever the
     patches held. These joints spread over the images and move when the patch content moves: a
     one-pixel shift of the patches moves them several times more than the two layouts differ."""
-    from kinpose_jax import parallel, train
+    from kinpose_jax.training import parallel, train
     from kinpose_jax.data import augment, pipeline, records, setup
     from tests.tiny_problem import tiny_config
 

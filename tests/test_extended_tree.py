@@ -89,7 +89,7 @@ def test_the_toes_are_predicted_but_not_supervised():
     """The loss sees only the 18 dataset joints: its gradient on the fc columns of the ankle
     flexions (which move only the toes) is exactly zero, while the spine's columns (which move
     the torso) get a gradient."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     model, variables = _kinematic_model(EXTENDED)
     rng = np.random.default_rng(0)
@@ -191,7 +191,7 @@ def tiny_extended_config(data_root, **overrides):  # noqa: F811
 
 
 def test_training_with_the_extended_tree_checkpoints_resumes_and_evaluates(tmp_path, data_root, capsys):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     devices = jax.device_count()
     workdir = str(tmp_path / "extended")

@@ -32,7 +32,7 @@ def tiny_config(root, **overrides):
 
 
 def train_losses(workdir):
-    from kinpose_jax import reporting
+    from kinpose_jax.training import reporting
 
     return {r["step"]: r["loss"] for r in reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
             if r["kind"] == "train"}
@@ -41,7 +41,7 @@ def train_losses(workdir):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_root):  # noqa: F811
     """A finished 2-step run with checkpoints at steps 1 and 2 (copy it before changing it)."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = str(tmp_path_factory.mktemp("finished") / "run")
     train.train_and_evaluate(tiny_config(data_root), workdir)
@@ -58,7 +58,7 @@ def copy_run(finished_run, tmp_path):
 # ------------------------------------------------------------------------------------------ 6
 def test_an_update_that_makes_the_parameters_non_finite_is_never_saved(tmp_path, data_root):  # noqa: F811
     """lr 1e39 is inf in float32: step 1's loss is finite but its updated parameters are not."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = str(tmp_path / "run")
     with pytest.raises(train.NonFiniteLossError) as info:
@@ -72,7 +72,7 @@ def test_an_update_that_makes_the_parameters_non_finite_is_never_saved(tmp_path,
 def test_the_train_step_reports_a_non_finite_state_after_a_finite_loss():
     """The step checks the state it returns, not only its loss: finite parameters and a finite
     loss, but one inf in the optimizer's first moment makes the updated parameters NaN."""
-    from kinpose_jax import train
+    from kinpose_jax.training import train
     from tests.tiny_problem import tiny_problem
 
     config, model, tx, schedule, batch = tiny_problem("direct")
@@ -125,7 +125,7 @@ def _largest_file(folder):
 ])
 def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_continues_from_the_previous(
         finished_run, tmp_path, capsys, data_root, target, how):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = copy_run(finished_run, tmp_path)
     latest = os.path.join(workdir, "checkpoints", "2")
@@ -152,7 +152,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_continues_from_the_p
 
 
 def test_when_no_checkpoint_restores_the_run_stops_naming_each(finished_run, tmp_path, data_root):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = copy_run(finished_run, tmp_path)
     for step in ("1", "2"):
@@ -166,7 +166,7 @@ def test_when_no_checkpoint_restores_the_run_stops_naming_each(finished_run, tmp
 
 
 def test_eval_mode_skips_a_damaged_best_checkpoint(finished_run, tmp_path, capsys, data_root):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = copy_run(finished_run, tmp_path)
     for folder, _, files in os.walk(os.path.join(workdir, "checkpoints", "2", "state")):
@@ -179,7 +179,7 @@ def test_eval_mode_skips_a_damaged_best_checkpoint(finished_run, tmp_path, capsy
 
 # ------------------------------------------------------------------------------------------ 8
 def test_unreadable_metrics_lines_are_skipped_with_a_warning(tmp_path, caplog):
-    from kinpose_jax import reporting
+    from kinpose_jax.training import reporting
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "kind": "train", "loss": 2.0}, {"step": 2, "kind": "eval", "val_loss": 1.5, "mpjpe": 300.0}]
@@ -198,7 +198,7 @@ def test_unreadable_metrics_lines_are_skipped_with_a_warning(tmp_path, caplog):
 def test_a_second_run_in_a_locked_workdir_is_refused_naming_the_holder(tmp_path, data_root):  # noqa: F811
     import socket
 
-    from kinpose_jax import checkpointing, train
+    from kinpose_jax.training import checkpointing, train
 
     workdir = str(tmp_path / "run")
     fd = checkpointing.lock_workdir(workdir)
@@ -214,7 +214,7 @@ def test_a_second_run_in_a_locked_workdir_is_refused_naming_the_holder(tmp_path,
 
 def test_the_lock_of_a_dead_run_is_not_stale(tmp_path):
     """A killed holder's lock goes with it (the process boundary is the point here)."""
-    from kinpose_jax import checkpointing
+    from kinpose_jax.training import checkpointing
 
     workdir = str(tmp_path / "run")
     code = ("import os, sys; from kinpose_jax import checkpointing; checkpointing.lock_workdir(sys.argv[1]); "
@@ -239,7 +239,7 @@ def test_the_lock_of_a_dead_run_is_not_stale(tmp_path):
 ])
 def test_a_resume_that_cannot_continue_the_run_is_refused_in_one_line(finished_run, tmp_path, data_root,
                                                                      key, value, message):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = copy_run(finished_run, tmp_path)
     with pytest.raises(train.CheckpointMismatchError) as info:
@@ -252,7 +252,7 @@ def test_a_resume_that_cannot_continue_the_run_is_refused_in_one_line(finished_r
 # ------------------------------------------------------------------------------------------ 12
 def test_a_failed_save_stops_the_run_in_one_line_and_leaves_no_partial_checkpoint(tmp_path, data_root,
                                                                                   monkeypatch):  # noqa: F811
-    from kinpose_jax import checkpointing, train
+    from kinpose_jax.training import checkpointing, train
 
     calls = []
     original = grain.PyGrainCheckpointHandler.save
@@ -275,7 +275,7 @@ def test_a_failed_save_stops_the_run_in_one_line_and_leaves_no_partial_checkpoin
 
 
 def test_an_unwritable_workdir_is_one_line_naming_it(tmp_path, data_root):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -287,7 +287,7 @@ def test_an_unwritable_workdir_is_one_line_naming_it(tmp_path, data_root):  # no
 
 
 def test_eval_of_an_empty_workdir_creates_nothing(tmp_path, data_root):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = tmp_path / "empty"
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
@@ -297,7 +297,7 @@ def test_eval_of_an_empty_workdir_creates_nothing(tmp_path, data_root):  # noqa:
 
 # ------------------------------------------------------------------------------------------ 15
 def test_restarting_a_finished_run_says_so_and_does_nothing(finished_run, tmp_path, capsys, data_root):  # noqa: F811
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     workdir = copy_run(finished_run, tmp_path)
     before = sorted(os.listdir(os.path.join(workdir, "eval")))

@@ -12,7 +12,7 @@ def test_every_library_module_imports_with_torch_and_tensorflow_blocked():
     import kinpose_jax
 
     names = sorted(m.name for m in pkgutil.walk_packages(kinpose_jax.__path__, "kinpose_jax."))
-    assert "kinpose_jax.train" in names and "kinpose_jax.kinematics.fk" in names
+    assert "kinpose_jax.training.train" in names and "kinpose_jax.kinematics.fk" in names
     code = (
         "import sys, importlib\n"
         "for blocked in ('torch', 'tensorflow', 'tensorflow_datasets', 'torchvision'):\n"

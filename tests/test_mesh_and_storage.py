@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
-from kinpose_jax import parallel
+from kinpose_jax.training import parallel
 from kinpose_jax.data import DataError, setup
 from tests.tiny_problem import tiny_config
 
@@ -83,7 +83,7 @@ def fake_bucket(tmp_path, monkeypatch):
 
 
 def test_checkpoint_housekeeping_in_a_gs_workdir(fake_bucket):
-    from kinpose_jax import checkpointing
+    from kinpose_jax.training import checkpointing
 
     workdir = "gs://bucket/run"
     assert checkpointing.lock_workdir(workdir) is None  # no flock on object stores
@@ -103,7 +103,7 @@ def test_checkpoint_housekeeping_in_a_gs_workdir(fake_bucket):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorboardX GCS writer __del__
 def test_metrics_reports_and_plots_in_a_gs_workdir(fake_bucket, caplog):
-    from kinpose_jax import reporting
+    from kinpose_jax.training import reporting
 
     workdir = "gs://bucket/run"
     writer = reporting.MetricWriter(workdir)  # tensorboardX has no gs:// writer here: a warning, no events
@@ -133,7 +133,7 @@ def test_records_on_a_bucket_are_refused_naming_the_path(tmp_path):
 
 
 def test_saved_predictions_in_a_gs_workdir(fake_bucket):
-    from kinpose_jax import evaluation
+    from kinpose_jax.training import evaluation
 
     rng = np.random.default_rng(0)
     preds = {"image_index": np.arange(3), "sequence": np.asarray([[9, 2, 1, 1], [9, 2, 1, 2], [11, 3, 2, 4]]),

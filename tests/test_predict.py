@@ -67,7 +67,7 @@ def perturbed(params, std=0.05):
 def make_workdir(path, data_root, head="integral"):  # noqa: F811
     """A workdir as main.py leaves it (config.json, an orbax checkpoint of the train state), with
     weights randomized so that the predictions differ clearly from image to image."""
-    from kinpose_jax import checkpointing, parallel, train
+    from kinpose_jax.training import checkpointing, parallel, train
     from kinpose_jax.models import build_pose_net
 
     config = tiny_config(data_root, head)
@@ -225,7 +225,7 @@ def test_export_reloads_in_a_fresh_process_with_the_live_outputs(tmp_path, data_
     """The exported function, loaded by load_exported in a new process, gives the live model's
     outputs for batch sizes 3 and 1. The kinematic case uses the extended example tree: forward
     kinematics under a symbolic batch, and its tree joints are exported too."""
-    from kinpose_jax import evaluation
+    from kinpose_jax.training import evaluation
     from kinpose_jax.models import build_pose_net, init_variables
 
     config = tiny_config(data_root, head)

@@ -203,7 +203,7 @@ def test_older_torchvision_conversion_with_a_saved_head_fills_only_the_backbone(
 def test_eval_mode_refuses_an_imagenet_backbone_conversion(imagenet, tmp_path):
     """--mode=eval --checkpoint=<ImageNet conversion> would evaluate a random head: refused."""
     from configs import default
-    from kinpose_jax import train
+    from kinpose_jax.training import train
 
     _, out, _ = imagenet
     config = default.get_config()

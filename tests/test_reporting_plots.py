@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from kinpose_jax import reporting  # noqa: E402
+from kinpose_jax.training import reporting  # noqa: E402
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from kinpose_jax import parallel, train
+from kinpose_jax.training import parallel, train
 from tests.tiny_problem import tiny_problem
 
 STEPS = 3

@@ -7,7 +7,7 @@ import numpy as np
 def tiny_problem(head: str = "integral"):
     """Returns (config, model, tx, schedule, batch) for a ResNet-18 at 64x64, global batch 8."""
     from configs import default
-    from kinpose_jax import train
+    from kinpose_jax.training import train
     from kinpose_jax.models import build_pose_net
 
     config = default.get_config()

@@ -27,12 +27,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kinpose_jax import skeleton
-from kinpose_jax.data import DataError, h36m_format, records
+from kinpose_jax import geometry, skeleton
+from kinpose_jax.data import (DataError, h36m_cache, h36m_layout, image_checks, matlab_meta, record_checks,
+                              records)
 
 PROGRESS_FILE = ".progress.json"
 #: The plausibility limits of :func:`prepare_record` by default (see ``convert_records``).
-DEFAULT_LIMITS = dict(max_box_scale=h36m_format.MAX_BOX_SCALE, max_reprojection_px=h36m_format.MAX_REPROJECTION_PX)
+DEFAULT_LIMITS = dict(max_box_scale=record_checks.MAX_BOX_SCALE, max_reprojection_px=record_checks.MAX_REPROJECTION_PX)
 
 
 def crop_layout(patch_size: int = 256, scale_factor: float = 0.25, rotation_factor: float = 30.0,
@@ -79,20 +80,20 @@ def prepare_record(task: tuple) -> tuple:
     """Validates one raw cache record and reads its image (runs in worker processes).
 
     ``task`` = (kind "h36m"|"mpii", raw record dict, source index, source description, image
-    root, path components kept when re-rooting, :func:`~kinpose_jax.data.h36m_format.check_plausible`
+    root, path components kept when re-rooting, :func:`~kinpose_jax.data.record_checks.check_plausible`
     limits, crop layout or None). Returns ("ok", source_index, record dict — the
     :mod:`~kinpose_jax.data.records` fields except ``index``) or ("error", source_index, message
     naming the record, its image and the field)."""
     kind, raw, source_index, source, image_root, keep, limits, crop = task
     try:
-        validate = h36m_format.validate_h36m_record if kind == "h36m" else h36m_format.validate_mpii_record
+        validate = record_checks.validate_h36m_record if kind == "h36m" else record_checks.validate_mpii_record
         rec = validate(raw, source_index, source)
         try:
-            path = h36m_format.reroot_image_path(rec["image"], image_root, keep)
+            path = h36m_layout.reroot_image_path(rec["image"], image_root, keep)
         except DataError as err:
             raise DataError(f"{source} record {source_index} field 'image': {err}") from None
         where = f"{source} record {source_index} field 'image' ({path})"
-        if kind == "h36m" and not h36m_format.is_folder_name(os.path.basename(os.path.dirname(path))):
+        if kind == "h36m" and not h36m_layout.is_folder_name(os.path.basename(os.path.dirname(path))):
             raise DataError(f"{where}: folder {os.path.basename(os.path.dirname(path))!r} is not a sequence folder "
                             f"s_SS_act_AA_subact_BB_ca_CC (cache path {rec['image']!r}; expected .../<folder>/<file>)")
         try:
@@ -103,8 +104,8 @@ def prepare_record(task: tuple) -> tuple:
                             f"{image_root!r}; pass --image_root)") from None
         except OSError as err:
             raise DataError(f"{where}: cannot read the image: {err}") from err
-        height, width = h36m_format.check_image_bytes(data, where)
-        h36m_format.check_plausible(rec, (width, height), f"{source} record {source_index} (image {path})",
+        height, width = image_checks.check_image_bytes(data, where)
+        record_checks.check_plausible(rec, (width, height), f"{source} record {source_index} (image {path})",
                                     max_box_scale=limits["max_box_scale"],
                                     max_reprojection_px=limits["max_reprojection_px"] if kind == "h36m" else None)
         out = {k: v for k, v in rec.items() if k != "image"}
@@ -170,7 +171,7 @@ def _camera_extrinsics(cams: dict[str, dict], annot_dir: str | None) -> list[str
         path = os.path.join(annot_dir, folder, "matlab_meta.txt")
         if not os.path.exists(path):
             continue
-        meta = h36m_format.read_meta_camera(path)
+        meta = matlab_meta.read_meta_camera(path)
         same = np.allclose(meta["focal"], cam["fl"], atol=1e-3) and np.allclose(meta["center"], cam["c_p"], atol=1e-3)
         if not same:
             problems.append(f"{path}: intrinsics {meta['focal']} {meta['center']} differ from the records' fl "
@@ -197,7 +198,7 @@ def _check_headers(raw_records: Sequence[dict], annot_dir: str | None) -> None:
     for folder in sorted({f for f in map(_folder_of, raw_records) if f is not None}):
         path = os.path.join(annot_dir, folder, "matlab_meta.txt")
         if os.path.exists(path):
-            h36m_format.read_meta_camera(path)
+            matlab_meta.read_meta_camera(path)
 
 
 def _camera_disagreements(raw_records: Sequence[dict], source: str) -> dict[int, str]:
@@ -243,7 +244,7 @@ def _summaries(kind: str, per_record: list[dict], annot_dir: str | None = None) 
             folder = r["image_path"].split("/")[0]
             cams.setdefault(folder, {"fl": r["fl"].tolist(), "c_p": r["c_p"].tolist(),
                                      "image_size": r["image_size"].tolist()})
-            uv = h36m_format.project(r["joints_cam"], r["fl"], r["c_p"])
+            uv = geometry.project(r["joints_cam"], r["fl"], r["c_p"])
             reproj = max(reproj, float(np.abs(uv - r["joints_img"][:, :2]).max()))
             depth = max(depth, float(np.abs(r["joints_cam"][:, 2] - r["pelvis"][2] - r["joints_img"][:, 2]).max()))
         problems = _camera_extrinsics(cams, annot_dir)
@@ -277,8 +278,8 @@ def convert_records(
     progress: bool = True,
     force: bool = False,
     annot_dir: str | None = None,
-    max_box_scale: float = h36m_format.MAX_BOX_SCALE,
-    max_reprojection_px: float = h36m_format.MAX_REPROJECTION_PX,
+    max_box_scale: float = record_checks.MAX_BOX_SCALE,
+    max_reprojection_px: float = record_checks.MAX_REPROJECTION_PX,
     crop: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -290,7 +291,7 @@ def convert_records(
     (cache hash) and the options, not the image files. ``annot_dir``: ``hm36/annot`` whose
     ``matlab_meta.txt`` headers give the cameras' rotation and position for dataset_info.json
     (a header that cannot be read is an error). ``max_box_scale``, ``max_reprojection_px``:
-    plausibility limits (:func:`~kinpose_jax.data.h36m_format.check_plausible`); besides, every
+    plausibility limits (:func:`~kinpose_jax.data.record_checks.check_plausible`); besides, every
     Human3.6M record must have the ``fl`` / ``c_p`` of the other records of its sequence folder.
     ``crop``: :func:`crop_layout` to store patch-sized crops (None: the original image files)."""
     if kind not in ("h36m", "mpii"):
@@ -405,7 +406,7 @@ def convert_records(
                       "flip_pairs": [list(p) for p in skeleton.H36M_FLIP_PAIRS],
                       "parent_ids": list(skeleton.H36M_PARENT_IDS)},
         "source_joint_set": "h36m18" if kind == "h36m" else "mpii16 (mapped to h36m18, depth weight 0)",
-        "box_mm": h36m_format.BOX_MM,
+        "box_mm": skeleton.BOX_MM,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     info.update(_summaries(kind, summaries, annot_dir))
@@ -467,21 +468,21 @@ def convert_h36m(
     if source not in ("auto", "cache", "annotations"):
         raise ValueError(f"source must be auto, cache or annotations, got {source!r}")
     if cache is None and source != "annotations":
-        cache = h36m_format.find_cache(hm36, image_set)
+        cache = h36m_layout.find_cache(hm36, image_set)
         if cache is None and source == "cache":
             raise DataError(f"no cache for set {image_set!r} under {hm36}/HM36_{image_set}_cache")
     if cache is not None and source != "annotations":
-        raw = h36m_format.load_cache(cache)
+        raw = h36m_cache.load_cache(cache)
         desc, digest = f"cache {cache}", _sha256_files([cache])
     else:
         if not os.path.isdir(os.path.join(hm36, "annot")):
             raise DataError(f"found neither a cache for set {image_set!r} ({hm36}/HM36_{image_set}_cache/*.pkl) nor "
                             f"annotations ({hm36}/annot/*/matlab_meta.txt); check the data root")
-        subjects = h36m_format.subjects_of_set(image_set)
-        n = sample if sample is not None else h36m_format.SET_SAMPLES.get(image_set, -1)
-        raw = h36m_format.records_from_annotations(hm36, subjects, n)
+        subjects = h36m_layout.subjects_of_set(image_set)
+        n = sample if sample is not None else h36m_layout.SET_SAMPLES.get(image_set, -1)
+        raw = matlab_meta.records_from_annotations(hm36, subjects, n)
         annot = os.path.join(hm36, "annot")
-        metas = [os.path.join(annot, f, "matlab_meta.txt") for f in h36m_format.set_folders(annot, subjects)]
+        metas = [os.path.join(annot, f, "matlab_meta.txt") for f in h36m_layout.set_folders(annot, subjects)]
         desc = f"annotations {annot} (set {image_set}, {n} frames per folder)"
         digest = hashlib.sha256((_sha256_files(metas) + f"|sample={n}").encode()).hexdigest()
     kwargs.setdefault("annot_dir", os.path.join(hm36, "annot"))
@@ -508,7 +509,7 @@ def convert_mpii(root: str, image_set: str = "train", out_dir: str | None = None
     mpii = os.path.join(root, "mpii")
     out_dir = out_dir or os.path.join(root, "records")
     cache = cache or find_mpii_cache(mpii, image_set)
-    raw = h36m_format.load_cache(cache)
+    raw = h36m_cache.load_cache(cache)
     return convert_records("mpii", raw, dataset_dir_for(out_dir, "mpii", image_set), source=f"cache {cache}",
                            source_hash=_sha256_files([cache]), image_root=image_root or os.path.join(mpii, "images"),
                            **kwargs)

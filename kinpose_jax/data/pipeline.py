@@ -50,7 +50,7 @@ import numpy as np
 from kinpose_jax import skeleton
 from kinpose_jax.data import DataError, records
 from kinpose_jax.data import augment as aug_lib
-from kinpose_jax.data import h36m_format
+from kinpose_jax.data import h36m_layout, image_checks
 
 H36M, MPII = 0, 1  # dataset ids (part of the per-record RNG key)
 TRAIN_KEYS = ("image", "gains", "joints", "joints_vis", "valid")
@@ -245,7 +245,7 @@ def _record_crop(rec: dict, image: np.ndarray, where: str) -> aug_lib.Crop | Non
 
 
 def _sample(rec: dict, aug: aug_lib.Augmentation, cfg: PipelineConfig, where: str) -> dict[str, np.ndarray]:
-    if "crop_origin" in rec and not h36m_format.jpeg_is_complete(rec["image"]):
+    if "crop_origin" in rec and not image_checks.jpeg_is_complete(rec["image"]):
         raise DataError(f"{where} field image: the stored JPEG crop is truncated ({len(rec['image'])} bytes)")
     try:
         image = aug_lib.decode_image(rec["image"])
@@ -345,8 +345,8 @@ class EvalTransform:
         f32 = lambda k: np.asarray(rec[k], np.float32)  # noqa: E731
         where = f"{self.sources.dirs[H36M]} record {index} field image_path"
         try:
-            folder, frame = h36m_format.parse_image_path(rec["image_path"])
-            sequence = h36m_format.parse_folder_name(folder)
+            folder, frame = h36m_layout.parse_image_path(rec["image_path"])
+            sequence = h36m_layout.parse_folder_name(folder)
         except DataError as err:
             raise DataError(f"{where}: {err}") from err
         return {

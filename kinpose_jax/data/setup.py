@@ -87,7 +87,7 @@ def _prepare(config, needed: list[tuple[str, str]], out: str, log) -> None:
     """Process 0's part of :func:`ensure_dataset`: generate (synthetic) and convert."""
     d = config.data
     if d.synthetic:
-        from kinpose_jax.data import synthetic
+        from kinpose_jax.synthetic import h36m as synthetic
 
         synthetic.generate(d.root, train_folders=d.synthetic_train_folders,
                            frames_per_folder=d.synthetic_frames_per_folder, image_size=d.synthetic_image_size,

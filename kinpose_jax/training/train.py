@@ -1,6 +1,6 @@
 """Training and evaluation loop (the body of ``main.py``).
 
-One jit-compiled step, data parallel over a device mesh (see :mod:`kinpose_jax.parallel`),
+One jit-compiled step, data parallel over a device mesh (see :mod:`kinpose_jax.training.parallel`),
 optax Adam with the original's per-epoch multi-step schedule, orbax checkpoints with the data
 iterator state for exact resume, evaluation in mm, JSON lines / TensorBoard / PNG reports.
 """
@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kinpose_jax import checkpointing, evaluation, integral, losses, parallel, pretrained, reporting, storage
+from kinpose_jax import integral, losses, pretrained, storage
+from kinpose_jax.training import checkpointing, evaluation, parallel, reporting
 from kinpose_jax.data import DataError, augment
 from kinpose_jax.data.pipeline import MODEL_KEYS
 from kinpose_jax.models import build_pose_net, init_variables as init_model_variables
@@ -181,7 +182,7 @@ def make_predict(config, model, mesh):
 
 
 def make_eval_step(config, model, mesh):
-    """The jitted evaluation step (:func:`~kinpose_jax.evaluation.make_eval_fn`: prediction, decoding
+    """The jitted evaluation step (:func:`~kinpose_jax.training.evaluation.make_eval_fn`: prediction, decoding
     and every per-sample metric); its outputs stay sharded over the batch axis like its inputs, so
     every process can read back exactly the rows of its own slice of the batch."""
     fn = evaluation.make_eval_fn(model, config.data.patch_size, config.flip_test, config.loss, config.model.box_mm)

@@ -16,7 +16,7 @@ written geometry is the same on every platform (no accelerator or float32 involv
 the capture area with Human3.6M-like intrinsics (fx ~ 1145 px at 1000 px width, scaled to
 ``image_size``) and extrinsics (3.8-4.8 m away, 1.3-1.8 m high); no lens distortion. The cache
 records are computed from the written ``matlab_meta.txt`` by the same code that converts real
-annotations; the images are rendered with OpenCV's projection (see :mod:`~kinpose_jax.data.render`).
+annotations; the images are rendered with OpenCV's projection (see :mod:`~kinpose_jax.synthetic.render`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import time
 import cv2
 import numpy as np
 
-from kinpose_jax.data import DataError, h36m_format, records, render
+from kinpose_jax.data import DataError, h36m_cache, h36m_layout, matlab_meta, records
+from kinpose_jax.synthetic import render
 
 GENERATOR_VERSION = 2  # 2: float64 forward kinematics on the CPU device
 #: Smallest image side, px.
@@ -113,7 +114,7 @@ def _mocap32(joints18: np.ndarray) -> np.ndarray:
     """32-joint mocap rows [F, 32, 3]: the 17 used joints at their one-based slots, the rest filled
     with the pelvis (those slots are unused by the original)."""
     out = np.repeat(joints18[:, :1], 32, axis=1)
-    out[:, np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED) - 1] = joints18[:, :17]
+    out[:, np.asarray(matlab_meta.H36M_32_TO_17_ONE_BASED) - 1] = joints18[:, :17]
     return out
 
 
@@ -155,8 +156,8 @@ def generate(root: str, *, train_folders: int = DEFAULTS["train_folders"],
     hm36 = os.path.join(os.path.abspath(root), "hm36")
     marker = os.path.join(hm36, MARKER_FILE)
     caches = {
-        "train": os.path.join(hm36, h36m_format.cache_file_name("train", frames_per_folder)),
-        "validmin": os.path.join(hm36, h36m_format.cache_file_name("validmin", valid_frames_per_folder)),
+        "train": os.path.join(hm36, h36m_layout.cache_file_name("train", frames_per_folder)),
+        "validmin": os.path.join(hm36, h36m_layout.cache_file_name("validmin", valid_frames_per_folder)),
     }
     stored = _read_marker(marker)
     if not force and stored is not None and stored.get("complete", True) and stored.get("params") == params \
@@ -173,8 +174,8 @@ def generate(root: str, *, train_folders: int = DEFAULTS["train_folders"],
     if removed:
         log(f"removed {len(removed)} outputs of an earlier synthetic set in {hm36}")
     cameras = make_cameras(seed, image_size)
-    splits = {"train": (_folders(h36m_format.TRAIN_SUBJECTS, train_folders), frames_per_folder),
-              "validmin": (_folders(h36m_format.VALID_SUBJECTS, valid_folders), valid_frames_per_folder)}
+    splits = {"train": (_folders(h36m_layout.TRAIN_SUBJECTS, train_folders), frames_per_folder),
+              "validmin": (_folders(h36m_layout.VALID_SUBJECTS, valid_folders), valid_frames_per_folder)}
     from kinpose_jax import kinematics
 
     tree = kinematics.presets.h36m18()
@@ -183,7 +184,7 @@ def generate(root: str, *, train_folders: int = DEFAULTS["train_folders"],
         for subject, action, subaction, camera_id in folders:
             rng = np.random.default_rng([seed, subject, action, subaction])  # the "mocap" of this sequence
             a, xy = sample_pose_params(rng, frames, tree, damping)
-            jobs.append((split, h36m_format.folder_name(subject, action, subaction, camera_id), camera_id, subject))
+            jobs.append((split, h36m_layout.folder_name(subject, action, subaction, camera_id), camera_id, subject))
             angles.append(a)
             floor.append(xy)
             scales.append(np.full(frames, subject_scale(seed, subject)))
@@ -197,7 +198,7 @@ def generate(root: str, *, train_folders: int = DEFAULTS["train_folders"],
                                               subject_scale(seed, subject), params)
     counts = {}
     for split, recs in cache_records.items():
-        h36m_format.write_cache(caches[split], recs)
+        h36m_cache.write_cache(caches[split], recs)
         counts[split] = len(recs)
     summary = {"params": params, "counts": counts, "caches": caches, "root": hm36, "complete": True,
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -250,7 +251,7 @@ def remove_generated_outputs(hm36: str) -> list[str]:
         if os.path.isdir(folder):
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if os.path.isdir(path) and not os.path.islink(path) and h36m_format.is_folder_name(name):
+                if os.path.isdir(path) and not os.path.islink(path) and h36m_layout.is_folder_name(name):
                     shutil.rmtree(path)
                     removed.append(path)
     for image_set in ("train", "validmin"):
@@ -258,7 +259,7 @@ def remove_generated_outputs(hm36: str) -> list[str]:
         if os.path.isdir(folder):
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if h36m_format.is_cache_file_name(name, image_set, partial=True) and os.path.isfile(path):
+                if h36m_layout.is_cache_file_name(name, image_set, partial=True) and os.path.isfile(path):
                     os.remove(path)
                     removed.append(path)
     for sub in ("annot", "images", "HM36_train_cache", "HM36_validmin_cache"):
@@ -279,19 +280,19 @@ def _write_folder(hm36: str, folder: str, camera: render.Camera, joints: np.ndar
     cache records."""
     seed = params["seed"]
     frames = len(joints)
-    meta = h36m_format.MetaSequence(
+    meta = matlab_meta.MetaSequence(
         image_size=camera.image_size, rotation=camera.rotation, position=camera.position, focal=camera.focal,
         center=camera.center, radial=np.zeros(3), tangential=np.zeros(2),
-        joint_ids=np.asarray(h36m_format.H36M_32_TO_17_ONE_BASED), joints_world=_mocap32(joints))
+        joint_ids=np.asarray(matlab_meta.H36M_32_TO_17_ONE_BASED), joints_world=_mocap32(joints))
     annot_dir = os.path.join(hm36, "annot", folder)
     os.makedirs(annot_dir, exist_ok=True)
     meta_path = os.path.join(annot_dir, "matlab_meta.txt")
     with open(meta_path, "w") as f:
-        f.write(h36m_format.format_matlab_meta(meta))
-    parsed = h36m_format.parse_matlab_meta(meta_path)  # labels come from the file, as for real data
+        f.write(matlab_meta.format_matlab_meta(meta))
+    parsed = matlab_meta.parse_matlab_meta(meta_path)  # labels come from the file, as for real data
     image_dir = os.path.join(hm36, "images", folder)
     os.makedirs(image_dir, exist_ok=True)
-    view_rng = np.random.default_rng([seed, *h36m_format.parse_folder_name(folder)])  # backdrop + pixel noise
+    view_rng = np.random.default_rng([seed, *h36m_layout.parse_folder_name(folder)])  # backdrop + pixel noise
     backdrop = render.background(view_rng, camera)
     records = []
     world18 = np.concatenate([parsed.joints_world[:, parsed.joint_ids - 1],
@@ -300,14 +301,14 @@ def _write_folder(hm36: str, folder: str, camera: render.Camera, joints: np.ndar
         noise = view_rng.standard_normal(backdrop.shape, dtype=np.float32) * 3.0
         noisy = np.clip(backdrop + noise, 0, 255).astype(np.uint8)
         image = render.render_person(noisy, world18[frame], camera, scale, with_maps=False)[0]
-        name = h36m_format.image_name(folder, frame)
+        name = h36m_layout.image_name(folder, frame)
         path = os.path.join(image_dir, name)
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, params["jpeg_quality"]])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {path}")
         with open(path, "wb") as f:
             f.write(buf.tobytes())
-        records.append(h36m_format.meta_frame_record(parsed, frame, path))
+        records.append(matlab_meta.meta_frame_record(parsed, frame, path))
     return records
 
 
@@ -316,10 +317,10 @@ def render_frame_maps(root: str, folder: str, frame: int) -> tuple[np.ndarray, n
     returns (image without noise, part map [H, W], z-buffer [H, W] mm) of the person drawn on
     a black backdrop."""
     hm36 = os.path.join(root, "hm36")
-    meta = h36m_format.parse_matlab_meta(os.path.join(hm36, "annot", folder, "matlab_meta.txt"))
+    meta = matlab_meta.parse_matlab_meta(os.path.join(hm36, "annot", folder, "matlab_meta.txt"))
     with open(os.path.join(hm36, MARKER_FILE)) as f:
         seed = json.load(f)["params"]["seed"]
-    subject = h36m_format.parse_folder_name(folder)[0]
+    subject = h36m_layout.parse_folder_name(folder)[0]
     w, h = meta.image_size
     camera = render.Camera(meta.rotation, meta.position, meta.focal, meta.center, (w, h))
     world17 = meta.joints_world[frame, meta.joint_ids - 1]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinpose_jax import integral, losses, metrics, skeleton, storage
-from kinpose_jax.data import augment, h36m_format
+from kinpose_jax.data import augment, h36m_layout
 from kinpose_jax.data.pipeline import MODEL_KEYS
 
 
@@ -229,7 +229,7 @@ class ErrorAccumulator:
         Every group row is the mean over its frames. ``overall`` holds the mean over all frames
         and the mean over actions (each action's frame mean, then the unweighted mean over the
         actions present, as papers report Human3.6M). Actions are named as in
-        :data:`~kinpose_jax.data.h36m_format.ACTION_NAMES`, subjects ``S9``, cameras ``1``-``4``.
+        :data:`~kinpose_jax.data.h36m_layout.ACTION_NAMES`, subjects ``S9``, cameras ``1``-``4``.
         """
         res = self.result()
         out: dict = {}
@@ -268,14 +268,14 @@ class ErrorAccumulator:
 
 def _group_label(grouping: str, gid: int) -> str:
     if grouping == "action":
-        return h36m_format.ACTION_NAMES.get(gid, f"act_{gid:02d}")
+        return h36m_layout.ACTION_NAMES.get(gid, f"act_{gid:02d}")
     return f"S{gid}" if grouping == "subject" else str(gid)
 
 
 def save_predictions(path: str, preds: dict[str, np.ndarray]) -> None:
     """Writes :meth:`ErrorAccumulator.predictions` to ``path`` (.npz), adding ``folder`` [N] str
     (``s_SS_act_AA_subact_BB_ca_CC``) and ``subject`` / ``action`` / ``subaction`` / ``camera`` [N]."""
-    folders = np.asarray([h36m_format.folder_name(*map(int, s)) for s in preds["sequence"]], dtype=str)
+    folders = np.asarray([h36m_layout.folder_name(*map(int, s)) for s in preds["sequence"]], dtype=str)
     extra = {name: preds["sequence"][:, i] for i, name in enumerate(("subject", "action", "subaction", "camera"))}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, folder=folders, **extra, **preds)

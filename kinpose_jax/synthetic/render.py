@@ -7,7 +7,7 @@ symmetric — as for real people. Which side is left is told by geometry instead
 a chest marker on the front of the body, feet pointing forward, and depth ordering.
 
 Projection uses OpenCV's ``cv2.projectPoints`` from world coordinates (independent of the
-camera-space code in :mod:`~kinpose_jax.data.h36m_format`, so tests can check one against the
+camera-space code in :mod:`~kinpose_jax.geometry`, so tests can check one against the
 other). Units: world/camera mm, image px.
 """
 

@@ -97,7 +97,7 @@ def format_table(results: Mapping[str, float], title: str) -> str:
 
 
 def format_group_tables(tables: Mapping[str, Mapping], title: str = "") -> str:
-    """Markdown tables of :meth:`~kinpose_jax.evaluation.ErrorAccumulator.tables`: one row per
+    """Markdown tables of :meth:`~kinpose_jax.training.evaluation.ErrorAccumulator.tables`: one row per
     action (then the overall rows), one per subject, one per camera; Protocol #1 / #2 in mm."""
     head = ["| {} | Protocol #1 MPJPE (mm) | Protocol #2 PA-MPJPE (mm) | frames |", "| --- | ---: | ---: | ---: |"]
     row = "| {} | {:.1f} | {:.1f} | {} |"
