@@ -1,8 +1,8 @@
-"""Integral regression: soft-argmax over heatmaps, decoding to patch pixels, flip-test merging.
+"""Integral regression: soft-argmax over heatmaps, flip-test merging.
 
 Normalized coordinates (docs/DESIGN.md#soft-argmax): for a heatmap of W x H x D bins the expected bin index ``i``
-along an axis gives ``i / W - 0.5`` (x), ``i / H - 0.5`` (y), ``i / D - 0.5`` (z). Decoding to
-patch pixels: ``x_px = (x + 0.5) * patch_w``, ``y_px = (y + 0.5) * patch_h``, ``z = z * patch_w``.
+along an axis gives ``i / W - 0.5`` (x), ``i / H - 0.5`` (y), ``i / D - 0.5`` (z); to patch pixels
+with :func:`kinpose_jax.geometry.normalized_to_patch`.
 
 Channel order of the 3D heatmaps is ``j * D + d`` (joint-major) in both layouts:
 ``"NCHW"``: [B, J*D, H, W] (the original's PyTorch layout); ``"NHWC"``: [B, H, W, J*D] (Flax convs).
@@ -111,20 +111,6 @@ def _check_channels(c: int, num_joints: int, depth_bins: int) -> None:
         raise ValueError(
             f"heatmaps have {c} channels, expected num_joints * depth_bins = {num_joints} * {depth_bins}"
         )
-
-
-def normalized_to_patch(joints: jax.Array, patch_width: float, patch_height: float) -> jax.Array:
-    """[..., J, 3] normalized -> patch pixels (x, y) and depth in patch-width units."""
-    scale = jnp.asarray([patch_width, patch_height, patch_width], jnp.float32)
-    offset = jnp.asarray([0.5, 0.5, 0.0], jnp.float32)
-    return (joints + offset) * scale
-
-
-def patch_to_normalized(joints: jax.Array, patch_width: float, patch_height: float) -> jax.Array:
-    """Inverse of :func:`normalized_to_patch`."""
-    scale = jnp.asarray([patch_width, patch_height, patch_width], jnp.float32)
-    offset = jnp.asarray([0.5, 0.5, 0.0], jnp.float32)
-    return joints / scale - offset
 
 
 def flip_pairs_permutation(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:

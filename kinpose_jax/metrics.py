@@ -27,28 +27,6 @@ import jax.numpy as jnp
 from kinpose_jax import skeleton
 
 
-def pixel_to_camera(joints_img: jax.Array, root_depth: jax.Array, focal: jax.Array, center: jax.Array) -> jax.Array:
-    """Back-projects image joints to camera space (no distortion).
-
-    Args:
-      joints_img: [..., J, 3] (u px, v px, depth relative to the root, mm).
-      root_depth: [...] ground-truth root (pelvis) depth, mm.
-      focal: [..., 2] (fx, fy) px. center: [..., 2] (cx, cy) px.
-    Returns:
-      [..., J, 3] camera coordinates, mm.
-    """
-    z = joints_img[..., 2] + root_depth[..., None]
-    x = (joints_img[..., 0] - center[..., None, 0]) * z / focal[..., None, 0]
-    y = (joints_img[..., 1] - center[..., None, 1]) * z / focal[..., None, 1]
-    return jnp.stack([x, y, z], axis=-1)
-
-
-def camera_to_pixel(joints_cam: jax.Array, focal: jax.Array, center: jax.Array) -> jax.Array:
-    """[..., J, 3] camera mm -> [..., J, 2] pixels: ``u = X/Z fx + cx``, ``v = Y/Z fy + cy``."""
-    uv = joints_cam[..., :2] / joints_cam[..., 2:3]
-    return uv * focal[..., None, :] + center[..., None, :]
-
-
 def root_relative(joints: jax.Array, root: int = skeleton.H36M_ROOT) -> jax.Array:
     """[..., J, 3] minus the root joint."""
     return joints - joints[..., root : root + 1, :]

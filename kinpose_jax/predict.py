@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinpose_jax import integral, metrics, skeleton
+from kinpose_jax import geometry, skeleton
 from kinpose_jax.training import evaluation, parallel
 from kinpose_jax.data import augment
 
@@ -235,14 +235,12 @@ def decode(joints_px: np.ndarray, center: np.ndarray, box_size: np.ndarray, patc
       predicted depth relative to the root (subtract the root joint for the root-relative pose);
       root_depth [B] mm = ``fx * box_mm / box width`` (the depth at which the box spans ``box_mm``).
     """
-    norm = np.asarray(integral.patch_to_normalized(np.asarray(joints_px, np.float32), patch_size, patch_size))
-    img = augment.normalized_to_image(norm, center, box_size, (patch_size, patch_size), box_mm)
+    img = geometry.patch_to_image(joints_px, center, box_size, (patch_size, patch_size), box_mm)
     focal = np.asarray(focal, np.float64)
     focal = np.stack([focal, focal], -1) if focal.ndim == 1 else focal
     root_depth = focal[:, 0] * box_mm / np.asarray(box_size, np.float64)[:, 0]
-    cam = metrics.pixel_to_camera(img.astype(np.float32), root_depth.astype(np.float32), focal.astype(np.float32),
-                                  np.asarray(principal_point, np.float32))
-    return img[..., :2], np.asarray(cam, np.float64), root_depth
+    cam = geometry.image_to_camera(img, root_depth, focal, np.asarray(principal_point, np.float64))
+    return img[..., :2], cam, root_depth
 
 
 # ------------------------------------------------------------------------------------------ running

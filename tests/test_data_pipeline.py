@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kinpose_jax import skeleton
+from kinpose_jax import geometry, skeleton
 from kinpose_jax.data import augment, h36m_layout, pipeline, records
 from tests.test_data_fixtures import synthetic_root
 
@@ -191,7 +191,7 @@ def host_normalized_patch(rec, aug, patch):
     if aug.flip:
         img = np.ascontiguousarray(img[:, ::-1])
         center[0] = img.shape[1] - center[0] - 1
-    affine = augment.patch_affine(center, rec["box_size"], (patch, patch), aug.scale, aug.rotation)
+    affine = geometry.patch_affine(center, rec["box_size"], (patch, patch), aug.scale, aug.rotation)
     rgb = cv2.warpAffine(img, affine, (patch, patch), flags=cv2.INTER_LINEAR)[:, :, ::-1]
     out = (np.clip(rgb * np.asarray(aug.gains, np.float64), 0, 255) - MEAN) / STD
     return out.astype(np.float32), rgb
@@ -341,19 +341,21 @@ def test_eval_padding_counts_every_sample_once():
 
 
 def test_decode_inverts_the_targets():
-    """normalized_to_image undoes docs/DESIGN.md#normalized-units + the affine: with and without augmentation."""
+    """geometry.patch_to_image(geometry.normalized_to_patch(.)) undoes docs/DESIGN.md#normalized-units + the
+    affine: with and without augmentation."""
     cfg = _cfg(global_batch_size=4)
     batch = next(pipeline.make_eval_iterator(cfg))
     shards = _shards("hm36_validmin")
-    decoded = augment.normalized_to_image(batch["joints"], batch["center"], batch["box_size"], (48, 48))
+    decoded = geometry.patch_to_image(geometry.normalized_to_patch(batch["joints"], (48, 48)), batch["center"],
+                                      batch["box_size"], (48, 48), skeleton.BOX_MM)
     for row in range(4):
         np.testing.assert_allclose(decoded[row], shards[row]["joints_img"], atol=1e-3)
     rec = shards[2]
     aug = augment.Augmentation(1.15, -20.0, False)
     s = augment.make_sample(augment.decode_image(rec["image"]), rec["center"], rec["box_size"], rec["joints_img"],
                             rec["joints_vis"], aug, (48, 48), skeleton.H36M_FLIP_PAIRS)
-    back = augment.normalized_to_image(s["joints"][None], rec["center"][None], rec["box_size"][None], (48, 48),
-                                       scale=1.15, rotation=-20.0)
+    back = geometry.patch_to_image(geometry.normalized_to_patch(s["joints"][None], (48, 48)), rec["center"][None],
+                                   rec["box_size"][None], (48, 48), skeleton.BOX_MM, scale=1.15, rotation=-20.0)
     np.testing.assert_allclose(back[0], rec["joints_img"], atol=1e-3)
 
 

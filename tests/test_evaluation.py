@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kinpose_jax import metrics, skeleton
+from kinpose_jax import geometry, metrics, skeleton
 from kinpose_jax.training import evaluation
 
 
@@ -45,11 +45,9 @@ def test_flip_test_averages_with_the_mirrored_back_prediction():
 
 
 def test_decoding_to_the_image_by_hand():
-    from kinpose_jax.data import augment
-
-    norm = np.array([[[0.0, -0.25, 0.125]]])  # patch px (128, 64, 32) of a 256 patch
-    out = augment.normalized_to_image(norm, center=np.array([[500.0, 400.0]]), box_size=np.array([[300.0, 300.0]]),
-                                      patch_size=(256, 256))
+    px = np.array([[[128.0, 64.0, 32.0]]])  # normalized (0, -0.25, 0.125) of a 256 patch
+    out = geometry.patch_to_image(px, center=np.array([[500.0, 400.0]]), box_size=np.array([[300.0, 300.0]]),
+                                  patch_size=(256, 256), box_mm=2000.0)
     np.testing.assert_allclose(out[0, 0], [500.0, 400.0 - 0.25 * 300.0, 32.0 / 256 * 2000.0], atol=1e-9)
 
 
@@ -58,7 +56,7 @@ def test_accumulator_counts_only_valid_samples():
     cam = rng.normal(size=(4, 18, 3)) * 300 + [0, 0, 4000]
     fl = np.full((4, 2), 1100.0)
     cp = np.full((4, 2), 500.0)
-    uv = np.asarray(metrics.camera_to_pixel(cam, fl, cp))
+    uv = geometry.project(cam, fl[:, None], cp[:, None])
     center, box = uv[:, 0, :], np.full((4, 2), 400.0)
     rel_depth = cam[..., 2] - cam[:, :1, 2]
     px = np.stack([(uv[..., 0] - center[:, None, 0]) / 400 * 256 + 128,
@@ -224,7 +222,7 @@ def camera_batch(seed, b=8, patch=32):
     cam = (rng.normal(size=(b, 18, 3)) * 250 + [0, 0, 4500]).astype(np.float32)
     fl = rng.uniform(1100, 1150, size=(b, 2)).astype(np.float32)
     cp = rng.uniform(490, 520, size=(b, 2)).astype(np.float32)
-    uv = np.asarray(metrics.camera_to_pixel(cam, fl, cp))
+    uv = geometry.project(cam, fl[:, None], cp[:, None])
     center = (uv[:, 0] + rng.normal(size=(b, 2)) * 10).astype(np.float32)
     box = np.repeat(rng.uniform(300, 500, (b, 1)), 2, 1).astype(np.float32)
     px = np.stack([(uv[..., 0] - center[:, None, 0]) / box[:, None, 0] * patch + patch / 2,
@@ -236,31 +234,36 @@ def camera_batch(seed, b=8, patch=32):
 
 
 def host_reference(px, camera, valid, patch):
-    """Evaluation's former host computation: float64 numpy decoding, then the metrics called
-    eagerly on the valid rows."""
-    norm = np.asarray(px, np.float64) / patch - [0.5, 0.5, 0.0]
-    from kinpose_jax.data import augment
-
-    img = augment.normalized_to_image(norm, camera["center"], camera["box_size"], (patch, patch))
-    pred_cam = np.asarray(metrics.pixel_to_camera(img, camera["pelvis"][:, 2], camera["fl"], camera["c_p"]))
+    """Evaluation's former host computation: float64 numpy decoding, through the inverse patch
+    affine matrix and the back-projection written out here, then the metrics called eagerly on
+    the valid rows."""
+    px = np.asarray(px, np.float64)
+    img = np.empty_like(px)
+    for i in range(len(px)):
+        inv = geometry.patch_affine(camera["center"][i], camera["box_size"][i], (patch, patch), inverse=True)
+        img[i, :, :2] = geometry.apply_affine(px[i, :, :2], inv)
+    img[..., 2] = px[..., 2] / patch * 2000.0
+    z = img[..., 2] + np.asarray(camera["pelvis"], np.float64)[:, None, 2]
+    fl, cp = np.asarray(camera["fl"], np.float64)[:, None], np.asarray(camera["c_p"], np.float64)[:, None]
+    pred_cam = np.stack([(img[..., 0] - cp[..., 0]) * z / fl[..., 0], (img[..., 1] - cp[..., 1]) * z / fl[..., 1], z],
+                        -1)
     keep = np.asarray(valid).astype(bool)
     errors = {k: np.asarray(v) for k, v in metrics.h36m_errors(pred_cam[keep], camera["joints_cam"][keep]).items()}
     return pred_cam, errors
 
 
-def test_normalized_to_image_on_the_device_equals_the_host_decoding():
-    from kinpose_jax.data import augment
-
+def test_patch_to_image_on_the_device_equals_the_host_decoding():
     rng = np.random.default_rng(2)
-    norm = rng.uniform(-0.6, 0.6, size=(5, 18, 3))
+    px = rng.uniform(-0.1, 1.1, size=(5, 18, 3)) * 64
     center, box = rng.uniform(200, 800, (5, 2)), rng.uniform(200, 500, (5, 2))
     scale, rotation = rng.uniform(0.8, 1.2, 5), rng.uniform(-30, 30, 5)
-    host = augment.normalized_to_image(norm, center, box, (64, 64), 2000.0, scale, rotation)
+    host = geometry.patch_to_image(px, center, box, (64, 64), 2000.0, scale, rotation)
     for i in range(5):  # per sample through the patch affine itself
-        inv = augment.patch_affine(center[i], box[i], (64, 64), scale[i], rotation[i], inverse=True)
-        np.testing.assert_allclose(host[i, :, :2], augment.apply_affine((norm[i, :, :2] + 0.5) * 64, inv), atol=1e-9)
-    device = jax.jit(lambda *a: augment.normalized_to_image(*a[:2], a[2], (64, 64), 2000.0, a[3], a[4], xp=jnp))(
-        norm, center, box, scale, rotation)
+        inv = geometry.patch_affine(center[i], box[i], (64, 64), scale[i], rotation[i], inverse=True)
+        np.testing.assert_allclose(host[i, :, :2], geometry.apply_affine(px[i, :, :2], inv), atol=1e-9)
+        np.testing.assert_allclose(host[i, :, 2], px[i, :, 2] / 64 * 2000.0 * scale[i], rtol=1e-12)
+    device = jax.jit(lambda *a: geometry.patch_to_image(*a[:3], (64, 64), 2000.0, a[3], a[4], xp=jnp))(
+        px, center, box, scale, rotation)
     assert device.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(device), host, rtol=2e-6, atol=1e-3)
 

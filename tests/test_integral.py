@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kinpose_jax import integral, skeleton
+from kinpose_jax import geometry, integral, skeleton
 from tests import torch_reference as ref
 
 J, D, H, W = 5, 8, 12, 10
@@ -65,9 +65,9 @@ def test_a_sharp_peak_decodes_to_its_bin_and_huge_logits_stay_finite():
     out = np.asarray(integral.softargmax_3d(hm, J, D, layout="NCHW"))
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[0, j], [x / W - 0.5, y / H - 0.5, d / D - 0.5], atol=1e-6)
-    px = np.asarray(integral.normalized_to_patch(out, 256, 192))
+    px = np.asarray(geometry.normalized_to_patch(out, (256, 192)))
     np.testing.assert_allclose(px[0, j], [x / W * 256, y / H * 192, (d / D - 0.5) * 256], atol=1e-3)
-    back = np.asarray(integral.patch_to_normalized(px, 256, 192))
+    back = np.asarray(geometry.patch_to_normalized(px, (256, 192)))
     np.testing.assert_allclose(back, out, atol=1e-6)
 
 

@@ -1,6 +1,4 @@
-"""Protocol #1/#2, the original's aligned and bone errors, PCK/AUC, the per-group table, back-projection."""
-
-import math
+"""Protocol #1/#2, the original's aligned and bone errors, PCK/AUC, the per-group table."""
 
 import jax
 import numpy as np
@@ -117,21 +115,11 @@ def test_mpjpe_is_root_relative():
     assert float(np.min(metrics.mpjpe(shifted, gt, root=None))) > 100
 
 
-def test_back_projection_inverts_projection():
+def test_pa_mpjpe_of_a_pose_with_itself_is_zero():
     rng = np.random.default_rng(7)
     cam = rng.normal(size=(3, 18, 3)).astype(np.float32) * 400 + np.array([0, 0, 5000], np.float32)
-    focal = np.array([[1145.0, 1143.8]] * 3, np.float32)
-    center = np.array([[512.5, 515.4]] * 3, np.float32)
-    uv = np.asarray(metrics.camera_to_pixel(cam, focal, center))
-    root_depth = cam[:, skeleton.H36M_ROOT, 2]
-    img = np.concatenate([uv, cam[..., 2:] - root_depth[:, None, None]], -1)
-    np.testing.assert_allclose(np.asarray(metrics.pixel_to_camera(img, root_depth, focal, center)), cam, rtol=1e-4,
-                               atol=1e-2)
-    # hand-worked: u = cx + fx at depth Z gives X = Z
-    one = np.array([[[512.5 + 1145.0, 515.4, 0.0]]], np.float32)
-    np.testing.assert_allclose(np.asarray(metrics.pixel_to_camera(one, np.array([4000.0]), focal[:1], center[:1]))[0, 0],
-                               [4000.0, 0.0, 4000.0], rtol=1e-5)
-    assert math.isfinite(float(np.asarray(metrics.pa_mpjpe(cam, cam)).sum()))
+    err = np.asarray(metrics.pa_mpjpe(cam, cam))
+    assert np.all(np.isfinite(err)) and float(err.max()) < 1e-2
 
 
 def test_error_names_are_the_keys_of_the_table():

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from kinpose_jax import integral, metrics, predict
+from kinpose_jax import geometry, predict
 from kinpose_jax.data import augment, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,10 +44,10 @@ def test_decode_recovers_the_truth_from_the_true_targets(data_root):  # noqa: F8
     the projections of the true camera-space joints, and the 3D pose (root at the depth where the
     box spans box_mm, which is how the dataset's boxes are made) is the true root-relative pose."""
     batch, cfg = eval_batch(data_root)
-    px = np.asarray(integral.normalized_to_patch(batch["joints"], PATCH, PATCH))
+    px = geometry.normalized_to_patch(batch["joints"], (PATCH, PATCH))
     uv, cam, root_depth = predict.decode(px, batch["center"], batch["box_size"], PATCH, cfg.box_mm, batch["fl"],
                                          batch["c_p"])
-    want_uv = np.asarray(metrics.camera_to_pixel(batch["joints_cam"], batch["fl"], batch["c_p"]))
+    want_uv = geometry.project(batch["joints_cam"], batch["fl"][:, None], batch["c_p"][:, None])
     np.testing.assert_allclose(uv, want_uv, atol=0.02)
     np.testing.assert_allclose(root_depth, batch["pelvis"][:, 2], rtol=1e-4)
     rel = cam - cam[:, :1]

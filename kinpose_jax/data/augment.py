@@ -20,11 +20,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from kinpose_jax import geometry
 from kinpose_jax.skeleton import BOX_MM
-
-#: ImageNet RGB mean / std in 0..255 units (docs/DESIGN.md#pixel-normalization).
-PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,32 +65,6 @@ def record_rng(seed: int, epoch: int, dataset_id: int, index: int, draw: int = 0
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, dataset_id, index, draw])))
 
 
-def patch_affine(center: Sequence[float], box_size: Sequence[float], patch_size: tuple[int, int],
-                 scale: float = 1.0, rotation: float = 0.0, inverse: bool = False) -> np.ndarray:
-    """[2, 3] affine (float64) taking image px to patch px (docs/DESIGN.md#patch-affine), or back with ``inverse``.
-
-    The box (centre ``center``, size ``box_size * scale``, rotated ``rotation`` degrees) maps to
-    the whole ``patch_size`` = (pw, ph) patch: centre -> patch centre, the box's rotated "down"
-    half-vector -> (0, ph/2), its "right" half-vector -> (pw/2, 0).
-    """
-    pw, ph = patch_size
-    w, h = box_size[0] * scale, box_size[1] * scale
-    a = np.deg2rad(rotation)
-    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    # columns: right and down half-vectors of the box in the image, and in the patch
-    src = rot @ np.diag([w / 2.0, h / 2.0])
-    dst = np.diag([pw / 2.0, ph / 2.0])
-    c_src, c_dst = np.asarray(center, np.float64), np.array([pw / 2.0, ph / 2.0])
-    lin = dst @ np.linalg.inv(src) if not inverse else src @ np.linalg.inv(dst)
-    c_from, c_to = (c_src, c_dst) if not inverse else (c_dst, c_src)
-    return np.concatenate([lin, (c_to - lin @ c_from)[:, None]], axis=1)
-
-
-def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """[..., 2] points through a [2, 3] affine."""
-    return points @ affine[:, :2].T + affine[:, 2]
-
-
 def flip_joints(joints: np.ndarray, vis: np.ndarray, image_width: int,
                 flip_pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Horizontal flip of image-space joints [J, 3]: ``u <- W - u - 1`` and left/right swap
@@ -132,24 +103,7 @@ def normalize_pixels(images, gains=None):
     x = jnp.asarray(images, jnp.float32)
     if gains is not None:
         x = jnp.clip(x * jnp.asarray(gains, jnp.float32)[..., None, None, :], 0.0, 255.0)
-    return (x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
-
-
-def joints_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, patch_width: int,
-                    box_mm: float = BOX_MM) -> np.ndarray:
-    """Image joints [J, 3] (u px, v px, relative depth mm) -> patch px, depth in patch-width
-    units ``z / (box_mm * scale) * pw`` (docs/DESIGN.md#normalized-units)."""
-    out = np.empty_like(np.asarray(joints_img, np.float64))
-    out[:, :2] = apply_affine(np.asarray(joints_img, np.float64)[:, :2], affine)
-    out[:, 2] = np.asarray(joints_img, np.float64)[:, 2] / (box_mm * scale) * patch_width
-    return out
-
-
-def patch_to_normalized(joints_patch: np.ndarray, patch_size: tuple[int, int]) -> np.ndarray:
-    """Patch px -> normalized targets ``x/pw - 0.5, y/ph - 0.5, z/pw``."""
-    pw, ph = patch_size
-    return np.stack([joints_patch[..., 0] / pw - 0.5, joints_patch[..., 1] / ph - 0.5, joints_patch[..., 2] / pw],
-                    axis=-1)
+    return (x - jnp.asarray(geometry.PIXEL_MEAN)) / jnp.asarray(geometry.PIXEL_STD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +188,7 @@ def crop_patch(image_bgr: np.ndarray, center: Sequence[float], box_size: Sequenc
 
     Returns (patch [ph, pw, 3] float32 normalized RGB, affine [2, 3] float64 image px -> patch px).
     """
-    affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+    affine = geometry.patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
     patch = cv2.cvtColor(warp_patch(image_bgr, affine, patch_size), cv2.COLOR_BGR2RGB)
     return np.asarray(normalize_pixels(patch, np.asarray(aug.gains, np.float32))), affine
 
@@ -266,7 +220,7 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
             image_bgr = cv2.flip(image_bgr, 1)  # mirror (as a numpy [:, ::-1] copy, but much faster)
             center = flip_box_center(center, width)
             joints, vis = flip_joints(joints, vis, width, flip_pairs)
-        affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+        affine = geometry.patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
         sample_affine = affine
     else:
         width = int(image_width)
@@ -275,11 +229,12 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
             mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
             center = flip_box_center(center, width)
             joints, vis = flip_joints(joints, vis, width, flip_pairs)
-        affine = patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
+        affine = geometry.patch_affine(center, box_size, patch_size, aug.scale, aug.rotation)
         from_crop = np.linalg.inv(np.vstack([crop.to_crop(), [0.0, 0.0, 1.0]]))
         sample_affine = (np.vstack([affine, [0.0, 0.0, 1.0]]) @ mirror @ from_crop)[:2]
     patch = cv2.cvtColor(warp_patch(image_bgr, sample_affine, patch_size), cv2.COLOR_BGR2RGB)
-    target = patch_to_normalized(joints_to_patch(joints, affine, aug.scale, patch_size[0], box_mm), patch_size)
+    target = geometry.patch_to_normalized(geometry.image_to_patch(joints, affine, aug.scale, patch_size[0], box_mm),
+                                          patch_size)
     return {
         "image": patch,
         "gains": np.asarray(aug.gains, np.float32),
@@ -287,34 +242,3 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
         "joints_vis": vis.astype(np.float32),
         "affine": affine,
     }
-
-
-# ---------------------------------------------------------------------------------------- decoding
-def normalized_to_image(joints: np.ndarray, center: np.ndarray, box_size: np.ndarray, patch_size: tuple[int, int],
-                        box_mm: float = BOX_MM, scale: np.ndarray | float = 1.0,
-                        rotation: np.ndarray | float = 0.0, xp=np) -> np.ndarray:
-    """Decodes predicted normalized joints back to the image (docs/DESIGN.md#decoding).
-
-    The inverse of :func:`patch_affine` in closed form: patch px ``(x + 0.5) pw`` etc. map to
-    ``center + R(rotation) (x w s, y h s)`` for box (w, h), scale s (``patch_size`` cancels).
-
-    Args:
-      joints: [B, J, 3] normalized (x, y, z). center: [B, 2] box centre px. box_size: [B, 2]
-        box width, height px. patch_size: (pw, ph). scale / rotation: [B] or scalars — the
-        augmentation used for the patch (evaluation: 1 and 0).
-      xp: ``numpy`` (float64, the default) or ``jax.numpy`` (float32; jit-able, on the device).
-    Returns:
-      [B, J, 3]: image u px, v px, depth relative to the pelvis in mm (``z * box_mm * scale``).
-    """
-    dtype = np.float64 if xp is np else np.float32
-    joints = xp.asarray(joints, dtype)
-    b = joints.shape[0]
-    center = xp.asarray(center, dtype).reshape(b, 1, 2)
-    box_size = xp.asarray(box_size, dtype).reshape(b, 1, 2)
-    scale = xp.broadcast_to(xp.asarray(scale, dtype), (b,))[:, None]
-    angle = xp.deg2rad(xp.broadcast_to(xp.asarray(rotation, dtype), (b,)))[:, None]
-    dx = joints[..., 0] * box_size[..., 0] * scale
-    dy = joints[..., 1] * box_size[..., 1] * scale
-    cos, sin = xp.cos(angle), xp.sin(angle)
-    return xp.stack([center[..., 0] + cos * dx - sin * dy, center[..., 1] + sin * dx + cos * dy,
-                     joints[..., 2] * box_mm * scale], axis=-1)

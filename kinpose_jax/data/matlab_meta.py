@@ -176,7 +176,7 @@ def meta_frame_record(meta: MetaSequence, frame: int, image_path: str) -> dict:
     17 selected joints + thorax (mean of shoulders), world -> camera, projection, 2000 mm box."""
     world17 = meta.joints_world[frame][meta.joint_ids - 1]
     world = np.concatenate([world17, world17[[11, 14]].mean(axis=0, keepdims=True)], axis=0)
-    cam = (meta.rotation @ (world - meta.position).T).T
+    cam = geometry.world_to_camera(world, meta.rotation, meta.position)
     pelvis = cam[0].copy()
     uv = geometry.project(cam, meta.focal, meta.center)
     joints_img = np.concatenate([uv, (cam[:, 2] - pelvis[2])[:, None]], axis=1)

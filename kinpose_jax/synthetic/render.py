@@ -6,9 +6,10 @@ left/right *labels* of a mirrored image, which is only consistent if appearance 
 symmetric — as for real people. Which side is left is told by geometry instead: a face marker and
 a chest marker on the front of the body, feet pointing forward, and depth ordering.
 
-Projection uses OpenCV's ``cv2.projectPoints`` from world coordinates (independent of the
-camera-space code in :mod:`~kinpose_jax.geometry`, so tests can check one against the
-other). Units: world/camera mm, image px.
+Projection uses OpenCV's ``cv2.projectPoints`` from world coordinates: deliberately not
+:func:`kinpose_jax.geometry.project`, so that the data written from the camera-space formulas
+(:func:`kinpose_jax.data.matlab_meta.meta_frame_record`) can be checked against the drawn images
+(tests/test_data_convert.py, tests/test_geometry.py). Units: world/camera mm, image px.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import dataclasses
 
 import cv2
 import numpy as np
+
+from kinpose_jax import geometry
 
 # Body parts (index into PALETTE, 0 = background). Colours are BGR.
 PART_NAMES = ("background", "torso", "hip_girdle", "thigh", "shin", "foot", "shoulder_girdle", "upper_arm", "forearm",
@@ -66,7 +69,8 @@ class Camera:
         return np.array([[self.focal[0], 0, self.center[0]], [0, self.focal[1], self.center[1]], [0, 0, 1.0]])
 
     def to_camera(self, world: np.ndarray) -> np.ndarray:
-        return (np.asarray(world) - self.position) @ self.rotation.T
+        """[..., 3] world mm -> camera mm (:func:`kinpose_jax.geometry.world_to_camera`)."""
+        return geometry.world_to_camera(np.asarray(world), self.rotation, self.position)
 
     def project(self, world: np.ndarray) -> np.ndarray:
         """[N, 3] world mm -> [N, 2] px with ``cv2.projectPoints``."""

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinpose_jax import integral, losses, metrics, skeleton, storage
+from kinpose_jax import geometry, integral, losses, metrics, skeleton, storage
 from kinpose_jax.data import augment, h36m_layout
 from kinpose_jax.data.pipeline import MODEL_KEYS
 
@@ -32,7 +32,7 @@ def make_joints_fn(model, patch_size: int, flip_test: bool) -> Callable:
     With ``flip_test`` the mirrored patch is run too and merged (docs/DESIGN.md#flip-test).
     """
     def to_px(x):
-        return integral.normalized_to_patch(x.astype(jnp.float32), patch_size, patch_size)
+        return geometry.normalized_to_patch(x.astype(jnp.float32), (patch_size, patch_size))
 
     def joints(variables, images):
         out = model.apply(variables, images, train=False)
@@ -60,7 +60,7 @@ def make_predict_fn(model, patch_size: int, flip_test: bool, loss_name: str = "l
 
     def predict(variables, batch):
         px = joints_fn(variables, augment.normalize_pixels(batch["image"], batch.get("gains")))["joints"]
-        norm = integral.patch_to_normalized(px, patch_size, patch_size)
+        norm = geometry.patch_to_normalized(px, (patch_size, patch_size))
         per_sample = jax.vmap(lambda p, t, w: loss_fn(p[None], t[None], w[None]))(
             norm, batch["joints"], batch["joints_vis"])
         return px, per_sample
@@ -77,9 +77,9 @@ DEVICE_KEYS: tuple[str, ...] = MODEL_KEYS + CAMERA_KEYS
 def batch_metrics(joints_px, camera: dict, patch_size: int, box_mm: float = skeleton.BOX_MM) -> dict:
     """Decodes patch-pixel predictions and computes every metric, per row (padding rows too).
 
-    Decoding to the image: the inverse patch affine (scale 1, no rotation; depth ``z * box_mm``),
-    :func:`~kinpose_jax.data.augment.normalized_to_image`; then back-projection with the true
-    root (pelvis) depth. jax.numpy throughout (jit-able).
+    Decoding (docs/DESIGN.md#decoding), once, jax.numpy (jit-able): patch px straight to the image
+    (:func:`~kinpose_jax.geometry.patch_to_image`, scale 1, no rotation), then to camera mm with
+    the true root (pelvis) depth (:func:`~kinpose_jax.geometry.image_to_camera`).
 
     Args:
       joints_px: [B, 18, 3] patch px (depth in patch-width units).
@@ -89,11 +89,11 @@ def batch_metrics(joints_px, camera: dict, patch_size: int, box_mm: float = skel
       ``{'pred_cam': [B, 18, 3] mm, 'errors': {name: [B]}}``, the errors of
       :func:`~kinpose_jax.metrics.h36m_errors` against ``joints_cam``.
     """
-    norm = integral.patch_to_normalized(jnp.asarray(joints_px, jnp.float32), patch_size, patch_size)
-    img = augment.normalized_to_image(norm, camera["center"], camera["box_size"], (patch_size, patch_size), box_mm,
-                                      xp=jnp)
-    pred_cam = metrics.pixel_to_camera(img, jnp.asarray(camera["pelvis"], jnp.float32)[:, 2],
-                                       jnp.asarray(camera["fl"], jnp.float32), jnp.asarray(camera["c_p"], jnp.float32))
+    img = geometry.patch_to_image(joints_px, camera["center"], camera["box_size"], (patch_size, patch_size), box_mm,
+                                  xp=jnp)
+    pred_cam = geometry.image_to_camera(img, jnp.asarray(camera["pelvis"], jnp.float32)[:, 2],
+                                        jnp.asarray(camera["fl"], jnp.float32), jnp.asarray(camera["c_p"], jnp.float32),
+                                        xp=jnp)
     return {"pred_cam": pred_cam, "errors": metrics.h36m_errors(pred_cam, jnp.asarray(camera["joints_cam"], jnp.float32))}
 
 

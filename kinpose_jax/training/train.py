@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kinpose_jax import integral, losses, pretrained, storage
+from kinpose_jax import geometry, losses, pretrained, storage
 from kinpose_jax.training import checkpointing, evaluation, parallel, reporting
 from kinpose_jax.data import DataError, augment
 from kinpose_jax.data.pipeline import MODEL_KEYS
@@ -211,8 +211,8 @@ def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writ
                        batch["frame"], host.get("pred_cam"), batch["joints_cam"])
         if "joints_px" in host:
             k = min(config.num_vis_samples, int(np.sum(batch["valid"])))
-            gt_px = np.asarray(integral.normalized_to_patch(batch["joints"][:k], config.data.patch_size,
-                                                            config.data.patch_size))
+            gt_px = geometry.normalized_to_patch(np.asarray(batch["joints"][:k]),
+                                                 (config.data.patch_size, config.data.patch_size))
             vis = (batch["image"][:k], host["joints_px"][:k], gt_px, host["pred_cam"][:k], batch["joints_cam"][:k])
 
     pending = None
