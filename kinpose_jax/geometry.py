@@ -74,6 +74,26 @@ def patch_to_normalized(joints_patch, patch_size: Sequence[int]):
     return joints_patch / _patch_scale(patch_size) - _NORMALIZED_OFFSET
 
 
+# ----------------------------------------------------------------------------- horizontal flip
+def flip_permutation(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """[J] joint permutation that swaps each left/right pair."""
+    perm = np.arange(num_joints)
+    for a, b in flip_pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def flip_horizontal(points, width, flip_pairs: Sequence[tuple[int, int]] | None = None, xp=np):
+    """Horizontal mirror of pixel coordinates in an image (or patch) ``width`` px wide:
+    ``u <- width - u - 1`` (pixel centres onto pixel centres) in column 0 of [..., >=2], the other
+    columns kept; with ``flip_pairs`` the points are joints [..., J, >=2] and each left/right pair
+    is swapped. ``xp``: ``numpy`` or ``jax.numpy`` (jit-able)."""
+    out = xp.concatenate([width - points[..., :1] - 1.0, points[..., 1:]], axis=-1)
+    if flip_pairs is None:
+        return out
+    return out[..., flip_permutation(out.shape[-2], flip_pairs), :]
+
+
 # ----------------------------------------------------------------------------- image <-> patch
 def patch_affine(center: Sequence[float], box_size: Sequence[float], patch_size: Sequence[int],
                  scale: float = 1.0, rotation: float = 0.0, inverse: bool = False) -> np.ndarray:

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from kinpose_jax import geometry
 
 
 #: Heatmap rows (one joint's [D,] H, W logits each) per sequential step of the NCHW soft-argmax
@@ -113,25 +114,9 @@ def _check_channels(c: int, num_joints: int, depth_bins: int) -> None:
         )
 
 
-def flip_pairs_permutation(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-    """[J] joint permutation that swaps each left/right pair."""
-    perm = np.arange(num_joints)
-    for a, b in flip_pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
-
-def flip_joints_patch(joints_px: jax.Array, patch_width: float, flip_pairs: Sequence[tuple[int, int]]) -> jax.Array:
-    """Mirrors patch-pixel joints [..., J, >=2] of a horizontally flipped patch back:
-    ``u <- patch_width - u - 1`` and left/right pairs swapped."""
-    u = patch_width - joints_px[..., 0:1] - 1.0
-    mirrored = jnp.concatenate([u, joints_px[..., 1:]], axis=-1)
-    return mirrored[..., flip_pairs_permutation(joints_px.shape[-2], flip_pairs), :]
-
-
 def merge_flip_test(
     joints_px: jax.Array, joints_flipped_px: jax.Array, patch_width: float, flip_pairs: Sequence[tuple[int, int]]
 ) -> jax.Array:
     """Flip test: average the prediction on the patch with the mirrored-back prediction on the
     flipped patch. Both [..., J, 3] in patch pixels; returns the same."""
-    return 0.5 * (joints_px + flip_joints_patch(joints_flipped_px, patch_width, flip_pairs))
+    return 0.5 * (joints_px + geometry.flip_horizontal(joints_flipped_px, patch_width, flip_pairs, xp=jnp))

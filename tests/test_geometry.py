@@ -132,3 +132,19 @@ def test_patch_to_image_float32_equals_the_former_two_step_decoding():
     now = jax.jit(lambda *a: geometry.patch_to_image(*a, (32, 32), 2000.0, xp=jnp))(px, center, box)
     assert now.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(now), former, rtol=1e-6, atol=1e-4)
+
+
+def test_flip_horizontal_follows_opencvs_mirrored_image_and_swaps_pairs():
+    img = np.zeros((40, 57), np.uint8)
+    pts = np.array([[3.0, 7.0], [56.0, 0.0], [20.0, 39.0]])
+    img[pts[:, 1].astype(int), pts[:, 0].astype(int)] = [50, 100, 150]
+    mirrored = cv2.flip(img, 1)
+    got = geometry.flip_horizontal(pts, 57)
+    for (u, v), value in zip(got, (50, 100, 150)):
+        assert mirrored[int(v), int(u)] == value
+    joints = np.arange(12.0).reshape(4, 3)
+    flipped = geometry.flip_horizontal(joints, 10, ((0, 3),))
+    np.testing.assert_array_equal(flipped, [[10 - 9 - 1, 10, 11], [10 - 3 - 1, 4, 5], [10 - 6 - 1, 7, 8],
+                                            [10 - 0 - 1, 1, 2]])
+    dev = jax.jit(lambda j: geometry.flip_horizontal(j, 10, ((0, 3),), xp=jnp))(jnp.asarray(joints, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(dev), flipped)

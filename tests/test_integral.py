@@ -87,7 +87,7 @@ def test_flip_merge_by_hand_and_flip_twice_is_identity():
     pw = 256.0
     pairs = skeleton.H36M_FLIP_PAIRS
     joints = np.random.default_rng(5).uniform(0, 255, size=(2, 18, 3)).astype(np.float32)
-    twice = integral.flip_joints_patch(integral.flip_joints_patch(joints, pw, pairs), pw, pairs)
+    twice = geometry.flip_horizontal(geometry.flip_horizontal(joints, pw, pairs), pw, pairs)
     np.testing.assert_allclose(np.asarray(twice), joints, atol=1e-4)
     # hand-worked: joint 1 (R-hip) of the flipped patch at u=200 becomes joint 4 at 256-200-1=55
     flipped = np.zeros((1, 18, 3), np.float32)

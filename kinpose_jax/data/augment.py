@@ -67,20 +67,16 @@ def record_rng(seed: int, epoch: int, dataset_id: int, index: int, draw: int = 0
 
 def flip_joints(joints: np.ndarray, vis: np.ndarray, image_width: int,
                 flip_pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal flip of image-space joints [J, 3]: ``u <- W - u - 1`` and left/right swap
-    (weights swapped alike). Returns new arrays."""
-    joints = np.array(joints, dtype=np.float64, copy=True)
-    vis = np.array(vis, dtype=np.float64, copy=True)
-    joints[:, 0] = image_width - joints[:, 0] - 1.0
-    perm = np.arange(len(joints))
-    for a, b in flip_pairs:
-        perm[a], perm[b] = b, a
-    return joints[perm], vis[perm]
+    """Horizontal flip of image-space joints [J, 3] (:func:`kinpose_jax.geometry.flip_horizontal`:
+    ``u <- W - u - 1`` and left/right swap), weights swapped alike. Returns new float64 arrays."""
+    joints = geometry.flip_horizontal(np.asarray(joints, np.float64), image_width, flip_pairs)
+    vis = np.asarray(vis, np.float64)[geometry.flip_permutation(len(joints), flip_pairs)]
+    return joints, vis
 
 
 def flip_box_center(center: np.ndarray, image_width: int) -> np.ndarray:
-    """Box centre after a horizontal flip: ``center_x <- W - center_x - 1``."""
-    return np.array([image_width - center[0] - 1.0, center[1]], np.float64)
+    """Box centre [2] px after a horizontal flip (:func:`kinpose_jax.geometry.flip_horizontal`)."""
+    return geometry.flip_horizontal(np.asarray(center, np.float64), image_width)
 
 
 def warp_patch(image_bgr: np.ndarray, affine: np.ndarray, patch_size: tuple[int, int]) -> np.ndarray:
@@ -225,7 +221,7 @@ def make_sample(image_bgr: np.ndarray, center: np.ndarray, box_size: np.ndarray,
     else:
         width = int(image_width)
         mirror = np.eye(3)
-        if aug.flip:  # the mirror goes into the affine: u -> W - u - 1 of the original image
+        if aug.flip:  # the mirror goes into the affine: geometry.flip_horizontal as a matrix
             mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
             center = flip_box_center(center, width)
             joints, vis = flip_joints(joints, vis, width, flip_pairs)
