@@ -10,7 +10,8 @@ patch-width units; normalized units (network targets and outputs) ``x = u'/pw - 
 Functions are pure and broadcast over leading axes. Those without an ``xp`` argument use plain
 arithmetic and take numpy or jax arrays alike; those with one run on ``jax.numpy`` when given
 it (jit-, vmap- and grad-able); :func:`patch_affine` and :func:`image_to_patch` are numpy
-(float64) for the host-side data path. :meth:`kinpose_jax.synthetic.render.Camera.project`
+(float64) for the host-side data path. The module imports numpy only (the data path runs
+without jax). :meth:`kinpose_jax.synthetic.render.Camera.project`
 projects with ``cv2.projectPoints`` from world coordinates instead, an independent
 implementation that tests check this module against.
 """
@@ -135,9 +136,9 @@ def image_to_patch(joints_img: np.ndarray, affine: np.ndarray, scale: float, pat
 
 def patch_to_image(joints_patch, center, box_size, patch_size: Sequence[int], box_mm: float, scale=1.0,
                    rotation=0.0, xp=np):
-    """Patch joints straight to the image (docs/DESIGN.md#decoding): the inverse of :func:`patch_affine` and
-    of :func:`image_to_patch`'s depth, in closed form, ``center + R(rotation) ((u'/pw - 1/2) w s,
-    (v'/ph - 1/2) h s)`` for box (w, h) and scale s, depth ``z' / pw * box_mm * s``.
+    """Patch joints straight to the image (docs/DESIGN.md#decoding): the inverse of :func:`image_to_patch`
+    in closed form, ``center + R(rotation) (x w s, y h s)`` and depth ``z box_mm s`` for the
+    normalized (x, y, z) (:func:`patch_to_normalized`), box (w, h) and scale s.
 
     Args:
       joints_patch: [B, J, 3] patch px (depth in patch-width units). center: [B, 2] box centre px.
@@ -149,15 +150,14 @@ def patch_to_image(joints_patch, center, box_size, patch_size: Sequence[int], bo
       [B, J, 3]: image u px, v px, depth relative to the root in mm.
     """
     dtype = np.float64 if xp is np else np.float32
-    pw, ph = patch_size
-    joints = xp.asarray(joints_patch, dtype)
+    joints = patch_to_normalized(xp.asarray(joints_patch, dtype), patch_size)
     b = joints.shape[0]
     center = xp.asarray(center, dtype).reshape(b, 1, 2)
     box_size = xp.asarray(box_size, dtype).reshape(b, 1, 2)
     scale = xp.broadcast_to(xp.asarray(scale, dtype), (b,))[:, None]
     angle = xp.deg2rad(xp.broadcast_to(xp.asarray(rotation, dtype), (b,)))[:, None]
-    dx = (joints[..., 0] / pw - 0.5) * box_size[..., 0] * scale
-    dy = (joints[..., 1] / ph - 0.5) * box_size[..., 1] * scale
+    dx = joints[..., 0] * box_size[..., 0] * scale
+    dy = joints[..., 1] * box_size[..., 1] * scale
     cos, sin = xp.cos(angle), xp.sin(angle)
     return xp.stack([center[..., 0] + cos * dx - sin * dy, center[..., 1] + sin * dx + cos * dy,
-                     joints[..., 2] / pw * box_mm * scale], axis=-1)
+                     joints[..., 2] * box_mm * scale], axis=-1)
