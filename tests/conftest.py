@@ -1,13 +1,13 @@
-"""Test-wide settings: CPU JAX with 4 simulated devices (set before JAX starts, so data-parallel
-tests run in-process); torch limited to the machine's cores."""
+"""Test-wide settings: CPU JAX with 4 simulated devices and the suite's XLA flags (tests/xla_env.py,
+set before JAX starts, so data-parallel tests run in-process); torch limited to the machine's cores."""
 
 import os
 
+from tests.xla_env import xla_flags
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-SIMULATED_DEVICES = 4
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={SIMULATED_DEVICES}").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags()).strip()
 
 import torch  # noqa: E402
 

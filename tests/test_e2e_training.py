@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.tiny_problem import tiny_args, tiny_config
+from tests.xla_env import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +29,7 @@ def main_cmd(workdir, data_root, *extra):
 
 
 def run(cmd, devices=1, timeout=900):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = subprocess_env(devices)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -89,7 +90,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root
 
     args = [f"--config.{k}={v}" for k, v in common.items()]
     killed = str(tmp_path / "killed")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = subprocess_env(4)
     # its own process group: the SIGKILL takes main.py and its grain workers at once, as a lost node would
     p = subprocess.Popen(main_cmd(killed, data_root, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -171,7 +172,7 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
 
     multi = str(tmp_path / "multi")
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = subprocess_env(2)
     args = [f"--config.{k}={v}" for k, v in common.items()]
     procs = [subprocess.Popen(main_cmd(multi, data_root, *args, f"--coordinator_address=127.0.0.1:{port}",
                                        "--num_processes=2", f"--process_id={pid}"),
