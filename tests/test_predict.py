@@ -35,7 +35,7 @@ def tiny_config(data_root, head="integral"):  # noqa: F811
 
 
 def eval_batch(data_root, n=4):  # noqa: F811
-    cfg = pipeline.config_from_ml_collections(tiny_config(data_root), n)
+    cfg = pipeline.PipelineConfig.from_config(tiny_config(data_root), n)
     return next(iter(pipeline.DataPipeline(cfg, train=False).eval_batches())), cfg
 
 

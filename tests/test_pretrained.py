@@ -20,12 +20,13 @@ from kinpose_jax.pretrained import PretrainedMismatchError, check_config, load_p
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
+from tests.tiny_problem import model_config  # noqa: E402
 
 SIZE = 32
-INTEGRAL = dict(backbone="resnet18", head="integral", num_joints=18, depth_bins=8, deconv_filters=32,
-                num_deconv_layers=2)
-KINEMATIC = dict(backbone="resnet18", head="kinematic", num_joints=18, kinematic_tree="seed_h36m18",
-                 kinematic_view="identity")
+INTEGRAL = model_config(backbone="resnet18", head="integral", num_joints=18, depth_bins=8, deconv_filters=32,
+                        num_deconv_layers=2)
+KINEMATIC = model_config(backbone="resnet18", head="kinematic", num_joints=18, kinematic_tree="seed_h36m18",
+                         kinematic_view="identity")
 
 
 def fresh(cfg: dict, seed: int = 1) -> dict:
