@@ -12,13 +12,14 @@ import re
 import ml_collections
 
 from kinpose_jax.registry import BACKBONES, BN_SYNC, CONV_IMPLS, DTYPES, HEADS, KINEMATIC_VIEWS, RECORD_LAYOUTS
+from kinpose_jax.skeleton import H36M_NUM_JOINTS
 
 #: Names of ``kinpose_jax.kinematics.presets.PRESETS`` (kept jax-free here; a test checks they agree).
 KINEMATIC_TREES = ("h36m17", "h36m18", "mpii16", "seed_h36m18")
 #: ``model.kinematic_tree`` naming a function that returns a KinematicTree.
 TREE_FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-#: Joints of the data (H36M-18, ``kinpose_jax.skeleton.H36M_NUM_JOINTS``).
-NUM_JOINTS = 18
+#: Joints of the data (H36M-18).
+NUM_JOINTS = H36M_NUM_JOINTS
 #: Largest finite float32: the learning rate is applied in float32.
 FLOAT32_MAX = 3.4028234663852886e38
 

@@ -155,7 +155,8 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
     with torch.no_grad():
         want = tm(x)["joints"].numpy()  # [2, 23, 3]: every tree joint
     assert want.shape == (2, 23, 3) and np.abs(want[0] - want[1]).max() > 1e-3
-    config_model = dict(backbone="resnet18", head="kinematic", kinematic_tree=EXTENDED, kinematic_view="upright")
+    config_model = model_config(backbone="resnet18", head="kinematic", kinematic_tree=EXTENDED,
+                                kinematic_view="upright")
     model, fresh = _kinematic_model(EXTENDED)
     variables = load_pretrained(out, fresh, config_model, allow_backbone_only=False)
     got = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), train=False)

@@ -194,6 +194,28 @@ def test_bad_inputs_are_reported_by_file_and_the_other_images_still_run(tmp_path
     assert "5 image(s) failed" in err
 
 
+def test_a_workdir_whose_config_json_predates_newer_fields_loads(tmp_path, workdir):
+    """A config.json written before model.kinematic_view / box_mm / conv_impl / bn_sync /
+    deconv_kernel and data.record_layout / read_threads existed: those fields take their
+    configs/default.py values, and the model and weights are the workdir's."""
+    import shutil
+
+    path, config, model, variables = workdir
+    old = str(tmp_path / "old")
+    shutil.copytree(path, old)
+    saved = json.loads(config.to_json())
+    for field in ("kinematic_view", "box_mm", "conv_impl", "bn_sync", "deconv_kernel"):
+        del saved["model"][field]
+    for field in ("record_layout", "read_threads"):
+        del saved["data"][field]
+    with open(os.path.join(old, "config.json"), "w") as f:
+        json.dump(saved, f)
+    loaded = predict.load_model(old)
+    assert loaded.model == model and loaded.patch_size == PATCH
+    for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_folder_that_is_no_model_is_refused_by_name(tmp_path, capsys):
     assert predict.main(["--checkpoint", str(tmp_path), "--images", "x.jpg"]) == 2
     assert f"error: --checkpoint {tmp_path}: neither a main.py workdir" in capsys.readouterr().err
