@@ -361,9 +361,9 @@ def main(argv: list[str] | None = None) -> int:
 
     given = dict(backbone=a.backbone, head=a.head, num_joints=a.num_joints, depth_bins=a.depth_bins,
                  deconv_filters=a.deconv_filters, num_deconv_layers=a.num_deconv_layers)
-    net = build_network(with_defaults({"model": {k: v for k, v in given.items() if v is not None}}).model)
-    save_seed_checkpoint(net, a.out)
-    print(f"wrote {a.out} ({a.backbone}, {a.head} head, the original's checkpoint format)")
+    model = with_defaults({"model": {k: v for k, v in given.items() if v is not None}}).model
+    save_seed_checkpoint(build_network(model), a.out)
+    print(f"wrote {a.out} ({model.backbone}, {model.head} head, the original's checkpoint format)")
     return 0
 
 
