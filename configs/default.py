@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import ml_collections
 
 from kinpose_jax.skeleton import BOX_MM
+from kinpose_jax.synthetic import DEFAULTS as SYNTHETIC
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,10 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     #   crops for this patch_size and augmentation, far less to decode; README "which record layout").
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
-    # Synthetic generator (the defaults are kinpose_jax.synthetic.h36m.DEFAULTS, the README's set):
-    d.synthetic_train_folders = 16  # Synthetic generator: sequence folders for the train split.
-    d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
-    d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
+    # Synthetic generator (its default set, kinpose_jax.synthetic.DEFAULTS: 16 x 40 frames of 320 px):
+    d.synthetic_train_folders = SYNTHETIC["train_folders"]  # Synthetic generator: sequence folders for the train split.
+    d.synthetic_frames_per_folder = SYNTHETIC["frames_per_folder"]  # Synthetic generator: frames per folder.
+    d.synthetic_image_size = SYNTHETIC["image_size"]  # Synthetic generator: image width/height, pixels.
     d.worker_count = -1  # grain worker processes decoding/augmenting: -1 = auto (CPUs of this process - 1,
     #   at most 16 per local device; 0 on one CPU), 0 = in the main process, N = N processes. Exact resume needs
     #   the same count (auto: the same kind of machine).
