@@ -52,6 +52,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs import default  # noqa: E402
 from kinpose_jax import skeleton  # noqa: E402
 from kinpose_jax.data import augment, convert, h36m_cache, h36m_layout, pipeline, records  # noqa: E402
 from kinpose_jax.synthetic import h36m as synthetic  # noqa: E402
@@ -258,16 +259,17 @@ def main(argv=None) -> dict:
     root = os.path.join(args.data, f"s{args.image_size}_f{args.folders}x{args.frames}")
     synthetic.generate(root, train_folders=args.folders, frames_per_folder=args.frames, valid_folders=1,
                        valid_frames_per_folder=4, image_size=args.image_size)
-    aug_cfg = augment.AugmentConfig()
+    config = default.get_config()
+    aug_cfg = augment.AugmentConfig.from_config(config.data)
     full_dir, crop_dir = os.path.join(root, "records"), os.path.join(root, "records_crop")
     convert.convert_h36m(root, "train", full_dir, progress=False)
     convert.convert_h36m(root, "train", crop_dir, progress=False, crop=convert.crop_layout(
         args.patch, aug_cfg.scale_factor, aug_cfg.rotation_factor, aug_cfg.rotation_prob))
 
-    base = dict(patch_size=args.patch, global_batch_size=args.batch, seed=0, worker_count=args.workers,
-                read_threads=args.read_threads, process_index=0, process_count=1, aug=aug_cfg)
-    grain_cfgs = {"grain_full": pipeline.PipelineConfig(records_dir=full_dir, **base),
-                  "grain_crop": pipeline.PipelineConfig(records_dir=crop_dir, **base)}
+    base = dict(patch_size=args.patch, seed=0, worker_count=args.workers, read_threads=args.read_threads,
+                process_index=0, process_count=1)
+    grain_cfgs = {"grain_full": pipeline.PipelineConfig.from_config(config, args.batch, records_dir=full_dir, **base),
+                  "grain_crop": pipeline.PipelineConfig.from_config(config, args.batch, records_dir=crop_dir, **base)}
     import torch
 
     torch.set_num_threads(1)

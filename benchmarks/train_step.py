@@ -42,6 +42,7 @@ import optax
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from configs import default  # noqa: E402
 from kinpose_jax.losses import weighted_l1  # noqa: E402
 from kinpose_jax.models import build_pose_net, parse_backbone  # noqa: E402
 
@@ -55,7 +56,8 @@ def timed(fn: Callable[[], None]) -> float:
 
 def jax_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
     """Blocking callables ``train`` (one jitted step: fwd + bwd + Adam) and ``infer``."""
-    model = build_pose_net(dict(backbone=a.backbone, head=a.head, depth_bins=a.depth_bins, dtype=a.dtype))
+    model = build_pose_net(dict(default.get_config().model.to_dict(), backbone=a.backbone, head=a.head,
+                                depth_bins=a.depth_bins, dtype=a.dtype))
     x = jnp.asarray(images.transpose(0, 2, 3, 1))
     variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x[:1], train=False)
     tx = optax.adam(1e-3)

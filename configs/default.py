@@ -7,9 +7,12 @@ Experiments import this and override fields (configs as code, as in big_vision /
 Units: lengths in mm, images in pixels, angles in degrees unless stated.
 """
 
+from collections.abc import Mapping
+
 import ml_collections
 
 from kinpose_jax.skeleton import BOX_MM
+from kinpose_jax.synthetic import DEFAULTS as SYNTHETIC
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,10 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     #   crops for this patch_size and augmentation, far less to decode; README "which record layout").
     d.mpii_fraction = 0.0  # Fraction of each training batch drawn from MPII (0 = H36M only).
     d.synthetic = False  # Generate the synthetic Human3.6M set under `root` if it is missing.
-    # Synthetic generator (the defaults are kinpose_jax.synthetic.h36m.DEFAULTS, the README's set):
-    d.synthetic_train_folders = 16  # Synthetic generator: sequence folders for the train split.
-    d.synthetic_frames_per_folder = 40  # Synthetic generator: frames per folder.
-    d.synthetic_image_size = 320  # Synthetic generator: image width/height, pixels.
+    # Synthetic generator (its default set, kinpose_jax.synthetic.DEFAULTS: 16 x 40 frames of 320 px):
+    d.synthetic_train_folders = SYNTHETIC["train_folders"]  # Synthetic generator: sequence folders for the train split.
+    d.synthetic_frames_per_folder = SYNTHETIC["frames_per_folder"]  # Synthetic generator: frames per folder.
+    d.synthetic_image_size = SYNTHETIC["image_size"]  # Synthetic generator: image width/height, pixels.
     d.worker_count = -1  # grain worker processes decoding/augmenting: -1 = auto (CPUs of this process - 1,
     #   at most 16 per local device; 0 on one CPU), 0 = in the main process, N = N processes. Exact resume needs
     #   the same count (auto: the same kind of machine).
@@ -51,7 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
     m.num_joints = 18  # Output joints (H36M-18 order, docs/DESIGN.md#joints).
     m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.
     m.deconv_filters = 256  # Integral head: filters of each transposed convolution.
-    m.num_deconv_layers = 3  # Integral head: number of 4x4 stride-2 transposed convolutions.
+    m.num_deconv_layers = 3  # Integral head: number of stride-2 transposed convolutions.
+    m.deconv_kernel = 4  # Integral head: kernel side of each transposed convolution (4, as the original).
     m.kinematic_tree = "seed_h36m18"  # Kinematic head: a preset (seed_h36m18 | h36m18 | h36m17 | mpii16) or
     #   "module.path:function" returning a KinematicTree that holds the 18 H36M joints by name (extra joints
     #   are predicted, not supervised), e.g. "kinpose_jax.kinematics.examples:h36m18_toes_spine".
@@ -94,6 +98,21 @@ def get_config() -> ml_collections.ConfigDict:
     #   loss); `python -m kinpose_jax.evaluate_predictions FILE.npz` recomputes every table from it.
     c.progress_bar = True  # tqdm progress bar per epoch.
     return c
+
+
+def with_defaults(saved: Mapping) -> ml_collections.ConfigDict:
+    """:func:`get_config` with every field of ``saved`` set on it (nested mappings field by field).
+
+    ``saved`` is a whole config (a workdir's ``config.json``) or a part of one, e.g.
+    ``{"model": converted_checkpoint_model_fields}``; a field it lacks (a config written before the
+    field existed, or a model config read off converted weights) gets its default here."""
+    def merge(base: dict, new: Mapping) -> dict:
+        for key, value in new.items():
+            both = isinstance(base.get(key), dict) and isinstance(value, Mapping)
+            base[key] = merge(base[key], value) if both else value
+        return base
+
+    return ml_collections.ConfigDict(merge(get_config().to_dict(), saved))
 
 
 #: Presets selected by a config file argument, ``--config=configs/integral_r50_mpii_h36m.py:accel``

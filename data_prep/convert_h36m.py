@@ -33,14 +33,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs.default import get_config  # noqa: E402
 from kinpose_jax.data import DataError, convert, record_checks  # noqa: E402
+from kinpose_jax.registry import RECORD_LAYOUTS  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--root", default="data", help="data root holding hm36/ (and mpii/) in the original's layout")
-    p.add_argument("--sets", nargs="+", default=["train", "validmin"], help="Human3.6M sets to convert")
+    d = get_config().data  # the training config's defaults
+    p.add_argument("--root", default=d.root, help="data root holding hm36/ (and mpii/) in the original's layout")
+    p.add_argument("--sets", nargs="+", default=[d.train_set, d.eval_set], help="Human3.6M sets to convert")
     p.add_argument("--out_dir", default="", help="output folder (default <root>/records)")
     p.add_argument("--cache", default="", help="cache pickle to read (only with a single --sets entry)")
     p.add_argument("--image_root", default="",
@@ -69,14 +72,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes validating and reading images (0 = in this process)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    p.add_argument("--layout", default="full", choices=["full", "crop"],
+    p.add_argument("--layout", default=d.record_layout, choices=RECORD_LAYOUTS,
                    help="full: the image files as they are; crop: patch-sized JPEG crops (module docstring)")
-    p.add_argument("--crop_patch_size", type=int, default=256, help="crop layout: training patch size, px")
-    p.add_argument("--crop_scale_factor", type=float, default=0.25,
+    p.add_argument("--crop_patch_size", type=int, default=d.patch_size, help="crop layout: training patch size, px")
+    p.add_argument("--crop_scale_factor", type=float, default=d.scale_factor,
                    help="crop layout: largest data.scale_factor the crops cover")
-    p.add_argument("--crop_rotation_factor", type=float, default=30.0,
+    p.add_argument("--crop_rotation_factor", type=float, default=d.rotation_factor,
                    help="crop layout: data.rotation_factor the crops are cut for (0 = no rotation)")
-    p.add_argument("--crop_rotation_prob", type=float, default=0.6, help="crop layout: data.rotation_prob")
+    p.add_argument("--crop_rotation_prob", type=float, default=d.rotation_prob, help="crop layout: data.rotation_prob")
     p.add_argument("--crop_quality", type=int, default=95, help="crop layout: JPEG quality of the crops, 1-100")
     p.add_argument("--crop_no_resample", action="store_true",
                    help="crop layout: keep the image's resolution (larger crops; patches as from the image)")

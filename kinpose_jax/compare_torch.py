@@ -63,11 +63,11 @@ def seed_model_config(state_dict: dict, model_config: Any) -> dict:
     """The JAX model config for a seed state_dict: the architecture read off the tensors, the
     remaining fields (num_joints, box_mm, dtype) from ``model_config``."""
     from kinpose_jax.convert_torch import SEED_LAYOUT_OUTPUTS, detect_source, infer_model_config
-    from kinpose_jax.models import config_value
+    from kinpose_jax.models import model_field
 
     if detect_source(state_dict) != "seed":
         raise ValueError("the checkpoint is a plain torchvision ResNet (no pose head): there is nothing to compare")
-    overrides = {k: config_value(model_config, k) for k in ("num_joints", "box_mm", "dtype")}
+    overrides = {k: model_field(model_config, k) for k in ("num_joints", "box_mm", "dtype")}
     cfg = infer_model_config(state_dict, overrides)
     if "head" not in cfg:
         raise ValueError("cannot tell the head from the checkpoint: it has neither an integral head's final conv "
@@ -120,8 +120,8 @@ def compare(config, torch_checkpoint: str, allow_pickle: bool = False, log=print
         config.model[key] = value
     patch = int(config.data.patch_size)
 
-    net = torch_reference.load_network(sd, model_cfg)
-    model = build_pose_net(model_cfg)
+    net = torch_reference.load_network(sd, config.model)
+    model = build_pose_net(config.model)
     init = init_variables(model, jax.random.key(0), patch)
     variables, report = convert_torch.convert_state_dict(sd, model, init)
     if report.missing or report.unexpected:

@@ -11,16 +11,15 @@ import re
 
 import ml_collections
 
-from kinpose_jax.registry import BACKBONES, BN_SYNC, CONV_IMPLS, HEADS
+from kinpose_jax.registry import BACKBONES, BN_SYNC, CONV_IMPLS, DTYPES, HEADS, KINEMATIC_VIEWS, RECORD_LAYOUTS
+from kinpose_jax.skeleton import H36M_NUM_JOINTS
 
 #: Names of ``kinpose_jax.kinematics.presets.PRESETS`` (kept jax-free here; a test checks they agree).
 KINEMATIC_TREES = ("h36m17", "h36m18", "mpii16", "seed_h36m18")
-#: Views of ``kinpose_jax.models.heads.view_matrix``.
-KINEMATIC_VIEWS = ("upright", "identity")
 #: ``model.kinematic_tree`` naming a function that returns a KinematicTree.
 TREE_FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-#: Joints of the data (H36M-18, ``kinpose_jax.skeleton.H36M_NUM_JOINTS``).
-NUM_JOINTS = 18
+#: Joints of the data (H36M-18).
+NUM_JOINTS = H36M_NUM_JOINTS
 #: Largest finite float32: the learning rate is applied in float32.
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -68,17 +67,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model.kinematic_view", m.kinematic_view, f"one of {KINEMATIC_VIEWS}")
     if m.head == "kinematic" and m.kinematic_tree not in KINEMATIC_TREES:
         _check_kinematic_tree(m.kinematic_tree, m.num_joints)  # imports the user's tree function
-    if m.dtype not in ("float32", "bfloat16"):
-        _fail("model.dtype", m.dtype, "'float32' or 'bfloat16'")
-    if m.get("conv_impl", "auto") not in CONV_IMPLS:
+    if m.dtype not in DTYPES:
+        _fail("model.dtype", m.dtype, f"one of {DTYPES}")
+    if m.conv_impl not in CONV_IMPLS:
         _fail("model.conv_impl", m.conv_impl, f"one of {CONV_IMPLS}")
-    if m.get("bn_sync", "global") not in BN_SYNC:
+    if m.bn_sync not in BN_SYNC:
         _fail("model.bn_sync", m.bn_sync, f"one of {BN_SYNC}")
     if m.num_joints != NUM_JOINTS:
         _fail("model.num_joints", m.num_joints, f"{NUM_JOINTS} (the H36M-18 joints of the data)")
     _number(config, "model.depth_bins", 1, integer=True)
     _number(config, "model.deconv_filters", 1, integer=True)
     _number(config, "model.num_deconv_layers", 0, integer=True)
+    _number(config, "model.deconv_kernel", 1, integer=True)
     _number(config, "model.box_mm", 0, low_open=True, expected="a length in mm > 0")
     if config.loss not in ("l1", "l2"):
         _fail("loss", config.loss, "'l1' or 'l2'")
@@ -92,8 +92,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _number(config, "data.worker_count", -1, integer=True,
             expected="an integer >= -1 (-1 = auto, 0 = in the main process)")
     _number(config, "data.read_threads", 1, integer=True)
-    if d.get("record_layout", "full") not in ("full", "crop"):
-        _fail("data.record_layout", d.record_layout, "'full' or 'crop'")
+    if d.record_layout not in RECORD_LAYOUTS:
+        _fail("data.record_layout", d.record_layout, f"one of {RECORD_LAYOUTS}")
     _number(config, "data.worker_buffer_size", 1, integer=True)
     _number(config, "data.scale_factor", 0.0, 1.0, high_open=True,
             expected="a factor in [0, 1) (scales 1 +- factor must stay > 0)")

@@ -51,6 +51,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from kinpose_jax.registry import HEADS, KINEMATIC_VIEWS
 from kinpose_jax.weights_format import (  # noqa: F401 - the format, re-exported for callers of this module
     REPORT_FILE, ConversionReport, determined_fields, load_converted, read_conversion_metadata, save_converted,
 )
@@ -156,10 +157,13 @@ def canonical_seed_keys(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], 
 def infer_model_config(state_dict: Mapping[str, np.ndarray], overrides: Mapping[str, Any] | None = None) -> dict:
     """Model config fields (see :func:`kinpose_jax.models.build_pose_net`) read off the tensors:
     backbone depth, head type, deconv filters/layers/kernel, depth_bins (= final_layer channels /
-    num_joints). ``overrides`` win (e.g. num_joints, depth_bins, kinematic_tree, kinematic_view)."""
+    num_joints). ``overrides`` win (e.g. num_joints, depth_bins, kinematic_tree, kinematic_view);
+    num_joints is the default config's unless overridden."""
+    from configs.default import get_config
     from kinpose_jax.models.resnet import RESNET_SPECS
 
     overrides = dict(overrides or {})
+    j = int(overrides.get("num_joints", get_config().model.num_joints))
     sd = {("backbone." + k if not k.startswith(("backbone.", "head.")) else k): v
           for k, v in canonical_seed_keys({strip_module_prefix(k): v for k, v in state_dict.items()})[0].items()}
     blocks = [len({m.group(1) for k in sd if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.", k))}) for i in range(1, 5)]
@@ -175,7 +179,6 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], overrides: Mapping[
         deconvs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"head\.features\.(\d+)\.weight$", k))
                          and sd[k].ndim == 4)
         n_out = sd["head.final_layer.weight"].shape[0]
-        j = int(overrides.get("num_joints", 18))
         if n_out % j == 0:
             cfg["depth_bins"] = n_out // j
         cfg["num_deconv_layers"] = len(deconvs)
@@ -184,7 +187,6 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], overrides: Mapping[
             cfg["deconv_kernel"] = int(sd[f"head.features.{deconvs[0]}.weight"].shape[-1])
     elif "head.fc.weight" in sd:
         n_out = sd["head.fc.weight"].shape[0]
-        j = int(overrides.get("num_joints", 18))
         cfg["head"] = "direct" if n_out == 3 * j else "kinematic"
     cfg.update(overrides)
     return cfg
@@ -385,28 +387,32 @@ def convert_state_dict(
 
 # ----------------------------------------------------------------------------- saving
 def _model_values(model, cfg: Mapping[str, Any]) -> dict:
-    """The values ``model`` was built with, for the config fields it determines."""
+    """The values ``model`` was built with (from the complete model config ``cfg``), for the
+    config fields it determines."""
     values = dict(backbone=f"resnet{model.backbone_depth}", head=model.head, num_joints=model.num_joints,
                   depth_bins=model.depth_bins, num_deconv_layers=model.num_deconv_layers,
                   deconv_filters=model.deconv_filters, deconv_kernel=model.deconv_kernel,
                   kinematic_view=model.kinematic_view, box_mm=model.box_mm)
-    if isinstance(cfg.get("kinematic_tree", "seed_h36m18"), str):
-        values["kinematic_tree"] = cfg.get("kinematic_tree", "seed_h36m18")
+    if isinstance(cfg["kinematic_tree"], str):
+        values["kinematic_tree"] = cfg["kinematic_tree"]
     return values
 
 
 def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None = None, strict: bool = False,
                  allow_pickle: bool = False, overwrite: bool = False, init_size: int = 64, seed: int = 0):
-    """Load -> infer config -> build and initialise the model -> convert -> save. Returns (config, report)."""
+    """Load -> infer config -> build and initialise the model -> convert -> save. Returns (config:
+    the inferred fields and ``overrides``, report); the fields neither gives are configs/default.py's."""
+    from configs.default import with_defaults
     from kinpose_jax.models import build_pose_net, init_variables
 
     sd = load_torch_state_dict(in_path, allow_pickle=allow_pickle)
     cfg = infer_model_config(sd, overrides)
-    model = build_pose_net(cfg)
+    full = with_defaults({"model": cfg}).model
+    model = build_pose_net(full)
     init = init_variables(model, jax.random.key(seed), init_size)
     variables, report = convert_state_dict(sd, model, init, strict=strict)
-    determined = determined_fields(cfg, report.source)
-    values = _model_values(model, cfg)
+    determined = determined_fields(full, report.source)
+    values = _model_values(model, full)
     cfg = dict(cfg, **{k: values[k] for k in determined})  # record what the checkpoint was built with
     save_converted(out_dir, variables, report, cfg, overwrite=overwrite, determined=determined)
     return cfg, report
@@ -416,15 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kinpose_jax.convert_torch", description=__doc__.split("\n\n")[0])
     p.add_argument("input", help="checkpoint of the original (.pth.tar, 'network' entry) or torchvision ResNet state_dict (.pth)")
     p.add_argument("out_dir", help="output orbax checkpoint directory")
-    p.add_argument("--head", choices=["integral", "direct", "kinematic"], help="default: inferred (integral for torchvision)")
+    p.add_argument("--head", choices=HEADS, help="default: inferred (configs/default.py's for torchvision)")
     p.add_argument("--backbone", help="e.g. resnet50 (default: inferred from the tensors)")
-    p.add_argument("--num-joints", type=int, default=18)
+    p.add_argument("--num-joints", type=int, help="default: configs/default.py's (18)")
     p.add_argument("--depth-bins", type=int, help="default: final_layer channels / num_joints")
     p.add_argument("--deconv-filters", type=int)
     p.add_argument("--num-deconv-layers", type=int)
-    p.add_argument("--kinematic-tree", default="seed_h36m18")
-    p.add_argument("--kinematic-view", default="upright", choices=["upright", "identity"])
-    p.add_argument("--box-mm", type=float, help="mm per normalized unit (kinematic head; default 2000)")
+    p.add_argument("--kinematic-tree", help="default: configs/default.py's")
+    p.add_argument("--kinematic-view", choices=KINEMATIC_VIEWS, help="default: configs/default.py's")
+    p.add_argument("--box-mm", type=float, help="mm per normalized unit (kinematic head; default: configs/default.py's)")
     p.add_argument("--strict", action="store_true", help="fail on missing or unexpected keys")
     p.add_argument("--allow-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only")
     p.add_argument("--overwrite", action="store_true")
@@ -440,12 +446,11 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(a: argparse.Namespace) -> int:
     if os.path.exists(a.out_dir) and not a.overwrite:
         raise FileExistsError(17, "output directory exists (pass --overwrite to replace it)", a.out_dir)
-    overrides = {"num_joints": a.num_joints, "kinematic_tree": a.kinematic_tree, "kinematic_view": a.kinematic_view}
-    for key, val in (("head", a.head), ("backbone", a.backbone), ("deconv_filters", a.deconv_filters),
-                     ("num_deconv_layers", a.num_deconv_layers), ("depth_bins", a.depth_bins),
-                     ("box_mm", a.box_mm)):
-        if val is not None:
-            overrides[key] = val
+    overrides = {}
+    for key in ("head", "backbone", "num_joints", "deconv_filters", "num_deconv_layers", "depth_bins",
+                "kinematic_tree", "kinematic_view", "box_mm"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
     cfg, report = convert_file(a.input, a.out_dir, overrides, strict=a.strict, allow_pickle=a.allow_pickle,
                                overwrite=a.overwrite)
     print(f"model config: {json.dumps(cfg)}")

@@ -51,7 +51,6 @@ from kinpose_jax.training import evaluation, parallel
 from kinpose_jax.data import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-DEFAULT_PATCH_SIZE = 256  # converted checkpoints: the original's input size
 EXPORTED_FILE, WEIGHTS_FILE, EXPORT_META_FILE = "inference.stablehlo", "variables.msgpack", "export.json"
 
 
@@ -88,14 +87,16 @@ class LoadedModel:
 def load_model(checkpoint: str, patch_size: int | None = None, step: int | None = None) -> LoadedModel:
     """Loads a ``main.py`` workdir (or its ``checkpoints/`` or ``checkpoints/<step>`` folder) or a
     converted checkpoint. ``patch_size`` overrides the input size (converted checkpoints default to
-    256; a workdir uses its ``config.data.patch_size``). Raises PredictError naming the folder."""
+    configs/default.py's, 256, the original's; a workdir uses its ``config.data.patch_size``). Raises PredictError naming the folder."""
     path = os.path.abspath(checkpoint)
     if not os.path.isdir(path):
         raise PredictError(f"--checkpoint {checkpoint}: no such folder")
     from kinpose_jax.weights_format import REPORT_FILE
 
     if os.path.exists(os.path.join(path, REPORT_FILE)):
-        return _load_converted(path, patch_size or DEFAULT_PATCH_SIZE)
+        from configs.default import get_config
+
+        return _load_converted(path, patch_size or get_config().data.patch_size)  # the original's input size
     parent, name = os.path.split(path)
     if name.isdigit() and os.path.basename(parent) == "checkpoints":  # <workdir>/checkpoints/<step>
         if step is not None and step != int(name):
@@ -110,13 +111,13 @@ def load_model(checkpoint: str, patch_size: int | None = None, step: int | None 
 
 
 def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> LoadedModel:
-    import ml_collections
-
     from kinpose_jax.training import checkpointing, train
     from kinpose_jax.models import build_pose_net
 
+    from configs.default import with_defaults
+
     with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = with_defaults(json.load(f))  # a config.json older than a field: that field's default
     model = build_pose_net(config.model)
     fresh = train.init_variables(model, config, jax.random.PRNGKey(0))
     manager = checkpointing.make_manager(workdir, int(config.keep_checkpoints), create=False)
@@ -139,7 +140,9 @@ def _load_converted(path: str, patch_size: int) -> LoadedModel:
     from kinpose_jax.weights_format import read_conversion_metadata
     from kinpose_jax.models import build_pose_net, init_variables
 
-    model_config = dict(read_conversion_metadata(path)["model"])
+    from configs.default import with_defaults
+
+    model_config = with_defaults({"model": read_conversion_metadata(path)["model"]}).model.to_dict()
     model = build_pose_net(model_config)
     fresh = init_variables(model, jax.random.PRNGKey(0), patch_size)
     variables = pretrained.load_pretrained(path, fresh, model_config, allow_backbone_only=False)

@@ -102,16 +102,16 @@ def _same_tree(a: Any, b: Any) -> bool:
 def check_config(meta: dict, model_config: Any, path: str = "checkpoint") -> None:
     """Raises PretrainedMismatchError if ``model_config`` disagrees with a field the converted checkpoint fixes."""
     from kinpose_jax.registry import HEAD_FIELDS
-    from kinpose_jax.models import config_value
+    from kinpose_jax.models import model_field
 
     saved = meta.get("model", {})
     determined = [f for f in meta.get("determined", []) if f in saved]
-    head_ckpt, head_cfg = saved.get("head"), config_value(model_config, "head")
+    head_ckpt, head_cfg = saved.get("head"), model_field(model_config, "head")
     if "head" in determined and str(head_ckpt) != str(head_cfg):  # the other head's fields mean nothing here
         determined = [f for f in determined if f not in HEAD_FIELDS.get(str(head_ckpt), ())]
     bad = []
     for field in determined:
-        ours, theirs = config_value(model_config, field), saved[field]
+        ours, theirs = model_field(model_config, field), saved[field]
         same = (_same_tree(theirs, ours) if field == "kinematic_tree"
                 else _norm(field, theirs) == _norm(field, ours))
         if not same:

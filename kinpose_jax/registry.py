@@ -1,5 +1,6 @@
-"""The model choices the whole code base agrees on (config checks, model builder, converter,
-checkpoint loader), in a module that imports nothing heavy so configs are checked before JAX starts."""
+"""The choices of config fields the whole code base agrees on (config checks, model builder,
+converter, checkpoint loader, data setup), in a module that imports nothing heavy so configs are
+checked before JAX starts. The fields and their defaults are configs/default.py's."""
 
 from __future__ import annotations
 
@@ -18,9 +19,20 @@ HEAD_FIELDS: dict[str, tuple[str, ...]] = {
 #: kinematic (angles + scale -> forward kinematics).
 HEADS: tuple[str, ...] = tuple(HEAD_FIELDS)
 
+#: ``config.model.kinematic_view`` (:func:`kinpose_jax.models.heads.view_matrix`): ``upright`` (rest
+#: pose upright, facing the camera) or ``identity`` (tree output axes used as camera axes, as the original).
+KINEMATIC_VIEWS: tuple[str, ...] = ("upright", "identity")
+
+#: ``config.model.dtype``, the compute dtype (parameters stay float32).
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+
 #: ``config.model.conv_impl``: how transposed and 1x1 convolutions are computed (same parameters):
 #: ``auto`` (CPU fast forms on the CPU backend, the standard forms elsewhere), ``cpu_fast``, ``standard``.
 CONV_IMPLS: tuple[str, ...] = ("auto", "cpu_fast", "standard")
 
 #: ``config.model.bn_sync``: BatchNorm batch statistics over the ``global`` batch or ``per_device``.
 BN_SYNC: tuple[str, ...] = ("global", "per_device")
+
+#: ``config.data.record_layout``: shards holding the image files as they are (``full``) or
+#: patch-sized JPEG crops (``crop``), :func:`kinpose_jax.data.convert.crop_layout`.
+RECORD_LAYOUTS: tuple[str, ...] = ("full", "crop")

@@ -37,6 +37,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kinpose_jax.registry import HEADS
+
 #: Outputs of the original's kinematic ``fc``: 29 motion parameters per joint of 18, plus the scale.
 SEED_KINEMATIC_OUTPUTS = 29 * 18 + 1
 #: The original's mm per unit of the kinematic layer's ``shape`` buffer.
@@ -245,17 +247,17 @@ def build_network(model_config: Any, kinematic_outputs: int = SEED_KINEMATIC_OUT
     :func:`kinpose_jax.models.build_pose_net`: backbone, head, num_joints, depth_bins,
     deconv_filters, num_deconv_layers, deconv_kernel), in eval mode with torch's default init.
     A kinematic head needs ``num_joints`` 18 (the original's skeleton)."""
-    from kinpose_jax.models import RESNET_SPECS, config_value, parse_backbone
+    from kinpose_jax.models import RESNET_SPECS, model_field, parse_backbone
 
     t = _torch_modules()
-    kind, layers = RESNET_SPECS[parse_backbone(config_value(model_config, "backbone"))]
+    kind, layers = RESNET_SPECS[parse_backbone(model_field(model_config, "backbone"))]
     backbone = t.ResNetBackbone(kind, tuple(layers))
-    head, joints = str(config_value(model_config, "head")), int(config_value(model_config, "num_joints"))
+    head, joints = str(model_field(model_config, "head")), int(model_field(model_config, "num_joints"))
     if head == "integral":
-        net_head = t.DeconvHead(backbone.out_channels, int(config_value(model_config, "num_deconv_layers")),
-                                int(config_value(model_config, "deconv_filters")),
-                                int(config_value(model_config, "deconv_kernel")), joints,
-                                int(config_value(model_config, "depth_bins")))
+        net_head = t.DeconvHead(backbone.out_channels, int(model_field(model_config, "num_deconv_layers")),
+                                int(model_field(model_config, "deconv_filters")),
+                                int(model_field(model_config, "deconv_kernel")), joints,
+                                int(model_field(model_config, "depth_bins")))
     elif head == "direct":
         net_head = t.DirectHead(backbone.out_channels, joints)
     elif head == "kinematic":
@@ -263,7 +265,7 @@ def build_network(model_config: Any, kinematic_outputs: int = SEED_KINEMATIC_OUT
             raise ValueError(f"the original's kinematic layer outputs 18 joints; num_joints is {joints}")
         net_head = t.KinematicHead(backbone.out_channels, kinematic_outputs)
     else:
-        raise ValueError(f"unknown head {head!r}; choose one of ('integral', 'direct', 'kinematic')")
+        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     return t.ResPoseNet(backbone, net_head).eval()
 
 
@@ -286,12 +288,12 @@ def load_network(state_dict: Mapping[str, np.ndarray], model_config: Any):
     :func:`kinpose_jax.convert_torch.load_torch_state_dict`). Raises ValueError naming the keys
     that do not fit; BatchNorm counters and kinematic-layer buffers may be absent."""
     from kinpose_jax.convert_torch import SEED_KINEMATIC_BUFFERS
-    from kinpose_jax.models import config_value
+    from kinpose_jax.models import model_field
 
     t = _torch_modules()
     sd = seed_layout(state_dict)
     fc = sd.get("head.fc.weight")
-    kinematic = str(config_value(model_config, "head")) == "kinematic"
+    kinematic = str(model_field(model_config, "head")) == "kinematic"
     kinematic_outputs = fc.shape[0] if kinematic and fc is not None else SEED_KINEMATIC_OUTPUTS
     net = build_network(model_config, kinematic_outputs)
     wanted = net.state_dict()
@@ -347,18 +349,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a randomly initialised original network (torch default init) in the original's checkpoint format.")
     p.add_argument("out", help="output file, e.g. seed.pth.tar")
     p.add_argument("--backbone", default="resnet18", help="resnet18|34|50|101|152 (default resnet18)")
-    p.add_argument("--head", default="integral", choices=["integral", "direct", "kinematic"])
-    p.add_argument("--num-joints", type=int, default=18)
-    p.add_argument("--depth-bins", type=int, default=64, help="integral head (default 64)")
-    p.add_argument("--deconv-filters", type=int, default=256, help="integral head (default 256)")
-    p.add_argument("--num-deconv-layers", type=int, default=3, help="integral head (default 3)")
+    p.add_argument("--head", choices=HEADS, help="default: configs/default.py's")
+    p.add_argument("--num-joints", type=int, help="default: configs/default.py's")
+    p.add_argument("--depth-bins", type=int, help="integral head (default: configs/default.py's)")
+    p.add_argument("--deconv-filters", type=int, help="integral head (default: configs/default.py's)")
+    p.add_argument("--num-deconv-layers", type=int, help="integral head (default: configs/default.py's)")
     p.add_argument("--seed", type=int, default=0, help="torch RNG seed of the initialization")
     a = p.parse_args(argv)
     _torch_modules().torch.manual_seed(a.seed)
-    net = build_network(dict(backbone=a.backbone, head=a.head, num_joints=a.num_joints, depth_bins=a.depth_bins,
-                             deconv_filters=a.deconv_filters, num_deconv_layers=a.num_deconv_layers))
-    save_seed_checkpoint(net, a.out)
-    print(f"wrote {a.out} ({a.backbone}, {a.head} head, the original's checkpoint format)")
+    from configs.default import with_defaults
+
+    given = dict(backbone=a.backbone, head=a.head, num_joints=a.num_joints, depth_bins=a.depth_bins,
+                 deconv_filters=a.deconv_filters, num_deconv_layers=a.num_deconv_layers)
+    model = with_defaults({"model": {k: v for k, v in given.items() if v is not None}}).model
+    save_seed_checkpoint(build_network(model), a.out)
+    print(f"wrote {a.out} ({model.backbone}, {model.head} head, the original's checkpoint format)")
     return 0
 
 

@@ -61,9 +61,11 @@ def determined_fields(model_config: Mapping[str, Any], source: str) -> list[str]
     converted kinematic layer)."""
     if source == "torchvision":
         return ["backbone"]
-    head = str(model_config.get("head", "integral"))
-    fields = ["backbone", "head", "num_joints", *HEAD_FIELDS.get(head, ())]
-    if not isinstance(model_config.get("kinematic_tree", "seed_h36m18"), str):
+    from configs.default import with_defaults
+
+    model = with_defaults({"model": dict(model_config)}).model  # a field not given: its default
+    fields = ["backbone", "head", "num_joints", *HEAD_FIELDS.get(str(model.head), ())]
+    if not isinstance(model.kinematic_tree, str):
         fields = [f for f in fields if f != "kinematic_tree"]  # a tree object: not recordable by name
     return fields
 

@@ -19,6 +19,7 @@ from kinpose_jax import compare_torch, convert_torch, torch_reference  # noqa: E
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
+from tests.tiny_problem import model_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Largest allowed distance between the JAX and PyTorch predictions of one joint, camera mm.
@@ -149,7 +150,7 @@ def test_package_reference_network_matches_the_independent_one(head):
     and computes what tests/torch_pose_reference.py computes."""
     net = seed_network(head, seed=2)
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
-    ours = torch_reference.load_network(sd, dict(backbone="resnet18", **CONFIGS[head]))
+    ours = torch_reference.load_network(sd, model_config(backbone="resnet18", **CONFIGS[head]))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         want = net(x)["joints"].numpy()
@@ -173,4 +174,4 @@ def test_a_checkpoint_that_does_not_fit_the_network_names_the_keys():
     sd["head.extra.weight"] = np.zeros(3, np.float32)
     del sd["backbone.layer1.0.bn1.running_var"]
     with pytest.raises(ValueError, match=r"missing: \['backbone.layer1.0.bn1.running_var'\].*head.extra.weight"):
-        torch_reference.load_network(sd, dict(backbone="resnet18", head="direct"))
+        torch_reference.load_network(sd, model_config(backbone="resnet18", head="direct"))

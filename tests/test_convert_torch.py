@@ -22,6 +22,7 @@ from kinpose_jax.models import ResNet, build_pose_net, init_variables  # noqa: E
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
+from tests.tiny_problem import model_config  # noqa: E402
 
 TOL = 1e-4
 SIZE = 64
@@ -40,7 +41,7 @@ def save_seed_checkpoint(model: torch.nn.Module, path, prefix: str = "module.") 
 
 def run_converted(ckpt_dir: str, x: torch.Tensor) -> dict:
     meta = C.read_conversion_metadata(ckpt_dir)
-    model = build_pose_net(meta["model"])
+    model = build_pose_net(model_config(**meta["model"]))
     variables = C.load_converted(ckpt_dir)
     return model.apply(variables, nchw_to_nhwc(x), train=False)
 
@@ -128,7 +129,8 @@ def _tiny_integral(seed=0, depth=18):
 
 
 def _model_and_init(**cfg):
-    model = build_pose_net(dict(dict(backbone="resnet18", head="integral", depth_bins=8, deconv_filters=32), **cfg))
+    model = build_pose_net(model_config(**dict(dict(backbone="resnet18", head="integral", depth_bins=8,
+                                                     deconv_filters=32), **cfg)))
     return model, init_variables(model, jax.random.key(0), SIZE)
 
 
@@ -286,7 +288,7 @@ def test_command_line(tmp_path, capsys, tiny):
     np.testing.assert_array_equal(np.asarray(restored["params"]["head"]["final_layer"]["bias"]),
                                   tm.head.final_layer.bias.detach().numpy())
     # restore into an abstract target (what a training driver does)
-    model = build_pose_net(meta["model"])
+    model = build_pose_net(model_config(**meta["model"]))
     target = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), SIZE))
     typed = C.load_converted(str(out), target)
     assert jax.tree.structure(typed) == jax.tree.structure(target)

@@ -15,6 +15,7 @@ from kinpose_jax.data import (DataError, convert, h36m_cache, h36m_layout, image
                               records)
 from kinpose_jax.synthetic import h36m as synthetic, render
 from tests.test_data_fixtures import SMALL, synthetic_root
+from tests.tiny_problem import crop_layout
 
 QUIET = dict(progress=False, log=lambda *_: None)
 
@@ -400,7 +401,7 @@ def test_cli_crop_layout(tmp_path):
     assert cli.main(argv[:-1] + ["80"]) == 0
     assert json.loads((tmp_path / "out" / "hm36_validmin" / records.INFO_FILE).read_text())["crop"]["quality"] == 80
     with pytest.raises(ValueError, match="quality"):
-        convert.crop_layout(quality=0)
+        crop_layout(quality=0)
 
 
 def test_lens_distortion_sized_label_offsets_are_accepted_and_the_limits_are_options(tmp_path):

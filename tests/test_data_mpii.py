@@ -16,6 +16,7 @@ import pytest
 from kinpose_jax.data import augment, convert, pipeline, records
 from tests.test_data_fixtures import synthetic_root
 from tests.test_data_pipeline import device_normalized, reference_sample
+from tests.tiny_problem import crop_layout, pipeline_config
 
 QUIET = dict(progress=False, log=lambda *_: None, num_workers=0)
 #: docs/DESIGN.md#mpii-coco, per H36M joint: the MPII joint it comes from (-1: none).
@@ -58,8 +59,8 @@ def test_mpii_mixing_end_to_end(tmp_path):
     info = convert.convert_mpii(str(tmp_path), "train", out, **QUIET)
     assert info["num_records"] == NUM_MPII and h36m["num_records"] == 16
 
-    cfg = pipeline.PipelineConfig(records_dir=out, mpii_fraction=1.0 / 3.0, patch_size=32, global_batch_size=4,
-                                  seed=9, read_threads=0, process_index=0, process_count=1)
+    cfg = pipeline_config(records_dir=out, mpii_fraction=1.0 / 3.0, patch_size=32, global_batch_size=4,
+                          seed=9, read_threads=0, process_index=0, process_count=1)
     plan, _ = pipeline.train_plan(cfg)
     # 1/3 MPII: all 8 MPII records + 16 Human3.6M records per epoch, 24 samples = 6 batches of 4
     assert plan.steps_per_epoch == 6
@@ -110,7 +111,7 @@ def test_mpii_crop_records_give_the_full_image_samples(tmp_path, resample, bound
     the crop's JPEG re-encoding only)."""
     _write_mpii(str(tmp_path))
     full_dir, crop_dir = str(tmp_path / "full"), str(tmp_path / "crop")
-    crop = convert.crop_layout(patch_size=32, resample=resample)
+    crop = crop_layout(patch_size=32, resample=resample)
     for out, layout in ((full_dir, None), (crop_dir, crop)):
         convert.convert_h36m(synthetic_root(), "train", out, crop=layout, **QUIET)
         info = convert.convert_mpii(str(tmp_path), "train", out, crop=layout, **QUIET)
@@ -121,8 +122,8 @@ def test_mpii_crop_records_give_the_full_image_samples(tmp_path, resample, bound
     assert stored != files  # the crops, not the image files
 
     def batches(records_dir):
-        cfg = pipeline.PipelineConfig(records_dir=records_dir, mpii_fraction=1.0 / 3.0, patch_size=32,
-                                      global_batch_size=4, seed=9, read_threads=0, process_index=0, process_count=1)
+        cfg = pipeline_config(records_dir=records_dir, mpii_fraction=1.0 / 3.0, patch_size=32,
+                              global_batch_size=4, seed=9, read_threads=0, process_index=0, process_count=1)
         it = pipeline.make_train_iterator(cfg)
         return [next(it) for _ in range(pipeline.train_plan(cfg)[0].steps_per_epoch)]
 

@@ -15,6 +15,7 @@ import pytest
 from kinpose_jax import geometry, skeleton
 from kinpose_jax.data import augment, h36m_layout, pipeline, records
 from tests.test_data_fixtures import synthetic_root
+from tests.tiny_problem import augment_config, crop_layout, pipeline_config
 
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
@@ -122,7 +123,7 @@ def test_flip_twice_is_identity():
 
 
 def test_augmentation_draws_follow_spec():
-    cfg = augment.AugmentConfig()
+    cfg = augment_config()
     draws = [augment.draw_augmentation(augment.record_rng(0, 0, 0, i), cfg) for i in range(3000)]
     s = np.array([d.scale for d in draws])
     r = np.array([d.rotation for d in draws])
@@ -144,7 +145,7 @@ def _cfg(**kw):
     base = dict(records_dir=os.path.join(synthetic_root(), "records"), patch_size=48, global_batch_size=4,
                 process_index=0, process_count=1, seed=5, read_threads=2)
     base.update(kw)
-    return pipeline.PipelineConfig(**base)
+    return pipeline_config(**base)
 
 
 def _take(it, n):
@@ -384,7 +385,7 @@ def test_setup_from_the_training_config(tmp_path):
     assert data.steps_per_epoch == 1 and data.num_eval_records == 64 and data.eval_steps == 16
     batch = next(data.train_iterator())
     assert batch["image"].shape == (4, 32, 32, 3)
-    cfg = pipeline.config_from_ml_collections(c, 4)
+    cfg = pipeline.PipelineConfig.from_config(c, 4)
     assert cfg.aug.flip_prob == 0.0 and cfg.seed == c.seed and cfg.records_dir == os.path.join(str(tmp_path), "records")
     assert sum(b["valid"].sum() for b in data.eval_batches()) == 64
 
@@ -392,7 +393,7 @@ def test_setup_from_the_training_config(tmp_path):
 # ------------------------------------------------------------------ crops (patch-sized records, geometry)
 def _crop_pair(rec, aug, patch, resample, image=None):
     img = augment.decode_image(rec["image"]) if image is None else image
-    crop = augment.crop_geometry(rec["center"], rec["box_size"], (patch, patch), augment.AugmentConfig(), resample)
+    crop = augment.crop_geometry(rec["center"], rec["box_size"], (patch, patch), augment_config(), resample)
     args = (rec["center"], rec["box_size"], rec["joints_img"], rec["joints_vis"], aug, (patch, patch),
             skeleton.H36M_FLIP_PAIRS)
     full = augment.make_sample(img, *args)
@@ -445,7 +446,7 @@ def _crop_records(tmp_path, **layout):
     out = str(tmp_path / "records")
     quiet = dict(progress=False, log=lambda *_: None)
     for image_set in ("train", "validmin"):
-        info = convert.convert_h36m(synthetic_root(), image_set, out, crop=convert.crop_layout(patch_size=48, **layout),
+        info = convert.convert_h36m(synthetic_root(), image_set, out, crop=crop_layout(patch_size=48, **layout),
                                     **quiet)
     return out, info
 
@@ -475,17 +476,17 @@ def test_crop_records_refuse_augmentation_beyond_the_crop_and_bad_crops(tmp_path
     with pytest.raises(ValueError, match=r"rotation_factor=30.0.*cut for none.*re-convert"):
         pipeline.train_plan(_cfg(records_dir=out))
     with pytest.raises(ValueError, match=r"data.scale_factor=0.3 > 0.25"):
-        pipeline.train_plan(_cfg(records_dir=out, aug=augment.AugmentConfig(scale_factor=0.3, rotation_factor=0.0)))
-    pipeline.train_plan(_cfg(records_dir=out, aug=augment.AugmentConfig(rotation_factor=0.0)))  # covered
+        pipeline.train_plan(_cfg(records_dir=out, aug=augment_config(scale_factor=0.3, rotation_factor=0.0)))
+    pipeline.train_plan(_cfg(records_dir=out, aug=augment_config(rotation_factor=0.0)))  # covered
     pipeline.train_plan(_cfg(records_dir=out, augment=False))
     # a patch above the crops' 48 px would be upsampled from them: refused in training and evaluation
-    too_big = _cfg(records_dir=out, patch_size=56, aug=augment.AugmentConfig(rotation_factor=0.0))
+    too_big = _cfg(records_dir=out, patch_size=56, aug=augment_config(rotation_factor=0.0))
     for build in (pipeline.train_plan, lambda c: pipeline.DataPipeline(c, train=False), pipeline.make_eval_iterator,
                   lambda c: pipeline.train_plan(dataclasses.replace(c, augment=False))):
         with pytest.raises(ValueError, match=r"resampled for 48 px patches.*data.patch_size=56.*re-convert with "
                                              r"matching crop options.*full-image layout"):
             build(too_big)
-    pipeline.DataPipeline(_cfg(records_dir=out, patch_size=32, aug=augment.AugmentConfig(rotation_factor=0.0)))
+    pipeline.DataPipeline(_cfg(records_dir=out, patch_size=32, aug=augment_config(rotation_factor=0.0)))
     from kinpose_jax.data import DataError
 
     rec = records.ShardedRecords(os.path.join(out, "hm36_train"))[2]

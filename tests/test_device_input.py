@@ -147,7 +147,7 @@ def test_worker_and_thread_settings_come_from_the_config():
     c = default.get_config()
     assert c.data.worker_count == -1  # auto by default
     c.data.worker_count, c.data.read_threads = 0, 3
-    cfg = pipeline.config_from_ml_collections(c, 4)
+    cfg = pipeline.PipelineConfig.from_config(c, 4)
     assert cfg.worker_count == 0 and cfg.read_threads == 3
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from kinpose_jax import geometry, metrics, skeleton
 from kinpose_jax.training import evaluation
+from tests.tiny_problem import pipeline_config
 
 
 class MirrorSensitiveModel:
@@ -172,9 +173,9 @@ def test_saved_predictions_recompute_the_written_tables(four_sequence_records, t
     records_dir = os.path.join(four_sequence_records, "records")
     global_batch = 2 * jax.device_count()  # 12 frames: the last batch is padded
     assert 12 % global_batch
-    data = pipeline.DataPipeline(pipeline.PipelineConfig(records_dir=records_dir, patch_size=32,
-                                                         global_batch_size=global_batch,
-                                                         read_threads=1), train=False)
+    data = pipeline.DataPipeline(pipeline_config(records_dir=records_dir, patch_size=32,
+                                                 global_batch_size=global_batch,
+                                                 read_threads=1), train=False)
     w = np.random.default_rng(0).normal(size=(18, 3)).astype(np.float32) * 0.1
     results = train.evaluate(config, MirrorSensitiveModel(), {"w": w}, data, mesh, str(tmp_path), step=7)
     written = json.load(open(tmp_path / "eval" / "eval_00000007.json"))
@@ -346,9 +347,9 @@ def small_eval_setup(records_root, save_predictions=True, num_vis=0, per_device_
     config.per_device_batch_size = per_device_batch
     global_batch = per_device_batch * jax.device_count()
     assert jax.device_count() == 4
-    data = pipeline.DataPipeline(pipeline.PipelineConfig(records_dir=os.path.join(records_root, "records"),
-                                                         patch_size=32, global_batch_size=global_batch,
-                                                         read_threads=1), train=False)
+    data = pipeline.DataPipeline(pipeline_config(records_dir=os.path.join(records_root, "records"),
+                                                 patch_size=32, global_batch_size=global_batch,
+                                                 read_threads=1), train=False)
     w = np.random.default_rng(0).normal(size=(18, 3)).astype(np.float32) * 0.1
     return config, data, parallel.make_mesh(), {"w": w}
 
@@ -445,7 +446,7 @@ def test_evaluation_passes_keep_one_pool_of_worker_processes(four_sequence_recor
     from kinpose_jax.data import pipeline
 
     def make(workers):
-        return pipeline.DataPipeline(pipeline.PipelineConfig(
+        return pipeline.DataPipeline(pipeline_config(
             records_dir=os.path.join(four_sequence_records, "records"), patch_size=32, global_batch_size=8,
             read_threads=1, worker_count=workers, worker_buffer_size=1), train=False)
 

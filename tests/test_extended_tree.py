@@ -17,6 +17,7 @@ from kinpose_jax import config_checks, skeleton
 from kinpose_jax import kinematics as kin
 from kinpose_jax.kinematics import examples, presets
 from kinpose_jax.models import build_pose_net, dataset_joint_indices, init_variables
+from tests.tiny_problem import model_config
 
 EXTENDED = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
 NEW_JOINTS = ("l_toe", "r_toe", "spine_1", "spine_2", "spine_3")
@@ -69,7 +70,7 @@ def test_dataset_joints_are_mapped_by_name():
 
 
 def _kinematic_model(tree, patch=32):
-    model = build_pose_net(dict(backbone="resnet18", head="kinematic", kinematic_tree=tree))
+    model = build_pose_net(model_config(backbone="resnet18", head="kinematic", kinematic_tree=tree))
     return model, init_variables(model, jax.random.key(0), patch)
 
 
@@ -154,7 +155,8 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
     with torch.no_grad():
         want = tm(x)["joints"].numpy()  # [2, 23, 3]: every tree joint
     assert want.shape == (2, 23, 3) and np.abs(want[0] - want[1]).max() > 1e-3
-    config_model = dict(backbone="resnet18", head="kinematic", kinematic_tree=EXTENDED, kinematic_view="upright")
+    config_model = model_config(backbone="resnet18", head="kinematic", kinematic_tree=EXTENDED,
+                                kinematic_view="upright")
     model, fresh = _kinematic_model(EXTENDED)
     variables = load_pretrained(out, fresh, config_model, allow_backbone_only=False)
     got = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), train=False)

@@ -12,6 +12,7 @@ import pytest
 from configs import default
 from kinpose_jax import config_checks
 from kinpose_jax.models import build_pose_net, init_variables
+from tests.tiny_problem import model_config
 
 R50_CONFIGS = ("integral_r50_mpii_h36m", "direct_r50_h36m", "kinematic_r50_h36m")
 
@@ -38,8 +39,8 @@ def test_bf16_integral_model_decodes_close_to_fp32_from_float32_logits():
     outputs float32), and its decoded joints stay within 1e-2 normalized units (20 mm at the 2000
     mm box) of the fp32 model's; measured 4.5e-3 max, 1.0e-3 mean (ResNet-18, 64 px, 8 depth bins,
     logits of std 1.1)."""
-    cfg = dict(backbone="resnet18", head="integral", depth_bins=8, deconv_filters=32, num_deconv_layers=2,
-               conv_impl="standard")
+    cfg = model_config(backbone="resnet18", head="integral", depth_bins=8, deconv_filters=32, num_deconv_layers=2,
+                       conv_impl="standard")
     m32, m16 = build_pose_net(cfg), build_pose_net(dict(cfg, dtype="bfloat16"))
     v = init_variables(m32, jax.random.key(0), 64)
     params = dict(v["params"], head=dict(v["params"]["head"]))

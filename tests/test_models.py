@@ -24,17 +24,14 @@ from kinpose_jax.models import (  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
+from tests.tiny_problem import model_config  # noqa: E402
 
 H36M = {n: i for i, n in enumerate(presets.seed_h36m18().joint_names)}
 
 
 def small_config(**kw) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        backbone="resnet18", head="integral", num_joints=18, depth_bins=8, deconv_filters=32, num_deconv_layers=3,
-        kinematic_tree="seed_h36m18", kinematic_view="upright", dtype="float32",
-    ))
-    cfg.update(kw)
-    return cfg
+    return ml_collections.ConfigDict(model_config(**dict(dict(
+        backbone="resnet18", depth_bins=8, deconv_filters=32, kinematic_tree="seed_h36m18"), **kw)))
 
 
 def images(b=2, size=64, seed=0):
@@ -185,9 +182,9 @@ def test_batchnorm_statistics_average_across_devices():
     from jax.sharding import PartitionSpec as P
 
     assert jax.device_count() >= 2, "tests/conftest.py simulates 4 CPU devices"
-    cfg = dict(backbone="resnet18", head="direct", dtype="float32")
+    cfg = model_config(backbone="resnet18", head="direct")
     single = build_pose_net(cfg)
-    synced = build_pose_net(dict(cfg, bn_axis_name="devices"))
+    synced = build_pose_net(cfg, bn_axis_name="devices")
     v = init_variables(single, jax.random.key(0), 64)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
 

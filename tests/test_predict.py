@@ -35,7 +35,7 @@ def tiny_config(data_root, head="integral"):  # noqa: F811
 
 
 def eval_batch(data_root, n=4):  # noqa: F811
-    cfg = pipeline.config_from_ml_collections(tiny_config(data_root), n)
+    cfg = pipeline.PipelineConfig.from_config(tiny_config(data_root), n)
     return next(iter(pipeline.DataPipeline(cfg, train=False).eval_batches())), cfg
 
 
@@ -192,6 +192,28 @@ def test_bad_inputs_are_reported_by_file_and_the_other_images_still_run(tmp_path
     assert any(line.startswith(f"error: {broken}: cannot read the image") for line in lines)
     assert any(line.startswith(f"error: {absent}: cannot read the image") for line in lines)
     assert "5 image(s) failed" in err
+
+
+def test_a_workdir_whose_config_json_predates_newer_fields_loads(tmp_path, workdir):
+    """A config.json written before model.kinematic_view / box_mm / conv_impl / bn_sync /
+    deconv_kernel and data.record_layout / read_threads existed: those fields take their
+    configs/default.py values, and the model and weights are the workdir's."""
+    import shutil
+
+    path, config, model, variables = workdir
+    old = str(tmp_path / "old")
+    shutil.copytree(path, old)
+    saved = json.loads(config.to_json())
+    for field in ("kinematic_view", "box_mm", "conv_impl", "bn_sync", "deconv_kernel"):
+        del saved["model"][field]
+    for field in ("record_layout", "read_threads"):
+        del saved["data"][field]
+    with open(os.path.join(old, "config.json"), "w") as f:
+        json.dump(saved, f)
+    loaded = predict.load_model(old)
+    assert loaded.model == model and loaded.patch_size == PATCH
+    for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_folder_that_is_no_model_is_refused_by_name(tmp_path, capsys):

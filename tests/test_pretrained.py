@@ -20,12 +20,13 @@ from kinpose_jax.pretrained import PretrainedMismatchError, check_config, load_p
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
+from tests.tiny_problem import model_config  # noqa: E402
 
 SIZE = 32
-INTEGRAL = dict(backbone="resnet18", head="integral", num_joints=18, depth_bins=8, deconv_filters=32,
-                num_deconv_layers=2)
-KINEMATIC = dict(backbone="resnet18", head="kinematic", num_joints=18, kinematic_tree="seed_h36m18",
-                 kinematic_view="identity")
+INTEGRAL = model_config(backbone="resnet18", head="integral", num_joints=18, depth_bins=8, deconv_filters=32,
+                        num_deconv_layers=2)
+KINEMATIC = model_config(backbone="resnet18", head="kinematic", num_joints=18, kinematic_tree="seed_h36m18",
+                         kinematic_view="identity")
 
 
 def fresh(cfg: dict, seed: int = 1) -> dict:
@@ -158,8 +159,8 @@ def test_torchvision_conversion_saves_only_the_backbone(imagenet):
 
 
 @pytest.mark.parametrize("cfg", [
-    dict(INTEGRAL), dict(backbone="resnet18", head="direct"),
-    dict(backbone="resnet18", head="kinematic", kinematic_tree="h36m18", kinematic_view="upright"),
+    dict(INTEGRAL), model_config(backbone="resnet18", head="direct"),
+    model_config(backbone="resnet18", head="kinematic", kinematic_tree="h36m18", kinematic_view="upright"),
 ], ids=["integral", "direct", "kinematic"])
 def test_imagenet_weights_start_any_head(imagenet, cfg):
     net, out, _ = imagenet
@@ -181,14 +182,14 @@ def test_imagenet_weights_start_any_head(imagenet, cfg):
 
 
 def test_imagenet_weights_need_the_same_backbone(imagenet):
-    cfg = dict(backbone="resnet34", head="direct")
+    cfg = model_config(backbone="resnet34", head="direct")
     with pytest.raises(ValueError, match=r"backbone: the checkpoint has 'resnet18', the model config has 'resnet34'"):
         load_pretrained(imagenet[1], {}, cfg)
 
 
 def test_older_torchvision_conversion_with_a_saved_head_fills_only_the_backbone(tmp_path):
     """Conversions written before the source was recorded saved the head's random init too."""
-    cfg = dict(backbone="resnet18", head="direct")
+    cfg = model_config(backbone="resnet18", head="direct")
     converted = jax.tree.map(lambda a: np.asarray(a) + 1.0, fresh(cfg, seed=7))
     out = C.save_converted(str(tmp_path / "old"), converted, C.ConversionReport(source="torchvision"), cfg)
     meta = json.loads(open(os.path.join(out, C.REPORT_FILE)).read())

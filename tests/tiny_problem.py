@@ -1,5 +1,6 @@
-"""Tiny problems shared by the tests: a model + fixed batch (data-parallel step tests) and the
-tiny synthetic-data training config (in-process training runs)."""
+"""Tiny problems shared by the tests: a model + fixed batch (data-parallel step tests), the
+tiny synthetic-data training config (in-process training runs), and configs/default.py's model,
+pipeline and augmentation configs with overrides (the library has no defaults of its own)."""
 
 import numpy as np
 
@@ -58,3 +59,42 @@ def tiny_args(**overrides) -> list[str]:
     """The same as ``--config.*`` arguments for main.py."""
     merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
     return [f"--config.{k}={v}" for k, v in merged.items()]
+
+
+def model_config(**overrides) -> dict:
+    """configs/default.py's ``config.model`` (a dict) with ``overrides``."""
+    from configs import default
+
+    return dict(default.get_config().model.to_dict(), **overrides)
+
+
+def augment_config(**overrides):
+    """:class:`~kinpose_jax.data.augment.AugmentConfig` of configs/default.py, ``overrides`` winning."""
+    from configs import default
+    from kinpose_jax.data import augment
+
+    return augment.AugmentConfig.from_config(default.get_config().data, **overrides)
+
+
+def pipeline_config(records_dir: str, global_batch_size: int, **overrides):
+    """:class:`~kinpose_jax.data.pipeline.PipelineConfig` of configs/default.py reading
+    ``records_dir``, in this process (``worker_count=0``) unless ``overrides`` (PipelineConfig
+    fields) say otherwise."""
+    from configs import default
+    from kinpose_jax.data import pipeline
+
+    config = default.get_config()
+    config.data.records_dir = records_dir
+    return pipeline.PipelineConfig.from_config(config, global_batch_size, **{"worker_count": 0, **overrides})
+
+
+def crop_layout(**overrides) -> dict:
+    """:func:`~kinpose_jax.data.convert.crop_layout` for configs/default.py's patch size and
+    augmentation, ``overrides`` (its arguments) winning."""
+    from configs import default
+    from kinpose_jax.data import convert
+
+    d = default.get_config().data
+    values = dict(patch_size=d.patch_size, scale_factor=d.scale_factor, rotation_factor=d.rotation_factor,
+                  rotation_prob=d.rotation_prob)
+    return convert.crop_layout(**{**values, **overrides})

@@ -26,13 +26,20 @@ from kinpose_jax.skeleton import BOX_MM
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation parameters (docs/DESIGN.md#augmentation; the original's defaults)."""
+    """Augmentation parameters (docs/DESIGN.md#augmentation), the ``config.data`` fields of the
+    same names (configs/default.py holds their defaults, the original's): :meth:`from_config`."""
 
-    scale_factor: float = 0.25  # s = 1 + scale_factor * clip(N(0,1), -1, 1)
-    rotation_factor: float = 30.0  # degrees: r = rotation_factor * clip(N(0,1), -2, 2)
-    rotation_prob: float = 0.6  # probability that r is applied (else 0)
-    flip_prob: float = 0.5  # probability of a horizontal flip
-    color_factor: float = 0.2  # per-channel gain ~ U(1 - f, 1 + f)
+    scale_factor: float  # s = 1 + scale_factor * clip(N(0,1), -1, 1)
+    rotation_factor: float  # degrees: r = rotation_factor * clip(N(0,1), -2, 2)
+    rotation_prob: float  # probability that r is applied (else 0)
+    flip_prob: float  # probability of a horizontal flip
+    color_factor: float  # per-channel gain ~ U(1 - f, 1 + f)
+
+    @classmethod
+    def from_config(cls, data_config, **overrides) -> AugmentConfig:
+        """From ``config.data`` (a ConfigDict or mapping with every field), ``overrides`` winning."""
+        values = {f.name: float(data_config[f.name]) for f in dataclasses.fields(cls)}
+        return cls(**dict(values, **overrides))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,10 +36,10 @@ PROGRESS_FILE = ".progress.json"
 DEFAULT_LIMITS = dict(max_box_scale=record_checks.MAX_BOX_SCALE, max_reprojection_px=record_checks.MAX_REPROJECTION_PX)
 
 
-def crop_layout(patch_size: int = 256, scale_factor: float = 0.25, rotation_factor: float = 30.0,
-                rotation_prob: float = 0.6, resample: bool = True, quality: int = 95) -> dict:
+def crop_layout(patch_size: int, scale_factor: float, rotation_factor: float, rotation_prob: float,
+                resample: bool = True, quality: int = 95) -> dict:
     """The ``crop`` option of :func:`convert_records`: crops valid for training at ``patch_size``
-    with augmentation scale/rotation up to these (``configs/default.py`` names), stored as JPEG of
+    with augmentation scale/rotation up to these (the ``config.data`` fields of these names), stored as JPEG of
     ``quality`` (1-100), resampled to the scale-1 patch's resolution unless ``resample`` is False."""
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"crop JPEG quality must be in [1, 100], got {quality}")
@@ -53,8 +53,9 @@ def _crop_record(data: bytes, rec: dict, crop: dict) -> tuple[bytes, dict]:
 
     from kinpose_jax.data import augment
 
+    # the crop's extent depends on scale and rotation only (flips and gains sample the same region)
     aug = augment.AugmentConfig(scale_factor=crop["scale_factor"], rotation_factor=crop["rotation_factor"],
-                                rotation_prob=crop["rotation_prob"])
+                                rotation_prob=crop["rotation_prob"], flip_prob=0.0, color_factor=0.0)
     size = (crop["patch_size"], crop["patch_size"])
     geom = augment.crop_geometry(rec["center"], rec["box_size"], size, aug, crop["resample"])
     image = augment.decode_image(data)

@@ -62,16 +62,20 @@ EVAL_KEYS = TRAIN_KEYS + ("center", "box_size", "fl", "c_p", "pelvis", "joints_c
                          "sequence", "frame")
 
 
+#: The MPII set mixed into training (``mpii_<set>`` records) when ``mpii_fraction > 0``.
+MPII_SET = "train"
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Everything the pipelines read. Units: px, mm, degrees.
+    """Everything the pipelines read. Units: px, mm, degrees. Built from the training config by
+    :meth:`from_config` (configs/default.py defines the fields and their defaults; no defaults here).
 
     Attributes:
       records_dir: folder holding ``hm36_<set>/`` (and ``mpii_<set>/``) from the converter.
       train_set / eval_set: Human3.6M set names (``hm36_<set>`` directories).
-      mpii_set: MPII set mixed into training when ``mpii_fraction > 0``.
-      mpii_fraction: expected fraction of MPII samples per training batch (0 = H36M only,
-        0.5 = the original's mixing); must be < 1.
+      mpii_fraction: expected fraction of MPII samples (set :data:`MPII_SET`) per training batch
+        (0 = H36M only, 0.5 = the original's mixing); must be < 1.
       patch_size: square network input, px.
       global_batch_size: images per step over all processes.
       seed: data order and augmentation seed.
@@ -83,25 +87,41 @@ class PipelineConfig:
       read_threads: threads per process (each worker, or this process when ``worker_count`` is 0)
         preparing samples concurrently.
       box_mm: side of the 3D box (mm) the patch shows (docs/DESIGN.md#normalized-units).
-      process_index / process_count: this host's slice of every global batch (None = from JAX).
+      process_index / process_count: this host's slice of every global batch (None = from JAX;
+        not config fields).
     """
 
     records_dir: str
-    train_set: str = "train"
-    eval_set: str = "validmin"
-    mpii_set: str = "train"
-    mpii_fraction: float = 0.0
-    patch_size: int = 256
-    global_batch_size: int = 32
-    seed: int = 0
-    augment: bool = True
-    aug: aug_lib.AugmentConfig = aug_lib.AugmentConfig()
-    worker_count: int = 0
-    worker_buffer_size: int = 2
-    read_threads: int = 2
-    box_mm: float = skeleton.BOX_MM
+    train_set: str
+    eval_set: str
+    mpii_fraction: float
+    patch_size: int
+    global_batch_size: int
+    seed: int
+    augment: bool
+    aug: aug_lib.AugmentConfig
+    worker_count: int
+    worker_buffer_size: int
+    read_threads: int
+    box_mm: float
     process_index: int | None = None
     process_count: int | None = None
+
+    @classmethod
+    def from_config(cls, config, global_batch_size: int, **overrides) -> PipelineConfig:
+        """From the training ConfigDict (every field of configs/default.py: ``config.seed``, the
+        ``config.data`` fields and ``config.model.box_mm``); ``overrides`` win (e.g.
+        ``worker_count=0``, ``aug=...``, ``process_index=0, process_count=2``)."""
+        d = config.data
+        values = dict(
+            records_dir=records_dir(config), train_set=str(d.train_set), eval_set=str(d.eval_set),
+            mpii_fraction=float(d.mpii_fraction), patch_size=int(d.patch_size),
+            global_batch_size=int(global_batch_size), seed=int(config.seed), augment=bool(d.augment),
+            aug=aug_lib.AugmentConfig.from_config(d), worker_count=int(d.worker_count),
+            worker_buffer_size=int(d.worker_buffer_size), read_threads=int(d.read_threads),
+            box_mm=float(config.model.box_mm),
+        )
+        return cls(**dict(values, **overrides))
 
     def process(self) -> tuple[int, int]:
         """(index, count) of this process."""
@@ -127,24 +147,9 @@ class PipelineConfig:
         return self.global_batch_size // count
 
 
-def config_from_ml_collections(config, global_batch_size: int, **overrides) -> PipelineConfig:
-    """:class:`PipelineConfig` from the training ConfigDict (``configs/default.py``: ``config.seed``
-    and the ``config.data`` fields)."""
-    d = config.data
-    records_dir = d.records_dir or os.path.join(d.root, "records")
-    kwargs = dict(
-        records_dir=records_dir, train_set=d.train_set, eval_set=d.eval_set, mpii_fraction=float(d.mpii_fraction),
-        patch_size=int(d.patch_size), global_batch_size=int(global_batch_size), seed=int(config.seed),
-        augment=bool(d.augment), worker_count=int(d.worker_count), worker_buffer_size=int(d.worker_buffer_size),
-        read_threads=int(d.read_threads),
-        aug=aug_lib.AugmentConfig(scale_factor=float(d.scale_factor), rotation_factor=float(d.rotation_factor),
-                                  rotation_prob=float(d.rotation_prob), flip_prob=float(d.flip_prob),
-                                  color_factor=float(d.color_factor)),
-    )
-    if "box_mm" in config.get("model", {}):
-        kwargs["box_mm"] = float(config.model.box_mm)
-    kwargs.update(overrides)
-    return PipelineConfig(**kwargs)
+def records_dir(config) -> str:
+    """The shard folder of a training config: ``config.data.records_dir``, or ``<root>/records``."""
+    return config.data.records_dir or os.path.join(config.data.root, "records")
 
 
 def auto_worker_count(cpu_count: int | None = None, local_devices: int | None = None) -> int:
@@ -409,7 +414,7 @@ def train_plan(cfg: PipelineConfig) -> tuple[TrainPlan, _Sources]:
     dirs = {H36M: _h36m_source(cfg, cfg.train_set)}
     num_mpii = 0
     if cfg.mpii_fraction > 0:
-        dirs[MPII] = dataset_dir(cfg.records_dir, "mpii", cfg.mpii_set)
+        dirs[MPII] = dataset_dir(cfg.records_dir, "mpii", MPII_SET)
         num_mpii = records.load_info(dirs[MPII])["num_records"]
     for path in dirs.values():
         check_crop_layout(records.load_info(path), cfg, path)

@@ -14,10 +14,7 @@ from __future__ import annotations
 import os
 
 from kinpose_jax.data import DataError, convert, pipeline, records
-
-
-def _records_dir(config) -> str:
-    return config.data.records_dir or os.path.join(config.data.root, "records")
+from kinpose_jax.registry import RECORD_LAYOUTS
 
 
 def _needed(config, train: bool) -> list[tuple[str, str]]:
@@ -26,7 +23,7 @@ def _needed(config, train: bool) -> list[tuple[str, str]]:
     if train:
         sets.insert(0, ("h36m", d.train_set))
         if d.mpii_fraction > 0:
-            sets.append(("mpii", "train"))
+            sets.append(("mpii", pipeline.MPII_SET))
     return sets
 
 
@@ -48,7 +45,7 @@ def ensure_dataset(config, train: bool = True, process_index: int | None = None,
         import jax
 
         process_index = jax.process_index()
-    out = _records_dir(config)
+    out = pipeline.records_dir(config)
     records.require_local(out)
     needed = _needed(config, train)
     error = None
@@ -92,15 +89,14 @@ def _prepare(config, needed: list[tuple[str, str]], out: str, log) -> None:
         synthetic.generate(d.root, train_folders=d.synthetic_train_folders,
                            frames_per_folder=d.synthetic_frames_per_folder, image_size=d.synthetic_image_size,
                            log=log)
-    layout = d.get("record_layout", "full")
-    if layout not in ("full", "crop"):
-        raise ValueError(f"config.data.record_layout must be 'full' or 'crop', got {layout!r}")
+    if d.record_layout not in RECORD_LAYOUTS:
+        raise ValueError(f"config.data.record_layout must be one of {RECORD_LAYOUTS}, got {d.record_layout!r}")
     crop = None
-    if layout == "crop":
+    if d.record_layout == "crop":
         crop = convert.crop_layout(int(d.patch_size), float(d.scale_factor), float(d.rotation_factor),
                                    float(d.rotation_prob))
     for kind, image_set in needed:
-        progress = bool(config.get("progress_bar", True))
+        progress = bool(config.progress_bar)
         if kind == "h36m":
             convert.convert_h36m(d.root, image_set, out, progress=progress, log=log, crop=crop)
         else:
@@ -110,4 +106,4 @@ def _prepare(config, needed: list[tuple[str, str]], out: str, log) -> None:
 def create(config, global_batch_size: int, train: bool = True) -> pipeline.DataPipeline:
     """Prepares the data (:func:`ensure_dataset`) and returns the pipelines for ``config``."""
     ensure_dataset(config, train)
-    return pipeline.DataPipeline(pipeline.config_from_ml_collections(config, global_batch_size), train=train)
+    return pipeline.DataPipeline(pipeline.PipelineConfig.from_config(config, global_batch_size), train=train)

@@ -16,14 +16,13 @@ from kinpose_jax.models.heads import (
     upright_view_matrix, view_matrix,
 )
 from kinpose_jax.models.pose_net import (
-    CONFIG_DEFAULTS, DTYPES, HEADS, PoseNet, build_pose_net, config_value, dataset_joint_indices, init_variables,
-    parse_backbone,
+    MODEL_FIELDS, PoseNet, build_pose_net, dataset_joint_indices, init_variables, model_field, parse_backbone,
 )
 from kinpose_jax.models.resnet import RESNET_SPECS, BasicBlock, Bottleneck, PointwiseConv, ResNet, resnet_out_channels
 
 __all__ = [
-    "PoseNet", "build_pose_net", "init_variables", "parse_backbone", "HEADS", "DTYPES", "CONFIG_DEFAULTS",
-    "config_value", "dataset_joint_indices",
+    "PoseNet", "build_pose_net", "init_variables", "parse_backbone", "MODEL_FIELDS", "model_field",
+    "dataset_joint_indices",
     "ResNet", "BasicBlock", "Bottleneck", "RESNET_SPECS", "resnet_out_channels",
     "IntegralHead", "DirectHead", "KinematicHead", "decode_kinematic", "kinematic_num_outputs",
     "global_avg_pool", "torch_deconv_padding", "upright_view_matrix", "view_matrix",

@@ -44,14 +44,14 @@ class IntegralHead(nn.Module):
     accumulates and outputs float32, so the softmax over the D*H*W bins sees unrounded logits.
     """
 
-    num_joints: int = 18
-    depth_bins: int = 64
-    filters: int = 256
-    num_layers: int = 3
-    kernel: int = 4
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-    conv_impl: str = "auto"
+    num_joints: int
+    depth_bins: int
+    filters: int
+    num_layers: int
+    kernel: int
+    dtype: Any
+    bn_axis_name: str | None
+    conv_impl: str
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -77,8 +77,8 @@ class DirectHead(nn.Module):
     kept for a uniform interface): only the backbone runs in bf16 under mixed precision.
     """
 
-    num_joints: int = 18
-    dtype: Any = jnp.float32
+    num_joints: int
+    dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -174,9 +174,9 @@ class KinematicHead(nn.Module):
     """
 
     tree: KinematicTree
-    view: str = "upright"
-    box_mm: float = BOX_MM
-    dtype: Any = jnp.float32
+    view: str
+    box_mm: float
+    dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:

@@ -9,13 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import integral, skeleton
-from kinpose_jax.registry import CONV_IMPLS, HEADS
-from kinpose_jax.skeleton import BOX_MM
+from kinpose_jax.registry import CONV_IMPLS, DTYPES, HEADS
 from kinpose_jax.kinematics import KinematicTree, get_tree
 from kinpose_jax.models.heads import DirectHead, IntegralHead, KinematicHead
 from kinpose_jax.models.resnet import RESNET_SPECS, ResNet
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class PoseNet(nn.Module):
@@ -35,21 +32,24 @@ class PoseNet(nn.Module):
     float32 and live in the ``batch_stats`` collection (call with ``mutable=['batch_stats']`` when
     ``train=True``). ``conv_impl``: ``'auto'`` | ``'cpu_fast'`` | ``'standard'``, the form of the 1x1 /
     transposed convolutions and the stem pool's gradient (see :mod:`kinpose_jax.models.resnet`).
+    The fields mirror ``config.model`` (configs/default.py); build it with :func:`build_pose_net`.
+    ``tree`` is None unless ``head='kinematic'``; ``bn_axis_name`` is not a config field (see
+    :func:`build_pose_net`).
     """
 
-    backbone_depth: int = 50
-    head: str = "integral"
-    num_joints: int = 18
-    depth_bins: int = 64
-    deconv_filters: int = 256
-    num_deconv_layers: int = 3
-    deconv_kernel: int = 4
-    tree: KinematicTree | None = None
-    kinematic_view: str = "upright"
-    box_mm: float = BOX_MM
-    dtype: Any = jnp.float32
+    backbone_depth: int
+    head: str
+    num_joints: int
+    depth_bins: int
+    deconv_filters: int
+    num_deconv_layers: int
+    deconv_kernel: int
+    tree: KinematicTree | None
+    kinematic_view: str
+    box_mm: float
+    dtype: Any
+    conv_impl: str
     bn_axis_name: str | None = None
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -97,24 +97,24 @@ def dataset_joint_indices(tree: KinematicTree, num_joints: int) -> tuple[int, ..
     return tuple(tree.joint_names.index(n) for n in skeleton.H36M_JOINT_NAMES)
 
 
-#: Defaults of the ``config.model`` fields read by :func:`build_pose_net`.
-CONFIG_DEFAULTS: dict[str, Any] = dict(
-    backbone="resnet50", head="integral", num_joints=18, depth_bins=64, deconv_filters=256, num_deconv_layers=3,
-    deconv_kernel=4, kinematic_tree="seed_h36m18", kinematic_view="upright", box_mm=BOX_MM, dtype="float32",
-    bn_axis_name=None, conv_impl="auto",
-)
+#: The ``config.model`` fields :func:`build_pose_net` reads (configs/default.py defines them).
+MODEL_FIELDS: tuple[str, ...] = ("backbone", "head", "num_joints", "depth_bins", "deconv_filters", "num_deconv_layers",
+                                 "deconv_kernel", "kinematic_tree", "kinematic_view", "box_mm", "dtype", "conv_impl")
 
 
-def config_value(model_config: Any, key: str) -> Any:
-    """``model_config[key]`` (ConfigDict, dict or object) or its :data:`CONFIG_DEFAULTS` default."""
-    return _get(model_config, key, CONFIG_DEFAULTS[key])
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    getter = getattr(cfg, "get", None)
-    return getter(key, default) if getter is not None else getattr(cfg, key, default)
+def model_field(model_config: Any, key: str) -> Any:
+    """``model_config[key]`` (a ConfigDict, dict or object with that attribute); ValueError naming
+    ``config.model.<key>`` when it is missing (complete an older saved config with
+    ``configs.default.with_defaults``)."""
+    missing = object()
+    if isinstance(model_config, Mapping) or hasattr(model_config, "get"):
+        value = model_config.get(key, missing)
+    else:
+        value = getattr(model_config, key, missing)
+    if value is missing:
+        raise ValueError(f"config.model.{key} is missing from the model config (every field of "
+                         f"configs/default.py's config.model is needed; configs.default.with_defaults fills them)")
+    return value
 
 
 def parse_backbone(name: str | int) -> int:
@@ -125,42 +125,30 @@ def parse_backbone(name: str | int) -> int:
     return int(s)
 
 
-def build_pose_net(model_config: Any) -> PoseNet:
-    """Builds :class:`PoseNet` from ``config.model`` (an ml_collections ConfigDict or a dict).
+def build_pose_net(model_config: Any, bn_axis_name: str | None = None) -> PoseNet:
+    """Builds :class:`PoseNet` from ``config.model`` (an ml_collections ConfigDict or a dict holding
+    every field of :data:`MODEL_FIELDS`, configs/default.py documents them; ValueError naming a
+    missing or unknown one).
 
-    Fields read (default):
-      backbone ('resnet50'): resnet18/34/50/101/152.
-      head ('integral'): 'integral' | 'direct' | 'kinematic'.
-      num_joints (18): J.
-      depth_bins (64): D, integral head only.
-      deconv_filters (256), num_deconv_layers (3), deconv_kernel (4): integral head only.
-      kinematic_tree ('seed_h36m18'): preset name (kinpose_jax.kinematics.presets),
-        'module.path:function' returning a KinematicTree, or a KinematicTree; kinematic head only.
-        A tree with more output joints than num_joints is mapped by name
-        (:func:`dataset_joint_indices`).
-      kinematic_view ('upright'): 'upright' (rest pose upright, facing the camera) or 'identity'
-        (tree output axes used as camera axes, as the original does; needed to reuse the original's weights).
-      box_mm (BOX_MM = 2000.0): mm per normalized unit (side of the 3D box the patch covers).
-      dtype ('float32'): compute dtype, 'float32' | 'bfloat16' | 'float16'; params stay float32.
-      bn_axis_name (None): mapped axis over which BatchNorm averages batch statistics in training.
-      conv_impl ('auto'): 'auto' | 'cpu_fast' | 'standard' (kinpose_jax.registry.CONV_IMPLS).
+    ``kinematic_tree`` may also be a KinematicTree (a preset name or ``'module.path:function'``
+    otherwise); a tree with more output joints than num_joints is mapped by name
+    (:func:`dataset_joint_indices`). ``bn_axis_name``: the mapped axis over which BatchNorm averages
+    batch statistics in training (None = the batch the model sees).
     """
     def get(key):
-        return config_value(model_config, key)
+        return model_field(model_config, key)
 
     dtype_name = str(get("dtype"))
     if dtype_name not in DTYPES:
-        raise ValueError(f"unknown model dtype {dtype_name!r}; choose one of {sorted(DTYPES)}")
+        raise ValueError(f"unknown model dtype {dtype_name!r}; choose one of {DTYPES}")
     head = str(get("head"))
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     conv_impl = str(get("conv_impl"))
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}")
-    tree = None
-    if head == "kinematic":
-        tree = get("kinematic_tree")
-        tree = get_tree(tree) if isinstance(tree, str) else tree
+    tree = get("kinematic_tree")
+    tree = (get_tree(tree) if isinstance(tree, str) else tree) if head == "kinematic" else None
     return PoseNet(
         backbone_depth=parse_backbone(get("backbone")),
         head=head,
@@ -172,13 +160,13 @@ def build_pose_net(model_config: Any) -> PoseNet:
         tree=tree,
         kinematic_view=str(get("kinematic_view")),
         box_mm=float(get("box_mm")),
-        dtype=DTYPES[dtype_name],
-        bn_axis_name=get("bn_axis_name"),
+        dtype=getattr(jnp, dtype_name),
         conv_impl=conv_impl,
+        bn_axis_name=bn_axis_name,
     )
 
 
-def init_variables(model: PoseNet, rng: jax.Array, image_size: int | tuple[int, int] = 256) -> dict:
+def init_variables(model: PoseNet, rng: jax.Array, image_size: int | tuple[int, int]) -> dict:
     """Initial ``{'params', 'batch_stats'}`` for ``model`` (one dummy image of the given size)."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     # one compiled program instead of one eager dispatch (and compilation) per initializer op

@@ -262,7 +262,7 @@ class ResNet(nn.Module):
     :func:`resnet_out_channels` (``dtype`` compute, fp32 params). ``conv_impl``: see module doc.
     """
 
-    depth: int = 50
+    depth: int
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     conv_impl: str = "auto"

@@ -31,15 +31,11 @@ import cv2
 import numpy as np
 
 from kinpose_jax.data import DataError, h36m_cache, h36m_layout, matlab_meta, records
-from kinpose_jax.synthetic import render
+from kinpose_jax.synthetic import DEFAULTS, render
 
 GENERATOR_VERSION = 2  # 2: float64 forward kinematics on the CPU device
 #: Smallest image side, px.
 MIN_IMAGE_SIZE = 64
-#: The default set (what ``configs/synthetic.py`` trains on and the README's
-#: ``data_prep/make_synthetic_h36m.py`` writes): 16 x 40 train + 4 x 16 validmin frames of 320 px.
-DEFAULTS = dict(train_folders=16, frames_per_folder=40, valid_folders=4, valid_frames_per_folder=16, image_size=320,
-                seed=0)
 #: H36M-like intrinsics for a 1000 px wide image (scaled to the requested size).
 _FOCAL_1000 = np.array([1145.0, 1144.0])
 #: World <- model axes: model x (left) -> world x, model y (up) -> world z, model z (forward) -> world -y.

@@ -397,7 +397,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         else:
             train_iter = new_train_iterator()
 
-        bn_sync = config.model.get("bn_sync", "global")
+        bn_sync = config.model.bn_sync
         train_step = jax.jit(make_train_step(model, tx, config.loss, schedule, bn_sync, mesh),
                              in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
                              out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
