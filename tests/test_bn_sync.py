@@ -67,7 +67,7 @@ def test_per_device_statistics_and_gradients_are_those_of_each_slice():
     assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves((loss, new_stats, grads)))
 
     # global BN (the default) normalises with the whole batch: other statistics, other gradients
-    (_, global_stats), global_grads = jax.jit(train.make_grad_fn(model, config.loss))(
+    (_, global_stats), global_grads = jax.jit(train.make_grad_fn(model, config.loss, "global"))(
         state.params, state.batch_stats, device_batch)
     def rel(a, b):
         return float(optax.tree.norm(jax.tree.map(lambda x, y: x - y, a, b)) / optax.tree.norm(b))

@@ -168,27 +168,11 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
 
 # --------------------------------------------------------------------------- training, end to end
 def tiny_extended_config(data_root, **overrides):  # noqa: F811
-    """configs/synthetic.py at the size of tests/test_e2e_training.py's TINY, kinematic head on
-    the extended tree."""
-    from configs import synthetic
+    """tests/tiny_problem.py's tiny run with the kinematic head on the extended tree."""
+    from tests.tiny_problem import tiny_config
 
-    c = synthetic.get_config()
-    c.data.root = data_root
-    c.data.synthetic_train_folders = 2
-    c.data.synthetic_frames_per_folder = 16
-    c.data.synthetic_image_size = 160
-    c.data.patch_size = 64
-    c.model.head = "kinematic"
-    c.model.kinematic_tree = EXTENDED
-    c.per_device_batch_size = 4
-    c.steps_per_epoch = 2
-    c.max_eval_batches = 2
-    c.num_vis_samples = 1
-    c.progress_bar = False
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 1
-    for key, value in overrides.items():
-        c[key] = value
+    c = tiny_config(data_root, model__head="kinematic", model__kinematic_tree=EXTENDED, max_eval_batches=2,
+                    num_vis_samples=1, log_every_steps=1, checkpoint_every_steps=1, **overrides)
     return config_checks.validate(c)
 
 
@@ -198,7 +182,7 @@ def test_training_with_the_extended_tree_checkpoints_resumes_and_evaluates(tmp_p
     devices = jax.device_count()
     workdir = str(tmp_path / "extended")
     first = train.train_and_evaluate(tiny_extended_config(data_root, num_epochs=1), workdir)
-    assert np.isfinite(first["mpjpe"]) and first["num_samples"] == 2 * 4 * devices
+    assert np.isfinite(first["mpjpe"]) and first["num_samples"] == 2 * 2 * devices
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps[-1] == 2
     with open(os.path.join(workdir, "config.json")) as f:

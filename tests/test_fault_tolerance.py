@@ -25,9 +25,9 @@ sys.path.insert(0, ROOT)
 
 
 def tiny_config(root, **overrides):
-    """The shared tiny config shrunk to 2 steps of batch 4 per device, checkpointing every step."""
-    base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, steps_per_epoch=2, per_device_batch_size=4,
-                checkpoint_every_steps=1, log_every_steps=1, data__worker_count=0)
+    """The shared tiny config (its compiled programs) for 1 epoch of 2 steps, checkpointing every step."""
+    base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, checkpoint_every_steps=1, log_every_steps=1,
+                data__worker_count=0)
     return shared_tiny_config(root, **{**base, **{k.replace(".", "__"): v for k, v in overrides.items()}})
 
 
@@ -83,7 +83,7 @@ def test_the_train_step_reports_a_non_finite_state_after_a_finite_loss():
     leaves[first] = leaves[first].at[0, 0, 0, 0].set(np.inf)
     state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=jax.tree.unflatten(treedef, leaves))
-    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule))
+    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule, config.model.bn_sync))
     new_state, metrics = step(state, batch)
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     assert np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]) and np.isfinite(values["lr"])
@@ -217,7 +217,7 @@ def test_the_lock_of_a_dead_run_is_not_stale(tmp_path):
     from kinpose_jax.training import checkpointing
 
     workdir = str(tmp_path / "run")
-    code = ("import os, sys; from kinpose_jax import checkpointing; checkpointing.lock_workdir(sys.argv[1]); "
+    code = ("import os, sys; from kinpose_jax.training import checkpointing; checkpointing.lock_workdir(sys.argv[1]); "
             "print('locked', flush=True); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", code, workdir], cwd=ROOT, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)

@@ -31,7 +31,7 @@ def make_runner(config, model, tx, schedule, devices):
     """``run(batch) -> (losses [STEPS], grad norms [STEPS], first-step gradients, final BN statistics)``
     on ``devices``, compiled once and reused for every batch of the same shape."""
     mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
-    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule),
+    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule, config.model.bn_sync),
                    in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
                    out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
     grad_fn = jax.jit(jax.grad(train.make_loss_fn(model, config.loss), has_aux=True),

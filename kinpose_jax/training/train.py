@@ -113,7 +113,7 @@ def make_loss_fn(model, loss_name: str):
     return loss_of
 
 
-def make_grad_fn(model, loss_name: str, bn_sync: str = "global", mesh=None):
+def make_grad_fn(model, loss_name: str, bn_sync: str, mesh=None):
     """``grad_fn(params, batch_stats, batch) -> ((loss, new_batch_stats), grads)``, the loss being
     the mean over the global batch (call it under jit with the batch sharded over ``mesh``).
 
@@ -148,7 +148,7 @@ def make_grad_fn(model, loss_name: str, bn_sync: str = "global", mesh=None):
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=((P(), P()), P()))
 
 
-def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str = "global", mesh=None):
+def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str, mesh=None):
     """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update
     (``bn_sync``, ``mesh``: see :func:`make_grad_fn`)."""
     grad_fn = make_grad_fn(model, loss_name, bn_sync, mesh)
