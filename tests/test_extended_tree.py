@@ -80,7 +80,7 @@ def test_model_outputs_the_dataset_joints_and_every_tree_joint():
     fc = variables["params"]["head"]["fc"]
     fc["kernel"] = jax.random.normal(jax.random.key(1), fc["kernel"].shape) * 0.05
     images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-    out = model.apply(variables, images, train=False)
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     assert out["tree_joints"].shape == (2, 23, 3) and out["joints"].shape == (2, 18, 3)
     np.testing.assert_array_equal(np.asarray(out["joints"]), np.asarray(out["tree_joints"])[:, :18])
     assert np.abs(np.asarray(out["joints"][0] - out["joints"][1])).max() > 1e-4
@@ -98,7 +98,7 @@ def test_the_toes_are_predicted_but_not_supervised():
              "joints": rng.uniform(-0.3, 0.3, (2, 18, 3)).astype(np.float32),
              "joints_vis": np.ones((2, 18, 3), np.float32)}
     loss_of = train.make_loss_fn(model, "l1")
-    grads = jax.grad(lambda p: loss_of(p, variables["batch_stats"], batch)[0])(variables["params"])
+    grads = jax.jit(jax.grad(lambda p: loss_of(p, variables["batch_stats"], batch)[0]))(variables["params"])
     g = np.asarray(grads["head"]["fc"]["kernel"])  # [C, 3 + num_dofs + 1]
     names = presets.get_tree(EXTENDED).param_names
     column = {n: 3 + k for k, n in enumerate(names)}
