@@ -50,7 +50,7 @@ def tiny_config(data_root: str, **overrides):
 
     config = synthetic.get_config()
     config.data.root = data_root
-    for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+    for key, value in _with_tiny(overrides).items():
         node = config
         *parents, leaf = key.split(".")
         for name in parents:
@@ -61,8 +61,12 @@ def tiny_config(data_root: str, **overrides):
 
 def tiny_args(**overrides) -> list[str]:
     """The same as ``--config.*`` arguments for main.py."""
-    merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    return [f"--config.{k}={v}" for k, v in merged.items()]
+    return [f"--config.{k}={v}" for k, v in _with_tiny(overrides).items()]
+
+
+def _with_tiny(overrides: dict) -> dict:
+    """:data:`TINY` with ``overrides`` (``__`` for ``.`` in their names) winning, by dotted field."""
+    return {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
 
 
 def model_config(**overrides) -> dict:
@@ -98,7 +102,4 @@ def crop_layout(**overrides) -> dict:
     from configs import default
     from kinpose_jax.data import convert
 
-    d = default.get_config().data
-    values = dict(patch_size=d.patch_size, scale_factor=d.scale_factor, rotation_factor=d.rotation_factor,
-                  rotation_prob=d.rotation_prob)
-    return convert.crop_layout(**{**values, **overrides})
+    return convert.crop_layout_for(default.get_config().data, **overrides)

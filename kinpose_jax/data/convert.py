@@ -47,6 +47,14 @@ def crop_layout(patch_size: int, scale_factor: float, rotation_factor: float, ro
                 rotation_prob=float(rotation_prob), resample=bool(resample), quality=int(quality))
 
 
+def crop_layout_for(data_config, **overrides) -> dict:
+    """:func:`crop_layout` for ``config.data`` (its patch_size and scale / rotation augmentation);
+    ``overrides`` (:func:`crop_layout`'s arguments) win."""
+    values = dict(patch_size=data_config.patch_size, scale_factor=data_config.scale_factor,
+                  rotation_factor=data_config.rotation_factor, rotation_prob=data_config.rotation_prob)
+    return crop_layout(**{**values, **overrides})
+
+
 def _crop_record(data: bytes, rec: dict, crop: dict) -> tuple[bytes, dict]:
     """The stored crop of one image (JPEG bytes) and its geometry fields."""
     import cv2

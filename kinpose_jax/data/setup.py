@@ -93,8 +93,7 @@ def _prepare(config, needed: list[tuple[str, str]], out: str, log) -> None:
         raise ValueError(f"config.data.record_layout must be one of {RECORD_LAYOUTS}, got {d.record_layout!r}")
     crop = None
     if d.record_layout == "crop":
-        crop = convert.crop_layout(int(d.patch_size), float(d.scale_factor), float(d.rotation_factor),
-                                   float(d.rotation_prob))
+        crop = convert.crop_layout_for(d)
     for kind, image_set in needed:
         progress = bool(config.progress_bar)
         if kind == "h36m":
