@@ -21,11 +21,13 @@ def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for the whole run: the many tests that build the same tiny
     models (and every in-process train_and_evaluate, which jits afresh) compile each program once;
     the environment variables carry it to main.py subprocesses (the SIGKILL resume test's
-    processes then load the programs its in-process reference run compiled)."""
+    processes then load the programs its in-process reference run compiled). Under pytest-xdist
+    the workers of one run share it (a partly written entry a worker reads is a cache miss with a
+    warning, never an error: jax_raise_persistent_cache_errors is off)."""
     import jax
     from jax._src import compilation_cache as cc
 
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+    settings = {"jax_compilation_cache_dir": str(_shared_cache_dir(tmp_path_factory)),
                 "jax_persistent_cache_min_compile_time_secs": 0,
                 "jax_persistent_cache_min_entry_size_bytes": 0}
     saved = {k: getattr(jax.config, k) for k in settings}
@@ -43,6 +45,16 @@ def compilation_cache(tmp_path_factory):
         else:
             os.environ[key] = value
     cc.reset_cache()
+
+
+def _shared_cache_dir(tmp_path_factory):
+    """The run's cache folder: beside the xdist workers' own temporary roots, or in this process's."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "jax_cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

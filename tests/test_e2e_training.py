@@ -46,23 +46,50 @@ def last_by_step(rows, kind, key):
     return out
 
 
-def test_training_on_four_devices_learns_and_reports(tmp_path, data_root, capsys):
+#: The long in-process run, and the main.py run the SIGKILL test kills: the long run's first 8 epochs
+#: (16 steps) are the killed run's uninterrupted reference.
+LONG_RUN = dict(num_epochs=16, eval_every_epochs=16, log_every_steps=1, checkpoint_every_steps=3)
+KILLED_RUN = dict(LONG_RUN, num_epochs=8, eval_every_epochs=8)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, data_root):
+    """A finished one-epoch (2-step) in-process run on the 4 simulated devices (copy it before changing it)."""
     from kinpose_jax.training import train
 
+    workdir = str(tmp_path_factory.mktemp("short") / "run")
+    train.train_and_evaluate(tiny_config(data_root, num_epochs=1), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory, data_root):
+    """A finished 16-epoch (32-step) run of the same programs, losses logged every step. Its losses do not
+    depend on num_epochs, checkpoint or evaluation cadence (the schedule is fixed in epochs and each sample
+    by its index), so its first 16 steps are also what an 8-epoch run computes. Returns (workdir, what it printed)."""
+    import contextlib
+    import io
+
+    from kinpose_jax.training import train
+
+    workdir = str(tmp_path_factory.mktemp("long") / "run")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        train.train_and_evaluate(tiny_config(data_root, **LONG_RUN), workdir)
+    return workdir, out.getvalue()
+
+
+def test_training_on_four_devices_learns_and_reports(short_run, long_run):
     assert jax.device_count() == 4
-    workdir = str(tmp_path / "run")
-    # one epoch (2 steps) against sixteen (32 steps), the same compiled programs
-    train.train_and_evaluate(tiny_config(data_root, num_epochs=1), workdir + "_short")
-    train.train_and_evaluate(tiny_config(data_root, num_epochs=16, eval_every_epochs=16, log_every_steps=1), workdir)
-    out = capsys.readouterr().out
+    workdir, out = long_run
     assert "MPJPE" in out and "PA-MPJPE" in out
+    # one epoch (2 steps) against sixteen (32 steps), the same compiled programs
     losses = last_by_step(read_rows(workdir), "train", "loss")
     steps = sorted(losses)
     assert len(steps) == 16 * 2
     first, last = np.mean([losses[s] for s in steps[:4]]), np.mean([losses[s] for s in steps[-4:]])
     assert last < 0.8 * first, (first, last)
     trained_eval = json.load(open(sorted(glob.glob(os.path.join(workdir, "eval", "eval_*.json")))[-1]))
-    short_eval = json.load(open(sorted(glob.glob(os.path.join(workdir + "_short", "eval", "eval_*.json")))[-1]))
+    short_eval = json.load(open(sorted(glob.glob(os.path.join(short_run, "eval", "eval_*.json")))[-1]))
     assert trained_eval["mpjpe"] < short_eval["mpjpe"], (trained_eval["mpjpe"], short_eval["mpjpe"])
     for key in ("pa_mpjpe", "seed_aligned", "bone", "hip", "wrist", "17j", "x", "y", "z", "val_loss"):
         assert np.isfinite(trained_eval[key]), key
@@ -75,32 +102,62 @@ def test_training_on_four_devices_learns_and_reports(tmp_path, data_root, capsys
     assert os.listdir(os.path.join(workdir, "checkpoints"))
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root):
-    """The uninterrupted reference runs in-process; main.py (4 simulated devices like this process,
-    the same global batch) is SIGKILLed mid-epoch and restarted."""
-    from kinpose_jax.training import train
+def descendants(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes and of theirs (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        for path in glob.glob(f"/proc/{todo.pop()}/task/*/children"):
+            try:
+                kids = [int(c) for c in open(path).read().split()]
+            except OSError:
+                kids = []
+            found += kids
+            todo += kids
+    return found
 
-    common = dict(num_epochs=8, log_every_steps=1, checkpoint_every_steps=3, eval_every_epochs=8)
-    reference = str(tmp_path / "reference")
-    train.train_and_evaluate(tiny_config(data_root, **common), reference)
-    expected = last_by_step(read_rows(reference), "train", "loss")
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root, long_run):
+    """main.py (4 simulated devices like this process, the same global batch) is SIGKILLed
+    mid-epoch and restarted; the uninterrupted reference is the in-process long run's first 16 steps.
+    The killed trainer's grain workers end by themselves (they are not killed with it)."""
+    expected = {s: v for s, v in last_by_step(read_rows(long_run[0]), "train", "loss").items() if s <= 16}
     assert len(expected) == 16
 
-    args = [f"--config.{k}={v}" for k, v in common.items()]
+    # one grain worker process whatever the machine's CPU count (losses do not depend on it)
+    args = [f"--config.{k}={v}" for k, v in KILLED_RUN.items()] + ["--config.data.worker_count=1"]
     killed = str(tmp_path / "killed")
     env = subprocess_env(4)
-    # its own process group: the SIGKILL takes main.py and its grain workers at once, as a lost node would
     p = subprocess.Popen(main_cmd(killed, data_root, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.time() + 600
-    while time.time() < deadline and p.poll() is None:  # kill after step 10 (checkpoints every 3 steps, 2 per epoch)
-        if os.path.exists(metrics) and max([r["step"] for r in read_rows(killed)] + [0]) >= 10:
-            break
-        time.sleep(0.2)
-    assert p.poll() is None, "training ended before it could be killed"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    try:
+        while time.time() < deadline and p.poll() is None:  # kill after step 10 (checkpoints every 3 steps)
+            if os.path.exists(metrics) and max([r["step"] for r in read_rows(killed)] + [0]) >= 10:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, "training ended before it could be killed"
+        children = descendants(p.pid)
+        assert children, "main.py runs its input pipeline in worker processes"
+        os.kill(p.pid, signal.SIGKILL)  # main.py alone: its workers notice and end themselves
+        p.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(os.path.exists(f"/proc/{c}") and not _is_zombie(c) for c in children):
+            time.sleep(0.2)
+        left = [c for c in children if os.path.exists(f"/proc/{c}") and not _is_zombie(c)]
+        assert not left, f"processes of the killed trainer still running: {left}"
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     before = max(r["step"] for r in read_rows(killed))
     assert before < 16
     resumed = run(main_cmd(killed, data_root, *args), devices=4)
@@ -200,11 +257,13 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root):
     np.testing.assert_allclose(p_multi["pred_cam"], p_single["pred_cam"], rtol=1e-3, atol=0.5)
 
 
-def test_resume_with_another_global_batch_is_refused(tmp_path, data_root):
+def test_resume_with_another_global_batch_is_refused(tmp_path, data_root, short_run):
+    import shutil
+
     from kinpose_jax.training import train
 
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(tiny_config(data_root, num_epochs=1), workdir)
+    shutil.copytree(short_run, workdir)
     with pytest.raises(train.CheckpointMismatchError, match="written with global_batch=8, this run has global_batch=4"):
         train.train_and_evaluate(tiny_config(data_root, num_epochs=2, per_device_batch_size=1), workdir)
 

@@ -37,7 +37,7 @@ def tiny_problem(head: str = "integral"):
 #: the model init and the evaluation step from the suite's compilation cache instead of compiling.
 TINY = {
     "data.synthetic": True, "data.synthetic_train_folders": 2, "data.synthetic_frames_per_folder": 16,
-    "data.synthetic_image_size": 160, "data.patch_size": 64, "model.backbone": "resnet18", "model.depth_bins": 8,
+    "data.synthetic_image_size": 160, "data.patch_size": 32, "model.backbone": "resnet18", "model.depth_bins": 8,
     "model.deconv_filters": 32, "model.num_deconv_layers": 1, "max_eval_batches": 4, "num_vis_samples": 2,
     "progress_bar": False, "per_device_batch_size": 2, "steps_per_epoch": 2, "optim.lr_decay_epochs": (14, 15),
 }

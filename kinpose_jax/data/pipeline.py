@@ -381,8 +381,31 @@ def _single_threaded_opencv() -> None:
     cv2.setNumThreads(1)
 
 
+#: Seconds between a worker's checks that the process that started it is still alive.
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with_parent() -> None:
+    """Ends this worker process once the process that started it is gone: a trainer killed with
+    SIGKILL cannot stop its grain workers, which would otherwise live on holding their memory.
+    A daemon thread polls ``os.getppid()``, which changes when the parent dies and the worker is
+    re-parented."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kinpose-exit-with-parent", daemon=True).start()
+
+
 def _worker_init(worker_index: int, worker_count: int) -> None:
     _single_threaded_opencv()
+    _exit_with_parent()
 
 
 def _to_iterator(ds, cfg: PipelineConfig):
