@@ -73,7 +73,7 @@ def test_collapsed_prediction_gives_the_centroid_error_with_finite_gradients():
     rigid = lambda p, g: metrics.per_joint_error(metrics.procrustes_align(p, g, with_scale=False), g).mean(-1)  # noqa: E731
     np.testing.assert_allclose(np.asarray(rigid(pred, gt)), centroid_err, rtol=1e-5)
     for fn in (metrics.pa_mpjpe, rigid, metrics.seed_aligned_mpjpe):
-        g = np.asarray(jax.grad(lambda p: fn(p, gt).sum())(pred))  # noqa: B023
+        g = np.asarray(jax.jit(jax.grad(lambda p: fn(p, gt).sum()))(pred))  # noqa: B023
         assert np.all(np.isfinite(g))
     # a collapsed ground truth: s = 0 reproduces it exactly
     point = np.broadcast_to(gt[:, :1], gt.shape).copy()
