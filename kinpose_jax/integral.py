@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import geometry
+from kinpose_jax.jitting import jit_static
 
 
 #: Heatmap rows (one joint's [D,] H, W logits each) per sequential step of the NCHW soft-argmax
@@ -68,8 +69,9 @@ def _rows_expectations(rows: jax.Array) -> jax.Array:
     return jax.vmap(_row_expectations)(rows, row_max)
 
 
+@jit_static("num_joints", "depth_bins", "layout")
 def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout: str = "NHWC") -> jax.Array:
-    """Integral 3D joint regression.
+    """Integral 3D joint regression. Jitted; ``num_joints``, ``depth_bins`` and ``layout`` are static.
 
     Args:
       heatmaps: logits, [B, J*D, H, W] ("NCHW") or [B, H, W, J*D] ("NHWC"), channel = j*D + d.
@@ -92,9 +94,10 @@ def softargmax_3d(heatmaps: jax.Array, num_joints: int, depth_bins: int, layout:
     return jnp.stack([exp["x"] / w - 0.5, exp["y"] / h - 0.5, exp["z"] / depth_bins - 0.5], axis=-1)
 
 
+@jit_static("layout")
 def softargmax_2d(heatmaps: jax.Array, layout: str = "NHWC") -> jax.Array:
     """Integral 2D joint regression: [B, J, H, W] ("NCHW") or [B, H, W, J] ("NHWC") -> [B, J, 2]
-    normalized (x, y)."""
+    normalized (x, y). Jitted; ``layout`` is static."""
     if layout == "NCHW":
         b, j, h, w = heatmaps.shape
         xy = _rows_expectations(heatmaps.reshape(b * j, h, w)).reshape(b, j, 2)
@@ -114,9 +117,11 @@ def _check_channels(c: int, num_joints: int, depth_bins: int) -> None:
         )
 
 
+@jit_static("flip_pairs")
 def merge_flip_test(
     joints_px: jax.Array, joints_flipped_px: jax.Array, patch_width: float, flip_pairs: Sequence[tuple[int, int]]
 ) -> jax.Array:
     """Flip test: average the prediction on the patch with the mirrored-back prediction on the
-    flipped patch. Both [..., J, 3] in patch pixels; returns the same."""
+    flipped patch. Both [..., J, 3] in patch pixels; returns the same. Jitted; ``flip_pairs`` is
+    static."""
     return 0.5 * (joints_px + geometry.flip_horizontal(joints_flipped_px, patch_width, flip_pairs, xp=jnp))

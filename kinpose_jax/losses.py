@@ -1,5 +1,5 @@
 """Joint regression losses (docs/DESIGN.md#losses): weighted L1 / L2 summed over joints and axes, divided by
-the batch size. Inputs are normalized coordinates [B, J, 3] with 0/1 visibility weights."""
+the batch size. Inputs are normalized coordinates [B, J, 3] with 0/1 visibility weights. Both losses are jitted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _reduce(per_elem: jax.Array, weight: jax.Array, sample_mask: jax.Array | Non
     return jnp.sum(per_elem * mask) / jnp.maximum(jnp.sum(sample_mask.astype(per_elem.dtype)), 1.0)
 
 
+@jax.jit
 def weighted_l1(pred: jax.Array, target: jax.Array, weight: jax.Array, sample_mask: jax.Array | None = None) -> jax.Array:
     """``sum(|pred - target| * weight) / batch_size``.
 
@@ -24,6 +25,7 @@ def weighted_l1(pred: jax.Array, target: jax.Array, weight: jax.Array, sample_ma
     return _reduce(jnp.abs(pred - target), weight, sample_mask)
 
 
+@jax.jit
 def weighted_l2(pred: jax.Array, target: jax.Array, weight: jax.Array, sample_mask: jax.Array | None = None) -> jax.Array:
     """``sum((pred - target)^2 * weight) / batch_size``; see :func:`weighted_l1`."""
     return _reduce(jnp.square(pred - target), weight, sample_mask)

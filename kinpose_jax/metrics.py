@@ -1,6 +1,8 @@
 """Human3.6M evaluation metrics (docs/DESIGN.md#evaluation), batched and pure ``jax.numpy`` (vmappable,
 per sample).
 
+Every function is jitted, its Python-level parameters (joint indices, thresholds) static.
+
 Names as papers use them; all errors in mm on the 17 evaluation joints (0-16, thorax excluded):
 
 * **Protocol #1** (``mpjpe``): mean per-joint Euclidean error after subtracting the root joint.
@@ -25,13 +27,16 @@ import jax
 import jax.numpy as jnp
 
 from kinpose_jax import skeleton
+from kinpose_jax.jitting import jit_static
 
 
+@jit_static("root")
 def root_relative(joints: jax.Array, root: int = skeleton.H36M_ROOT) -> jax.Array:
     """[..., J, 3] minus the root joint."""
     return joints - joints[..., root : root + 1, :]
 
 
+@jax.jit
 def per_joint_error(pred: jax.Array, gt: jax.Array) -> jax.Array:
     """Euclidean distance per joint, [..., J, 3] x2 -> [..., J]. Its gradient at a zero distance
     (e.g. the root after root subtraction) is 0, not NaN."""
@@ -40,6 +45,7 @@ def per_joint_error(pred: jax.Array, gt: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
+@jit_static("root")
 def mpjpe(pred: jax.Array, gt: jax.Array, root: int | None = skeleton.H36M_ROOT) -> jax.Array:
     """Mean per-joint position error per sample: [..., J, 3] x2 -> [...] (mm).
     Both are made root-relative first unless ``root`` is None."""
@@ -48,6 +54,7 @@ def mpjpe(pred: jax.Array, gt: jax.Array, root: int | None = skeleton.H36M_ROOT)
     return jnp.mean(per_joint_error(pred, gt), axis=-1)
 
 
+@jit_static("with_scale")
 def procrustes_align(pred: jax.Array, gt: jax.Array, with_scale: bool = True, eps: float = 1e-12) -> jax.Array:
     """Aligns ``pred`` onto ``gt`` by the least-squares similarity (or rigid) transform.
 
@@ -60,7 +67,7 @@ def procrustes_align(pred: jax.Array, gt: jax.Array, with_scale: bool = True, ep
     with scale, or ``R = I`` without. Values and gradients stay finite (the SVD is evaluated on
     a harmless stand-in matrix and its result is not used).
     Args:
-      pred, gt: [..., J, 3].  with_scale: fit ``s`` (Protocol #2) or keep ``s = 1`` (rigid).
+      pred, gt: [..., J, 3].  with_scale: fit ``s`` (Protocol #2) or keep ``s = 1`` (rigid); static.
       eps: relative threshold for the collapse test above.
     Returns:
       [..., J, 3] aligned prediction.
@@ -92,6 +99,7 @@ def procrustes_align(pred: jax.Array, gt: jax.Array, with_scale: bool = True, ep
     return aligned + mu_g
 
 
+@jax.jit
 def pa_mpjpe(pred: jax.Array, gt: jax.Array) -> jax.Array:
     """Protocol #2: MPJPE after similarity Procrustes alignment (with scale); [...] mm."""
     return jnp.mean(per_joint_error(procrustes_align(pred, gt, with_scale=True), gt), axis=-1)
@@ -105,6 +113,7 @@ AUC_THRESHOLDS_MM: tuple[float, ...] = tuple(float(t) for t in range(0, 155, 5))
 EVAL_JOINTS: tuple[int, ...] = tuple(range(17))
 
 
+@jit_static("eval_joints", "root")
 def seed_aligned_mpjpe(pred: jax.Array, gt: jax.Array, eval_joints: Sequence[int] = EVAL_JOINTS,
                        root: int = skeleton.H36M_ROOT) -> jax.Array:
     """The original's aligned error (``hm36_17j_align``); [..., J, 3] x2 -> [...] mm.
@@ -117,6 +126,7 @@ def seed_aligned_mpjpe(pred: jax.Array, gt: jax.Array, eval_joints: Sequence[int
     return jnp.mean(err[..., jnp.asarray(eval_joints)], axis=-1)
 
 
+@jit_static("parent_ids", "joints")
 def bone_error(pred: jax.Array, gt: jax.Array, parent_ids: Sequence[int] = skeleton.H36M_PARENT_IDS,
                joints: Sequence[int] = EVAL_JOINTS) -> jax.Array:
     """The original's bone error; [..., J, 3] x2 (camera mm, *absolute*) -> [...] mm.
@@ -131,11 +141,13 @@ def bone_error(pred: jax.Array, gt: jax.Array, parent_ids: Sequence[int] = skele
     return jnp.mean(per_joint_error(vp, vg)[..., jnp.asarray(joints)], axis=-1)
 
 
+@jax.jit
 def pck(per_joint_err: jax.Array, threshold_mm: float | jax.Array) -> jax.Array:
     """Percent of joints with error strictly below ``threshold_mm``: [..., J] -> [...] (0-100)."""
     return 100.0 * jnp.mean((per_joint_err < threshold_mm).astype(jnp.float32), axis=-1)
 
 
+@jit_static("thresholds_mm")
 def pck_auc(per_joint_err: jax.Array, thresholds_mm: Sequence[float] = AUC_THRESHOLDS_MM) -> jax.Array:
     """Area under the PCK curve: the mean of :func:`pck` over ``thresholds_mm``; [..., J] -> [...] (0-100)."""
     t = jnp.asarray(thresholds_mm, jnp.float32)
@@ -173,11 +185,20 @@ def h36m_errors(
       error), ``seed_pck_5mm`` / ``seed_pck_105mm`` (the original's PCK thresholds), ``pck_150mm``
       (3DPCK) and ``auc`` (0-150 mm); PCK and AUC in percent, over ``eval_joints``,
       root-relative. See the module docstring for the definitions.
+    Jitted; ``groups``, ``eval_joints`` and ``root`` are static.
     """
+    group_items = tuple((name, tuple(idx)) for name, idx in groups.items())
+    table = _h36m_errors(pred_cam, gt_cam, group_items, eval_joints, root)
+    return {name: table[name] for name in h36m_error_names(groups)}  # jit returns the keys sorted
+
+
+@jit_static("group_items", "eval_joints", "root")
+def _h36m_errors(pred_cam, gt_cam, group_items, eval_joints, root) -> dict[str, jax.Array]:
+    """:func:`h36m_errors` with ``groups`` as a tuple of (name, joint indices) items."""
     pred = root_relative(pred_cam, root)
     gt = root_relative(gt_cam, root)
     err = per_joint_error(pred, gt)
-    out = {name: jnp.mean(err[..., jnp.asarray(idx)], axis=-1) for name, idx in groups.items()}
+    out = {name: jnp.mean(err[..., jnp.asarray(idx)], axis=-1) for name, idx in group_items}
     ev = jnp.asarray(eval_joints)
     axis_err = jnp.mean(jnp.abs(pred[..., ev, :] - gt[..., ev, :]), axis=-2)
     out.update(x=axis_err[..., 0], y=axis_err[..., 1], z=axis_err[..., 2])

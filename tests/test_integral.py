@@ -28,7 +28,7 @@ def test_softargmax_3d_matches_torch_in_both_layouts():
 def test_softargmax_3d_gradient_matches_torch_autograd():
     hm = random_heatmaps(1)
     w = np.random.default_rng(2).normal(size=(3, J, 3)).astype(np.float32)
-    g = jax.grad(lambda x: jnp.sum(integral.softargmax_3d(x, J, D, layout="NCHW") * w))(hm)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(integral.softargmax_3d(x, J, D, layout="NCHW") * w)))(hm)
     t = torch.tensor(hm, requires_grad=True)
     (ref.softargmax_3d_nchw(t, J, D) * torch.from_numpy(w)).sum().backward()
     np.testing.assert_allclose(np.asarray(g), ref.to_numpy(t.grad), atol=1e-6, rtol=1e-4)

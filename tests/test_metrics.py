@@ -73,7 +73,7 @@ def test_collapsed_prediction_gives_the_centroid_error_with_finite_gradients():
     rigid = lambda p, g: metrics.per_joint_error(metrics.procrustes_align(p, g, with_scale=False), g).mean(-1)  # noqa: E731
     np.testing.assert_allclose(np.asarray(rigid(pred, gt)), centroid_err, rtol=1e-5)
     for fn in (metrics.pa_mpjpe, rigid, metrics.seed_aligned_mpjpe):
-        g = np.asarray(jax.grad(lambda p: fn(p, gt).sum())(pred))  # noqa: B023
+        g = np.asarray(jax.jit(jax.grad(lambda p: fn(p, gt).sum()))(pred))  # noqa: B023
         assert np.all(np.isfinite(g))
     # a collapsed ground truth: s = 0 reproduces it exactly
     point = np.broadcast_to(gt[:, :1], gt.shape).copy()
@@ -203,3 +203,15 @@ def test_pck_and_auc_match_independent_numpy():
     assert 0 < float(np.mean(table["pck_150mm"])) < 100  # the test data exercise both sides
     jitted = jax.jit(jax.vmap(lambda p, g: metrics.h36m_errors(p[None], g[None])))(pred, gt)
     np.testing.assert_allclose(np.asarray(jitted["auc"])[:, 0], auc, atol=1e-4)
+
+
+def test_index_and_threshold_parameters_may_be_lists_or_numpy():
+    """The jitted metrics take their static parameters as lists, numpy arrays or numpy scalars too."""
+    gt = random_pose(16, b=2)
+    pred = gt + np.random.default_rng(17).normal(size=gt.shape).astype(np.float32) * 20
+    err = np.linalg.norm(pred - gt, axis=-1)
+    want_auc = 100 * np.mean([(err < t).mean(-1) for t in (10.0, 30.0)], axis=0)
+    np.testing.assert_allclose(np.asarray(metrics.pck_auc(err, np.array([10.0, 30.0]))), want_auc, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(metrics.bone_error(pred, gt, list(skeleton.H36M_PARENT_IDS), np.arange(17))),
+                               np.asarray(metrics.bone_error(pred, gt)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics.mpjpe(pred, gt, root=np.int64(0))), np.asarray(metrics.mpjpe(pred, gt)))

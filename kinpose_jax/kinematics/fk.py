@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kinpose_jax.jitting import jit_static
 from kinpose_jax.kinematics.rotations import skew
 from kinpose_jax.kinematics.tree import KinematicTree
 
@@ -106,6 +107,7 @@ class FKResult:
         return jnp.concatenate([top, bottom], axis=-2)
 
 
+@jit_static("chunk_size")
 def forward_kinematics(
     tree: KinematicTree,
     angles: jax.Array,
@@ -114,7 +116,8 @@ def forward_kinematics(
     *,
     chunk_size: int | None = None,
 ) -> FKResult:
-    """Poses a kinematic tree.
+    """Poses a kinematic tree. Jitted (one compiled program per tree structure, input shapes and
+    ``chunk_size``); ``chunk_size`` is static.
 
     ``G_root = T(translation) @ R_root``; ``G_j = G_parent @ T(scale * offset_j) @ R_j``, where
     ``R_j`` is the ordered product of the rotations about frame ``j``'s dof axes.
@@ -129,8 +132,7 @@ def forward_kinematics(
         :func:`resolve_chunk_size`); ``0``: never chunk; ``k > 0``: batches larger than ``k`` run
         as a sequential ``lax.map`` over ``ceil(N / k)`` equal chunks of at most ``k`` samples
         (padding is less than one sample per chunk). Chunking changes speed and memory only,
-        not the values or gradients. It is a Python int fixed at trace time (under ``jit``, pass
-        it as a constant, not a traced argument).
+        not the values or gradients. A Python int (static).
     Returns:
       FKResult with ``joints`` [..., tree.num_joints, 3].
     """
