@@ -5,8 +5,9 @@ pipeline and augmentation configs with overrides (the library has no defaults of
 import numpy as np
 
 
-def tiny_problem(head: str = "integral"):
-    """Returns (config, model, tx, schedule, batch) for a ResNet-18 at 64x64, global batch 8."""
+def tiny_problem(head: str = "integral", image_size: int = 64):
+    """Returns (config, model, tx, schedule, batch) for a ResNet-18 at ``image_size`` px square,
+    global batch 8."""
     from configs import default
     from kinpose_jax.training import train
     from kinpose_jax.models import build_pose_net
@@ -18,16 +19,28 @@ def tiny_problem(head: str = "integral"):
     config.model.deconv_filters = 16
     config.model.num_deconv_layers = 1
     config.model.kinematic_tree = "h36m18"
-    config.data.patch_size = 64
+    config.data.patch_size = image_size
     model = build_pose_net(config.model)
     schedule = train.learning_rate_schedule(config, 10)
     tx = train.make_optimizer(config, schedule)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, size=(8, 64, 64, 3), dtype=np.uint8),
+    batch = {"image": rng.integers(0, 256, size=(8, image_size, image_size, 3), dtype=np.uint8),
              "gains": rng.uniform(0.8, 1.2, size=(8, 3)).astype(np.float32),
              "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
              "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
     return config, model, tx, schedule, batch
+
+
+def first_step_gradients(opt_state) -> dict:
+    """The gradients (a params-like tree of numpy arrays) that the first training step fed to
+    ``train.make_optimizer``'s Adam, read from ``opt_state`` after that step: Adam's first moment
+    after one step from zero is ``(1 - b1) * grads``, ``b1 = 0.9`` (optax.adam's default); valid for
+    configs/default.py's optimizer (no gradient clipping, no weight decay)."""
+    import jax
+    import optax
+
+    mu = jax.device_get(optax.tree.get(opt_state, "mu"))
+    return jax.tree.map(lambda m: np.asarray(m) / np.float32(1 - 0.9), mu)
 
 
 #: ``--config.*`` overrides of configs/synthetic.py for a tiny run (main.py subprocesses take these).
