@@ -85,24 +85,29 @@ def max_pool(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
 
 
 def _max_pool_fwd(x, kernel, stride, padding):
-    y = _max_pool_value(x, kernel, stride, padding)
-    return y, (x, y)
+    return _max_pool_value(x, kernel, stride, padding), x
 
 
-def _max_pool_bwd(kernel, stride, padding, res, g):
-    x, y = res
+def _max_pool_bwd(kernel, stride, padding, x, g):
     k, s, p = kernel, stride, padding
     _, h, w, _ = x.shape
-    ho, wo = y.shape[1:3]
+    ho, wo = g.shape[1:3]
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
     hp, wp = h + 2 * p, w + 2 * p
+    taps = list(_pool_taps(xp, k, s, ho, wo))
+    # Each window's first maximum in row-major order, found among the taps themselves (strict >),
+    # so every window passes its gradient to exactly one input. Comparing taps with the forward's
+    # saved maximum instead loses gradients under jit: XLA may compute the pool's input (e.g. the
+    # stem's BatchNorm + ReLU) once for the forward and again, rounded differently, for this pass.
+    best, first = taps[0][2], jnp.zeros(g.shape, jnp.int32)
+    for t, (_, _, tap) in enumerate(taps[1:], start=1):
+        better = tap > best
+        best = jnp.where(better, tap, best)
+        first = jnp.where(better, t, first)
     zero = jnp.zeros((), g.dtype)
-    taken = jnp.zeros(y.shape, bool)
     dxp = jnp.zeros(xp.shape, g.dtype)
-    for i, j, tap in _pool_taps(xp, k, s, ho, wo):
-        sel = (tap == y) & ~taken
-        taken = taken | sel
-        dxp = dxp + jax.lax.pad(jnp.where(sel, g, zero), zero, (
+    for t, (i, j, _) in enumerate(taps):
+        dxp = dxp + jax.lax.pad(jnp.where(first == t, g, zero), zero, (
             (0, 0, 0), (i, hp - i - s * (ho - 1) - 1, s - 1), (j, wp - j - s * (wo - 1) - 1, s - 1), (0, 0, 0)))
     return (dxp[:, p:p + h, p:p + w, :],)
 
