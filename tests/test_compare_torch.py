@@ -78,9 +78,7 @@ def run_compare(tmp_path, data, checkpoint, *extra) -> dict:
         return json.load(f)
 
 
-#: The flip test (head-independent: evaluation.make_joints_fn) runs with the integral head, so that
-#: the direct head's programs are the ones test_a_conversion_off_by_a_known_offset runs too.
-@pytest.mark.parametrize("head,flip", [("seed_integral", True), ("direct", False), ("seed_kinematic", False)])
+@pytest.mark.parametrize("head,flip", [("seed_integral", False), ("direct", True), ("seed_kinematic", False)])
 def test_pytorch_and_jax_predictions_agree_on_the_same_batches(tmp_path, data, capsys, head, flip):
     path = str(tmp_path / "seed.pth.tar")
     torch.save({"epoch": 1, "network": {"module." + k: v for k, v in seed_network(head).state_dict().items()}}, path)
