@@ -119,7 +119,10 @@ def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> Loa
     with open(os.path.join(workdir, "config.json")) as f:
         config = with_defaults(json.load(f))  # a config.json older than a field: that field's default
     model = build_pose_net(config.model)
-    fresh = train.init_variables(model, config, jax.random.PRNGKey(0))
+    # the restore target's shapes only: the initializers are neither compiled nor run
+    shapes = jax.eval_shape(lambda: train.init_variables(model, config, jax.random.PRNGKey(0)))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
     manager = checkpointing.make_manager(workdir, int(config.keep_checkpoints), create=False)
     try:
         if step is None:
@@ -130,7 +133,7 @@ def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> Loa
             raise PredictError(f"{workdir}/checkpoints has no step {step} (it has {sorted(manager.all_steps())})")
     finally:
         manager.close()
-    variables = checkpointing.restore_variables(workdir, step, checkpointing.abstract_like(fresh))
+    variables = checkpointing.restore_variables(workdir, step, target)
     return LoadedModel(model, variables, config.model.to_dict(), int(patch_size or config.data.patch_size),
                        f"{workdir} step {step}")
 

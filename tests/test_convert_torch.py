@@ -43,12 +43,15 @@ def run_converted(ckpt_dir: str, x: torch.Tensor) -> dict:
     meta = C.read_conversion_metadata(ckpt_dir)
     model = build_pose_net(model_config(**meta["model"]))
     variables = C.load_converted(ckpt_dir)
-    return model.apply(variables, nchw_to_nhwc(x), train=False)
+    return jax.jit(lambda v, images: model.apply(v, images, train=False))(variables, nchw_to_nhwc(x))
 
 
+#: Every head on ResNet-18, and ResNet-50 (bottleneck blocks, 2048 head input channels) with the
+#: kinematic head; ResNet-50 with the integral head is SEED_CASES' resnet50-3deconv. The head
+#: mapping does not depend on the depth (the converter reads the channel counts from the tensors).
 CASES = [
     (18, "integral", None), (18, "direct", None), (18, "kinematic", "seed_h36m18"),
-    (50, "integral", None), (50, "direct", None), (50, "kinematic", "h36m18"),
+    (50, "kinematic", "h36m18"),
 ]
 
 
@@ -149,7 +152,8 @@ def test_train_mode_matches_torch_and_updates_batch_stats_like_torch(tiny):
     tm_train = copy.deepcopy(tm).train()
     with torch.no_grad():
         want = tm_train(x)
-    got, new = model.apply(variables, nchw_to_nhwc(x), train=True, mutable=["batch_stats"])
+    got, new = jax.jit(lambda v, images: model.apply(v, images, train=True, mutable=["batch_stats"]))(
+        variables, nchw_to_nhwc(x))
     np.testing.assert_allclose(np.asarray(got["heatmaps"]).transpose(0, 3, 1, 2), want["heatmaps"].numpy(), atol=TOL)
     # running mean: torch momentum 0.1 == Flax momentum 0.9
     bn_t, bn_old = tm_train.backbone.layer2[0].bn1, sd["backbone.layer2.0.bn1.running_var"]
@@ -206,7 +210,7 @@ def test_plain_torchvision_state_dict_imports_the_backbone_only(tmp_path):
     with torch.no_grad():
         want = net(x).numpy().transpose(0, 2, 3, 1)
     bb = {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]}
-    got = ResNet(18).apply(bb, nchw_to_nhwc(x), False)
+    got = jax.jit(lambda v, images: ResNet(18).apply(v, images, False))(bb, nchw_to_nhwc(x))
     np.testing.assert_allclose(np.asarray(got), want, atol=TOL)
 
 

@@ -43,14 +43,15 @@ def test_spine_angles_move_the_upper_body_and_the_ankle_angle_only_the_toe():
     names = tree.joint_names
     upper = [names.index(n) for n in ("torso", "neck", "head", "l_wrist", "spine_3")]
     legs = [names.index(n) for n in ("pelvis", "l_hip", "r_ankle", "l_toe", "spine_1")]
+    joints_of = jax.jit(lambda a: kin.forward_kinematics(tree, a).joints)
     angles = np.zeros(tree.num_dofs)
     angles[tree.param_names.index("spine_2_RotX")] = 0.5
-    bent = np.asarray(kin.forward_kinematics(tree, jnp.asarray(angles)).joints)
+    bent = np.asarray(joints_of(jnp.asarray(angles)))
     assert np.all(np.linalg.norm(bent[upper] - rest[upper], axis=-1) > 10.0)
     np.testing.assert_allclose(bent[legs], rest[legs], atol=1e-4)
     angles = np.zeros(tree.num_dofs)
     angles[tree.param_names.index("L_Ankle_RotX")] = 0.5
-    moved = np.asarray(kin.forward_kinematics(tree, jnp.asarray(angles)).joints)
+    moved = np.asarray(joints_of(jnp.asarray(angles)))
     changed = np.flatnonzero(np.linalg.norm(moved - rest, axis=-1) > 1e-4)
     assert changed.tolist() == [names.index("l_toe")]
 
@@ -159,7 +160,7 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
                                 kinematic_view="upright")
     model, fresh = _kinematic_model(EXTENDED)
     variables = load_pretrained(out, fresh, config_model, allow_backbone_only=False)
-    got = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), train=False)
+    got = jax.jit(lambda v, images: model.apply(v, images, train=False))(variables, x.numpy().transpose(0, 2, 3, 1))
     np.testing.assert_allclose(np.asarray(got["tree_joints"]), want, atol=1e-4)
     np.testing.assert_allclose(np.asarray(got["joints"]), want[:, :18], atol=1e-4)
     with pytest.raises(PretrainedMismatchError, match="kinematic_tree"):
@@ -168,10 +169,12 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
 
 # --------------------------------------------------------------------------- training, end to end
 def tiny_extended_config(data_root, **overrides):  # noqa: F811
-    """tests/tiny_problem.py's tiny run with the kinematic head on the extended tree."""
+    """tests/tiny_problem.py's tiny run with the kinematic head on the extended tree, on 32 px
+    patches (its programs are its own: the other tiny runs' 64 px shares nothing with them)."""
     from tests.tiny_problem import tiny_config
 
-    c = tiny_config(data_root, model__head="kinematic", model__kinematic_tree=EXTENDED, max_eval_batches=2,
+    c = tiny_config(data_root, model__head="kinematic", model__kinematic_tree=EXTENDED, data__patch_size=32,
+                    max_eval_batches=2,
                     num_vis_samples=1, log_every_steps=1, checkpoint_every_steps=1, **overrides)
     return config_checks.validate(c)
 

@@ -4,6 +4,7 @@ in a fresh process."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -98,6 +99,12 @@ def synthetic_images(data_root, n):  # noqa: F811
     return [os.path.join(folder, seq, f) for f in files]
 
 
+@functools.cache
+def _forward(model):
+    """``model.apply(variables, images, train=False)``, jitted once per model."""
+    return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+
+
 def expected_outputs(model, variables, image_path, x, y, w, h, focal):
     """The prediction for one image and box, computed without kinpose_jax.predict: the training
     sample function crops the square box, the model runs, and the patch pixels are mapped back
@@ -108,7 +115,7 @@ def expected_outputs(model, variables, image_path, x, y, w, h, focal):
     sample = augment.make_sample(image, center, np.array([side, side]), np.zeros((18, 3)), np.zeros((18, 3)),
                                  augment.NO_AUGMENTATION, (PATCH, PATCH), [])
     pixels = augment.normalize_pixels(sample["image"][None], sample["gains"][None])  # uint8 patch -> network input
-    norm = np.asarray(model.apply(variables, pixels, train=False)["joints"])[0].astype(np.float64)
+    norm = np.asarray(_forward(model)(variables, pixels)["joints"])[0].astype(np.float64)
     uv = center + norm[:, :2] * side  # normalized (x, y) are fractions of the patch around its centre
     z_rel = norm[:, 2] * 2000.0  # normalized depth x box_mm
     root_depth = focal * 2000.0 / side
