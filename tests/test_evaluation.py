@@ -496,7 +496,7 @@ class _Recorded:
 
 
 def test_crop_layout_evaluates_like_the_full_layout(data_root, tmp_path):
-    """One model evaluated on the validation set (tests/tiny_problem.py's, 64x64 patches) converted
+    """One model evaluated on the validation set (tests/tiny_problem.py's, at 64x64 patches) converted
     in the full layout and in the crop layout (as main.py converts with ``data.record_layout``):
     every evaluation field (ids, centers, boxes, intrinsics, pelvis, ground truth) is identical and
     every mm metric agrees within 0.5 mm. The model is :class:`PixelMomentModel`, not a tiny
@@ -513,7 +513,7 @@ def test_crop_layout_evaluates_like_the_full_layout(data_root, tmp_path):
     runs = {}
     for layout in ("full", "crop"):
         records_dir = os.path.join(data_root, "records") if layout == "full" else str(tmp_path / "records_crop")
-        config = tiny_config(data_root, data__records_dir=records_dir, data__record_layout=layout,
+        config = tiny_config(data_root, data__records_dir=records_dir, data__record_layout=layout, data__patch_size=64,
                              per_device_batch_size=2, num_vis_samples=0, save_predictions=True, max_eval_batches=-1)
         data = _Recorded(setup.create(config, config.per_device_batch_size * jax.device_count(), train=False))
         assert records.load_info(os.path.join(records_dir, "hm36_" + config.data.eval_set))["layout"] == layout
