@@ -121,8 +121,7 @@ def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> Loa
     model = build_pose_net(config.model)
     # the restore target's shapes only: the initializers are neither compiled nor run
     shapes = jax.eval_shape(lambda: train.init_variables(model, config, jax.random.PRNGKey(0)))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+    target = checkpointing.abstract_like(shapes, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     manager = checkpointing.make_manager(workdir, int(config.keep_checkpoints), create=False)
     try:
         if step is None:

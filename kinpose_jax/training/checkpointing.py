@@ -219,9 +219,13 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     return {k: restored[k] for k in target}
 
 
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a pytree of arrays, the restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+def abstract_like(tree: Any, sharding: Any | None = None) -> Any:
+    """ShapeDtypeStructs of a pytree of arrays (or of shapes, e.g. from ``jax.eval_shape``), the
+    restore target: each leaf's own sharding, or ``sharding`` for every leaf when given."""
+    def spec(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) if sharding is None else sharding)
+
+    return jax.tree.map(spec, tree)
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
