@@ -21,7 +21,7 @@ from kinpose_jax.jitting import jit_static
 
 #: Heatmap rows (one joint's [D,] H, W logits each) per sequential step of the NCHW soft-argmax
 #: on the CPU backend.
-CPU_ROWS_PER_STEP = 4
+CPU_ROWS_PER_STEP = 8
 
 
 def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, ...]):
@@ -45,10 +45,19 @@ def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, 
 
 def _row_expectations(row: jax.Array, row_max: jax.Array) -> jax.Array:
     """Softmax over all of one row's bins ([..., W] logits; ``row_max``: their max, a constant for
-    autodiff) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z])."""
+    autodiff) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z]).
+
+    The exponentials are reduced along W by one matrix product with [1, x] weights (float32 at
+    full precision): XLA:CPU runs that product at memory speed, while a reduction whose operand
+    is ``exp`` runs several times slower. The other axes are then summed on the 1/W-sized
+    marginal."""
     e = jnp.exp(row.astype(jnp.float32) - row_max)
-    rest = jnp.sum(e, axis=-1)  # marginal over the leading axes
-    sums = [jnp.sum(e * jnp.arange(row.shape[-1], dtype=jnp.float32))]
+    w = row.shape[-1]
+    weights = jnp.stack([jnp.ones(w, jnp.float32), jnp.arange(w, dtype=jnp.float32)], axis=1)
+    along_w = jnp.dot(e.reshape(-1, w), weights, precision=jax.lax.Precision.HIGHEST)
+    along_w = along_w.reshape(row.shape[:-1] + (2,))
+    rest = along_w[..., 0]  # marginal over the leading axes
+    sums = [jnp.sum(along_w[..., 1])]
     for ax in reversed(range(row.ndim - 1)):
         shape = [1] * (row.ndim - 1)
         shape[ax] = row.shape[ax]
@@ -56,14 +65,23 @@ def _row_expectations(row: jax.Array, row_max: jax.Array) -> jax.Array:
     return jnp.stack(sums) / jnp.sum(rest)
 
 
+def _rows_max(rows: jax.Array) -> jax.Array:
+    """[R, ...] -> [R] float32 maximum of each row, as a constant for autodiff. Reduced first
+    across 128-wide column blocks, then within the block: XLA:CPU vectorizes that order, which
+    reads the array about twice as fast as one reduction per row."""
+    flat = rows.reshape(rows.shape[0], -1)
+    if flat.shape[1] % 128 == 0:
+        flat = jax.lax.optimization_barrier(flat.reshape(flat.shape[0], -1, 128).max(axis=1))
+    return jax.lax.stop_gradient(flat.max(axis=1).astype(jnp.float32))
+
+
 def _rows_expectations(rows: jax.Array) -> jax.Array:
     """Stable (max-subtracted, float32) softmax expectations of every row of [R, ...] logits:
     [R, ndim - 1] (see :func:`_row_expectations`). The max is one pass over the whole array; on the
     CPU backend the exp and sums then run as a sequential loop over steps of
-    :data:`CPU_ROWS_PER_STEP` rows, since XLA:CPU evaluates ``exp`` inside reductions over the
-    whole batch several times slower than over a few rows at a time."""
+    :data:`CPU_ROWS_PER_STEP` rows, which keeps each step's exponentials in cache."""
     r = rows.shape[0]
-    row_max = jax.lax.stop_gradient(jnp.max(rows, axis=tuple(range(1, rows.ndim))).astype(jnp.float32))
+    row_max = _rows_max(rows)
     if jax.default_backend() == "cpu" and isinstance(r, int) and r > CPU_ROWS_PER_STEP:
         return jax.lax.map(lambda a: _row_expectations(*a), (rows, row_max), batch_size=CPU_ROWS_PER_STEP)
     return jax.vmap(_row_expectations)(rows, row_max)

@@ -25,13 +25,19 @@ def test_softargmax_3d_matches_torch_in_both_layouts():
     np.testing.assert_allclose(nhwc, expected, atol=1e-5)
 
 
-def test_softargmax_3d_gradient_matches_torch_autograd():
-    hm = random_heatmaps(1)
-    w = np.random.default_rng(2).normal(size=(3, J, 3)).astype(np.float32)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(integral.softargmax_3d(x, J, D, layout="NCHW") * w)))(hm)
+# on CPU: 15 rows in one vectorized step; 35 rows (each 8 x 16 x 8 = 1024 bins, read by the
+# 128-wide column max) in steps of integral.CPU_ROWS_PER_STEP and a remainder
+@pytest.mark.parametrize("b, d, h, w", [(3, D, H, W), (7, 8, 16, 8)])
+def test_softargmax_3d_values_and_gradient_match_torch_autograd(b, d, h, w):
+    rng = np.random.default_rng(b)
+    hm = (rng.normal(size=(b, J * d, h, w)) * 3).astype(np.float32)
+    weights = rng.normal(size=(b, J, 3)).astype(np.float32)
+    out, vjp = jax.vjp(lambda x: integral.softargmax_3d(x, J, d, layout="NCHW"), hm)
     t = torch.tensor(hm, requires_grad=True)
-    (ref.softargmax_3d_nchw(t, J, D) * torch.from_numpy(w)).sum().backward()
-    np.testing.assert_allclose(np.asarray(g), ref.to_numpy(t.grad), atol=1e-6, rtol=1e-4)
+    expected = ref.softargmax_3d_nchw(t, J, d)
+    (expected * torch.from_numpy(weights)).sum().backward()
+    np.testing.assert_allclose(np.asarray(out), ref.to_numpy(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(weights))[0]), ref.to_numpy(t.grad), atol=1e-6, rtol=1e-4)
 
 
 def test_softargmax_2d_matches_torch():
@@ -42,7 +48,7 @@ def test_softargmax_2d_matches_torch():
         np.asarray(integral.softargmax_2d(np.transpose(hm, (0, 2, 3, 1)), "NHWC")), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("b, j", [(1, 3), (3, 5)])  # on CPU: one vectorized step; a loop of steps + remainder
+@pytest.mark.parametrize("b, j", [(1, 3), (7, 5)])  # on CPU: one vectorized step; steps + a remainder
 def test_softargmax_2d_values_and_gradients_match_torch_autograd(b, j):
     rng = np.random.default_rng(b)
     hm = (rng.normal(size=(b, j, H, W)) * 3).astype(np.float32)
