@@ -9,8 +9,15 @@ import os
 SIMULATED_DEVICES = 4
 
 
+#: LLVM optimization level of XLA:CPU's code generation in test processes. Level 1 (the default
+#: is 2) compiles a tiny ResNet-18 training step 15% faster and its initializer 2x faster, at the
+#: same step time (measured on the suite's 2-core machine); compilation is half of the suite's time.
+LLVM_OPT_LEVEL = 1
+
+
 def xla_flags(devices: int = SIMULATED_DEVICES) -> str:
-    return f"--xla_force_host_platform_device_count={devices}"
+    return (f"--xla_force_host_platform_device_count={devices} "
+            f"--xla_backend_optimization_level={LLVM_OPT_LEVEL}")
 
 
 def subprocess_env(devices: int = SIMULATED_DEVICES, **extra: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -167,8 +168,12 @@ def build_pose_net(model_config: Any, bn_axis_name: str | None = None) -> PoseNe
 
 
 def init_variables(model: PoseNet, rng: jax.Array, image_size: int | tuple[int, int]) -> dict:
-    """Initial ``{'params', 'batch_stats'}`` for ``model`` (one dummy image of the given size)."""
+    """Initial ``{'params', 'batch_stats'}`` for ``model`` (one dummy image of the given size).
+    One jitted program per (model, size): equal models (equal configs) share it within a process."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    # one compiled program instead of one eager dispatch (and compilation) per initializer op
-    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, h, w, 3), jnp.float32), train=False))
-    return dict(init(rng))
+    return dict(_init(model, rng, int(h), int(w)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init(model: PoseNet, rng: jax.Array, h: int, w: int) -> dict:
+    return model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False)

@@ -7,6 +7,7 @@ iterator state for exact resume, evaluation in mm, JSON lines / TensorBoard / PN
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -184,9 +185,44 @@ def make_predict(config, model, mesh):
 def make_eval_step(config, model, mesh):
     """The jitted evaluation step (:func:`~kinpose_jax.training.evaluation.make_eval_fn`: prediction, decoding
     and every per-sample metric); its outputs stay sharded over the batch axis like its inputs, so
-    every process can read back exactly the rows of its own slice of the batch."""
-    fn = evaluation.make_eval_fn(model, config.data.patch_size, config.flip_test, config.loss, config.model.box_mm)
+    every process can read back exactly the rows of its own slice of the batch. The same function
+    for equal arguments within a process (see :data:`COMPILED_RUNS_KEPT`)."""
+    return _eval_step(model, int(config.data.patch_size), bool(config.flip_test), config.loss,
+                      float(config.model.box_mm), mesh)
+
+
+#: Training and evaluation steps kept per process, with their traced and compiled programs, for
+#: reuse by a later run with equal inputs (a notebook's or the tests' second ``train_and_evaluate``
+#: skips re-tracing, re-lowering and reloading them: several seconds each). They are keyed on
+#: everything they are built from (the model, every ``config.optim`` field, the loss, BN sync,
+#: steps per epoch, the mesh), so a run that changes any of these gets its own.
+COMPILED_RUNS_KEPT = 4
+
+
+@functools.lru_cache(maxsize=COMPILED_RUNS_KEPT)
+def _eval_step(model, patch_size: int, flip_test: bool, loss: str, box_mm: float, mesh):
+    fn = evaluation.make_eval_fn(model, patch_size, flip_test, loss, box_mm)
     return jax.jit(fn, out_shardings=parallel.data_sharding(mesh))
+
+
+def make_jitted_train_step(config, model, steps_per_epoch: int, mesh):
+    """``(schedule, tx, train_step)`` of a run: :func:`learning_rate_schedule`, :func:`make_optimizer`
+    and :func:`make_train_step` jitted over ``mesh`` (state replicated and donated, batch sharded).
+    The same objects for equal inputs within a process (see :data:`COMPILED_RUNS_KEPT`)."""
+    optim = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                         for k, v in config.optim.to_dict().items()))
+    return _jitted_train_step(model, optim, config.loss, config.model.bn_sync, int(steps_per_epoch), mesh)
+
+
+@functools.lru_cache(maxsize=COMPILED_RUNS_KEPT)
+def _jitted_train_step(model, optim: tuple, loss: str, bn_sync: str, steps_per_epoch: int, mesh):
+    config = ml_collections.ConfigDict({"optim": dict(optim)})
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, schedule)
+    step = jax.jit(make_train_step(model, tx, loss, schedule, bn_sync, mesh),
+                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+    return schedule, tx, step
 
 
 def evaluate(config, model, variables, data, mesh, workdir: str, step: int, writer=None, eval_step=None) -> dict:
@@ -367,8 +403,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else data.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     model = build_pose_net(config.model)
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-    tx = make_optimizer(config, schedule)
+    _, tx, train_step = make_jitted_train_step(config, model, steps_per_epoch, mesh)
     state = create_state(config, model, tx, mesh)
 
     def new_train_iterator():
@@ -397,10 +432,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         else:
             train_iter = new_train_iterator()
 
-        bn_sync = config.model.bn_sync
-        train_step = jax.jit(make_train_step(model, tx, config.loss, schedule, bn_sync, mesh),
-                             in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-                             out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
         writer = reporting.MetricWriter(workdir, enabled=is_main)
         if is_main:
             (storage.path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
