@@ -146,8 +146,9 @@ def _load_converted(path: str, patch_size: int) -> LoadedModel:
 
     model_config = with_defaults({"model": read_conversion_metadata(path)["model"]}).model.to_dict()
     model = build_pose_net(model_config)
-    fresh = init_variables(model, jax.random.PRNGKey(0), patch_size)
-    variables = pretrained.load_pretrained(path, fresh, model_config, allow_backbone_only=False)
+    # every leaf comes from the conversion: the target's shapes suffice (no initializer runs)
+    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), patch_size))
+    variables = pretrained.load_pretrained(path, shapes, model_config, allow_backbone_only=False)
     return LoadedModel(model, variables, model_config, int(patch_size), f"{path} (converted)")
 
 

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,7 +37,9 @@ def load_pretrained(path: str, variables: dict, model_config: Any = None, allow_
 
     Args:
       path: directory written by ``python -m kinpose_jax.convert_torch``.
-      variables: ``{'params', 'batch_stats'}`` of the freshly initialized model.
+      variables: ``{'params', 'batch_stats'}`` of the freshly initialized model (shapes alone,
+        e.g. from ``jax.eval_shape``, where every leaf must come from the checkpoint:
+        ``allow_backbone_only=False``).
       model_config: the ``config.model`` the model was built from; when given, it is checked
         against the conversion metadata (skipped if ``None``).
       allow_backbone_only: accept a torchvision (ImageNet) conversion, which fills only the
@@ -157,4 +160,8 @@ def _merge_checked(reference, loaded, where: str, keep_fresh: tuple[str, ...] = 
             raise PretrainedMismatchError(f"{where}: parameter {'/'.join(k)} has shape {np.shape(v)}, model expects "
                              f"{np.shape(flat_ref[k])}")
     flat_ref.update({k: jnp.asarray(v, flat_ref[k].dtype) for k, v in flat_new.items()})
+    abstract = ["/".join(k) for k, v in flat_ref.items() if isinstance(v, jax.ShapeDtypeStruct)]
+    if abstract:
+        raise ValueError(f"{where}: {len(abstract)} leaves keep their initial values, but only their shapes were "
+                         f"given: {_listing(abstract)}")
     return flax.traverse_util.unflatten_dict(flat_ref)

@@ -277,7 +277,8 @@ def test_export_reloads_in_a_fresh_process_with_the_live_outputs(tmp_path, data_
     for key, value in live.items():
         value = np.asarray(value)
         assert np.abs(value[0] - value[1]).max() > 1e-2  # predictions differ per patch
-        np.testing.assert_allclose(got[f"{key}_3"], value, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(got[f"{key}_1"], value[:1], atol=1e-5, rtol=0)
+        # another batch size is another compiled program: float32 rounding of a few ulps (rtol 1e-6 = 8 ulps)
+        np.testing.assert_allclose(got[f"{key}_3"], value, atol=1e-5, rtol=1e-6)
+        np.testing.assert_allclose(got[f"{key}_1"], value[:1], atol=1e-5, rtol=1e-6)
     if head == "kinematic":
         assert live["tree_joints"].shape == (3, 23, 3)

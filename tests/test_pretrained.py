@@ -185,6 +185,16 @@ def test_imagenet_weights_start_any_head(imagenet, cfg):
     np.testing.assert_allclose(np.asarray(feats), want, atol=1e-4)
 
 
+def test_shapes_alone_load_a_whole_conversion_but_not_a_backbone_only_one(ckpts, imagenet):
+    """A target of shapes (``jax.eval_shape``, as evaluation and predict pass) fills from a full
+    conversion; a torchvision conversion would leave the head at shapes without values: refused."""
+    shapes = jax.eval_shape(lambda: fresh(INTEGRAL))
+    got = load_pretrained(ckpts["integral"], shapes, INTEGRAL, allow_backbone_only=False)
+    assert leaves_equal(got, load_pretrained(ckpts["integral"], fresh(INTEGRAL), INTEGRAL))
+    with pytest.raises(ValueError, match=r"leaves keep their initial values, but only their shapes were given: .*head"):
+        load_pretrained(imagenet[1], shapes, INTEGRAL)
+
+
 def test_imagenet_weights_need_the_same_backbone(imagenet):
     cfg = model_config(backbone="resnet34", head="direct")
     with pytest.raises(ValueError, match=r"backbone: the checkpoint has 'resnet18', the model config has 'resnet34'"):

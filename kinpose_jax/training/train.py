@@ -556,13 +556,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     from kinpose_jax.data import setup as input_pipeline
 
     model = build_pose_net(config.model)
-    variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
+    # every leaf comes from the checkpoint: the target's shapes suffice (no initializer runs)
+    shapes = jax.eval_shape(lambda: init_variables(model, config, jax.random.PRNGKey(config.seed)))
     if checkpoint:
         # An ImageNet (backbone-only) conversion is refused here: its head would be random.
-        variables = pretrained.load_pretrained(checkpoint, variables, config.model, allow_backbone_only=False)
+        variables = pretrained.load_pretrained(checkpoint, shapes, config.model, allow_backbone_only=False)
         step = 0
     else:
-        variables, step = _restore_best_variables(config, workdir, checkpointing.abstract_like(variables))
+        variables, step = _restore_best_variables(config, workdir, checkpointing.abstract_like(shapes))
         print(f"Evaluating checkpoint step {step} of {workdir}")
     data = input_pipeline.create(config, global_batch, train=False)  # after the weights: fail fast
     variables = jax.device_put(variables, parallel.replicated(mesh))
