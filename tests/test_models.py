@@ -108,9 +108,9 @@ def test_bfloat16_computes_in_bf16_and_keeps_fp32_params_and_stats():
     assert "conv_general_dilated" in jaxpr and "bf16[" in jaxpr
     assert "bf16[" not in str(jax.make_jaxpr(lambda a: m32.apply(v, a, train=False))(x))
     # and give nearly the fp32 answer with the same (fp32) params
-    out16 = m16.apply(v, x, train=False)
+    out16 = jax.jit(lambda v, a: m16.apply(v, a, train=False))(v, x)  # one program, not one per op
     assert out16["joints"].dtype == jnp.float32 and out16["heatmaps"].dtype == jnp.float32
-    j32 = m32.apply(v, x, train=False)["joints"]
+    j32 = jax.jit(lambda v, a: m32.apply(v, a, train=False))(v, x)["joints"]
     assert float(jnp.abs(out16["joints"] - j32).max()) < 0.02
 
     def loss(params):
