@@ -15,21 +15,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 import pytest  # noqa: E402
 
-#: Test modules that run training jobs, subprocesses or several ResNet compilations (each a minute
-#: or more of the suite's 2-core run), longest first. They are collected first, so that
-#: pytest-xdist (``--dist loadfile``, files handed out in collection order) starts them early and
-#: the lighter modules fill in behind them, instead of one heavy module running alone at the end.
-HEAVY_MODULES = ("test_e2e_training", "test_fault_tolerance", "test_extended_tree", "test_train_parallel",
-                 "test_convert_torch", "test_accelerator_suite", "test_e2e_two_processes", "test_bn_sync",
-                 "test_kinematics", "test_resnet_fast_paths", "test_models", "test_predict")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Heavy modules first, in :data:`HEAVY_MODULES` order; the rest keep their order."""
-    rank = {name: i for i, name in enumerate(HEAVY_MODULES)}
-    items.sort(key=lambda item: rank.get(os.path.basename(item.nodeid.split("::")[0])[:-3], len(rank)))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for the whole run: the many tests that build the same tiny
