@@ -111,17 +111,16 @@ def load_model(checkpoint: str, patch_size: int | None = None, step: int | None 
 
 
 def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> LoadedModel:
-    from kinpose_jax.training import checkpointing, train
-    from kinpose_jax.models import build_pose_net
+    from kinpose_jax.training import checkpointing
+    from kinpose_jax.models import build_pose_net, variable_shapes
 
     from configs.default import with_defaults
 
     with open(os.path.join(workdir, "config.json")) as f:
         config = with_defaults(json.load(f))  # a config.json older than a field: that field's default
     model = build_pose_net(config.model)
-    # the restore target's shapes only: the initializers are neither compiled nor run
-    shapes = jax.eval_shape(lambda: train.init_variables(model, config, jax.random.PRNGKey(0)))
-    target = checkpointing.abstract_like(shapes, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    target = checkpointing.abstract_like(variable_shapes(model, int(config.data.patch_size)),
+                                         jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     manager = checkpointing.make_manager(workdir, int(config.keep_checkpoints), create=False)
     try:
         if step is None:
@@ -140,15 +139,14 @@ def _load_workdir(workdir: str, patch_size: int | None, step: int | None) -> Loa
 def _load_converted(path: str, patch_size: int) -> LoadedModel:
     from kinpose_jax import pretrained
     from kinpose_jax.weights_format import read_conversion_metadata
-    from kinpose_jax.models import build_pose_net, init_variables
+    from kinpose_jax.models import build_pose_net, variable_shapes
 
     from configs.default import with_defaults
 
     model_config = with_defaults({"model": read_conversion_metadata(path)["model"]}).model.to_dict()
     model = build_pose_net(model_config)
-    # every leaf comes from the conversion: the target's shapes suffice (no initializer runs)
-    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), patch_size))
-    variables = pretrained.load_pretrained(path, shapes, model_config, allow_backbone_only=False)
+    variables = pretrained.load_pretrained(path, variable_shapes(model, patch_size), model_config,
+                                           allow_backbone_only=False)
     return LoadedModel(model, variables, model_config, int(patch_size), f"{path} (converted)")
 
 

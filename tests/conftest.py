@@ -15,6 +15,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 import pytest  # noqa: E402
 
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for the whole run: the many tests that build the same tiny

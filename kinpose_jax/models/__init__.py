@@ -17,11 +17,12 @@ from kinpose_jax.models.heads import (
 )
 from kinpose_jax.models.pose_net import (
     MODEL_FIELDS, PoseNet, build_pose_net, dataset_joint_indices, init_variables, model_field, parse_backbone,
+    variable_shapes,
 )
 from kinpose_jax.models.resnet import RESNET_SPECS, BasicBlock, Bottleneck, PointwiseConv, ResNet, resnet_out_channels
 
 __all__ = [
-    "PoseNet", "build_pose_net", "init_variables", "parse_backbone", "MODEL_FIELDS", "model_field",
+    "PoseNet", "build_pose_net", "init_variables", "variable_shapes", "parse_backbone", "MODEL_FIELDS", "model_field",
     "dataset_joint_indices",
     "ResNet", "BasicBlock", "Bottleneck", "RESNET_SPECS", "resnet_out_channels",
     "IntegralHead", "DirectHead", "KinematicHead", "decode_kinematic", "kinematic_num_outputs",

@@ -174,6 +174,12 @@ def init_variables(model: PoseNet, rng: jax.Array, image_size: int | tuple[int, 
     return dict(_init(model, rng, int(h), int(w)))
 
 
+def variable_shapes(model: PoseNet, image_size: int | tuple[int, int]) -> dict:
+    """The ShapeDtypeStructs of :func:`init_variables`' result, without compiling or running the
+    initializers: the target to restore or load weights into when every leaf comes from them."""
+    return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _init(model: PoseNet, rng: jax.Array, h: int, w: int) -> dict:
     return model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False)

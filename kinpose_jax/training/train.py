@@ -25,7 +25,7 @@ from kinpose_jax import geometry, losses, pretrained, storage
 from kinpose_jax.training import checkpointing, evaluation, parallel, reporting
 from kinpose_jax.data import DataError, augment
 from kinpose_jax.data.pipeline import MODEL_KEYS
-from kinpose_jax.models import build_pose_net, init_variables as init_model_variables
+from kinpose_jax.models import build_pose_net, init_variables as init_model_variables, variable_shapes
 from kinpose_jax.registry import BN_SYNC
 
 log = logging.getLogger("kinpose_jax")
@@ -556,8 +556,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     from kinpose_jax.data import setup as input_pipeline
 
     model = build_pose_net(config.model)
-    # every leaf comes from the checkpoint: the target's shapes suffice (no initializer runs)
-    shapes = jax.eval_shape(lambda: init_variables(model, config, jax.random.PRNGKey(config.seed)))
+    shapes = variable_shapes(model, int(config.data.patch_size))
     if checkpoint:
         # An ImageNet (backbone-only) conversion is refused here: its head would be random.
         variables = pretrained.load_pretrained(checkpoint, shapes, config.model, allow_backbone_only=False)
