@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- model
     c.model = m = ml_collections.ConfigDict()
-    m.backbone = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152.
+    m.backbone = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | resnet10 (smoke size).
     m.head = "integral"  # integral (3D heatmap + soft-argmax) | direct (joint regression) | kinematic.
     m.num_joints = 18  # Output joints (H36M-18 order, docs/DESIGN.md#joints).
     m.depth_bins = 64  # Integral head: depth bins D of the 3D heatmap.

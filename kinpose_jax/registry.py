@@ -4,8 +4,9 @@ checked before JAX starts. The fields and their defaults are configs/default.py'
 
 from __future__ import annotations
 
-#: ``config.model.backbone`` values (torchvision ResNet depths).
-BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+#: ``config.model.backbone`` values (torchvision's ResNet depths, and ResNet-10: one basic block
+#: per stage, no ImageNet weights; see :mod:`kinpose_jax.models.resnet`).
+BACKBONES: tuple[str, ...] = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 #: Head -> the ``config.model`` fields its parameters depend on besides backbone, head and
 #: num_joints: what a converted checkpoint of that head fixes (docs/DESIGN.md#converted-weights).

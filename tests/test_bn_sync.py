@@ -20,7 +20,7 @@ PER_DEVICE = 2  # images per device
 
 def _problem():
     config = default.get_config()
-    config.model.update(backbone="resnet18", head="integral", depth_bins=2, deconv_filters=8, num_deconv_layers=1)
+    config.model.update(backbone="resnet10", head="integral", depth_bins=2, deconv_filters=8, num_deconv_layers=1)
     config.data.patch_size = 32
     model = build_pose_net(config.model)
     n = jax.device_count()

@@ -500,7 +500,7 @@ def test_crop_layout_evaluates_like_the_full_layout(data_root, tmp_path):
     in the full layout and in the crop layout (as main.py converts with ``data.record_layout``):
     every evaluation field (ids, centers, boxes, intrinsics, pelvis, ground truth) is identical and
     every mm metric agrees within 0.5 mm. The model is :class:`PixelMomentModel`, not a tiny
-    ResNet-18: one at initialization or a few steps from it predicts nearly the same joints for
+    ResNet: one at initialization or a few steps from it predicts nearly the same joints for
     every image (measured: 0.05 px spread, 2e-5 px between layouts), which would agree whatever the
     patches held. These joints spread over the images and move when the patch content moves: a
     one-pixel shift of the patches moves them several times more than the two layouts differ."""

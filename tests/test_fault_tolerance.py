@@ -1,7 +1,7 @@
 """Training survives or refuses, in one line, what a long run meets: non-finite updates, damaged
 checkpoints, a torn metrics.jsonl, a second run in the same workdir, resume mismatches, failed
 saves and unwritable workdirs, restarts of a finished run. In-process, on a tiny synthetic set
-(ResNet-18 at 32x32, 2 steps); compiled programs are shared through a persistent cache."""
+(ResNet-10 at 32x32, 2 steps); compiled programs are shared through a persistent cache."""
 
 from __future__ import annotations
 

@@ -6,14 +6,14 @@ import numpy as np
 
 
 def tiny_problem(head: str = "integral", image_size: int = 64):
-    """Returns (config, model, tx, schedule, batch) for a ResNet-18 at ``image_size`` px square,
+    """Returns (config, model, tx, schedule, batch) for a ResNet-10 at ``image_size`` px square,
     global batch 8."""
     from configs import default
     from kinpose_jax.training import train
     from kinpose_jax.models import build_pose_net
 
     config = default.get_config()
-    config.model.backbone = "resnet18"
+    config.model.backbone = "resnet10"
     config.model.head = head
     config.model.depth_bins = 4
     config.model.deconv_filters = 16
@@ -50,7 +50,7 @@ def first_step_gradients(opt_state) -> dict:
 #: the model init and the evaluation step from the suite's compilation cache instead of compiling.
 TINY = {
     "data.synthetic": True, "data.synthetic_train_folders": 2, "data.synthetic_frames_per_folder": 16,
-    "data.synthetic_image_size": 160, "data.patch_size": 32, "model.backbone": "resnet18", "model.depth_bins": 8,
+    "data.synthetic_image_size": 160, "data.patch_size": 32, "model.backbone": "resnet10", "model.depth_bins": 8,
     "model.deconv_filters": 32, "model.num_deconv_layers": 1, "max_eval_batches": 4, "num_vis_samples": 2,
     "progress_bar": False, "per_device_batch_size": 2, "steps_per_epoch": 2, "optim.lr_decay_epochs": (14, 15),
 }

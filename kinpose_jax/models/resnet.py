@@ -1,4 +1,8 @@
-"""ResNet-18/34/50/101/152 backbone (torchvision layout: v1.5, stride in the 3x3 conv), NHWC.
+"""ResNet-10/18/34/50/101/152 backbone (torchvision layout: v1.5, stride in the 3x3 conv), NHWC.
+
+ResNet-10 (one basic block per stage, the shapes of ResNet-18 at half its depth) is not a
+torchvision model and has no ImageNet weights: it is the smallest trunk, for smoke runs and tests
+of everything around the network (it halves a CPU training step and cuts its compile time).
 
 Module names follow torchvision's parameter names so a torch ``state_dict`` maps onto the Flax
 tree mechanically (see :mod:`kinpose_jax.convert_torch`): ``conv1``, ``bn1``, ``layer{i}_{j}`` with
@@ -30,6 +34,7 @@ from kinpose_jax.registry import CONV_IMPLS
 
 #: depth -> (block type, blocks per stage)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
