@@ -1,4 +1,5 @@
-"""Checkpoint retention: the latest N plus the best by validation loss survive."""
+"""Checkpoints: retention (the latest N plus the best by validation loss survive) and the state's
+save format (orbax's standard files, without per-device slicing on the CPU backend)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,3 +27,69 @@ def test_keeps_latest_n_and_the_best_by_val_loss(tmp_path):
     assert meta == {"step": 2}
     assert checkpointing.restore_meta(manager, 5) == {"step": 5}
     manager.close()
+
+
+def _replicated_state():
+    """A small training-state-like tree replicated over every (simulated) device."""
+    import jax
+    from kinpose_jax.training import parallel
+
+    state = {"params": {"kernel": jnp.arange(96.0).reshape(8, 12), "bias": jnp.ones((12,))},
+             "step": jnp.asarray(7, jnp.int32)}
+    return jax.device_put(state, parallel.replicated(parallel.make_mesh()))
+
+
+def _save_with(handler, directory, state):
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(directory, item_handlers={checkpointing.STATE: handler,
+                                                              checkpointing.META: ocp.JsonCheckpointHandler()})
+    args = ocp.args.PyTreeSave(state) if isinstance(handler, ocp.PyTreeCheckpointHandler) else ocp.args.StandardSave(state)
+    manager.save(1, args=ocp.args.Composite(**{checkpointing.STATE: args, checkpointing.META: ocp.args.JsonSave({})}))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _files(directory):
+    """Names under a checkpoint's state item, the content-addressed data files left out."""
+    import os
+
+    root = os.path.join(directory, "1", checkpointing.STATE)
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                  if os.sep + "d" + os.sep not in os.path.join(d, f) + os.sep)
+
+
+def test_state_saves_without_replica_slicing_on_cpu_and_in_orbax_standard_format(tmp_path, monkeypatch):
+    """On the CPU backend a replicated state is written without orbax's per-device slicing, in the
+    files orbax's StandardCheckpointHandler writes: each reads what the other wrote."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    assert jax.device_count() == 4 and jax.default_backend() == "cpu"
+    state = _replicated_state()
+    slices = []
+    real_slice = jax.lax.slice_in_dim
+    monkeypatch.setattr(jax.lax, "slice_in_dim", lambda *a, **k: slices.append(1) or real_slice(*a, **k))
+
+    standard, ours = (str(checkpointing.checkpoint_dir(str(tmp_path / w))) for w in ("standard", "ours"))
+    _save_with(ocp.StandardCheckpointHandler(), standard, state)
+    assert slices, "orbax's default handler slices replicated arrays per device (what this test guards against)"
+    slices.clear()
+    manager = checkpointing.make_manager(str(tmp_path / "ours"), keep=2)
+    checkpointing.save(manager, 1, state, None, {})
+    checkpointing.wait(manager)
+    manager.close()
+    assert not slices
+    assert _files(ours) == _files(standard) and "_METADATA" in _files(ours)
+
+    abstract = checkpointing.abstract_like(state)
+    # ours read by orbax's standard handler, and a standard checkpoint (how earlier versions saved) by ours
+    with ocp.CheckpointManager(ours, item_handlers={
+            checkpointing.STATE: ocp.StandardCheckpointHandler()}) as plain:
+        by_orbax = plain.restore(1, args=ocp.args.Composite(**{checkpointing.STATE: ocp.args.StandardRestore(abstract)}))
+    by_ours, _ = checkpointing.restore(checkpointing.make_manager(str(tmp_path / "standard"), keep=2), 1, abstract, None)
+    for restored in (by_orbax[checkpointing.STATE], by_ours):
+        assert jax.tree.structure(restored) == jax.tree.structure(state)
+        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            assert got.sharding.is_equivalent_to(want.sharding, got.ndim)

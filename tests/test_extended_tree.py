@@ -71,7 +71,7 @@ def test_dataset_joints_are_mapped_by_name():
 
 
 def _kinematic_model(tree, patch=32):
-    model = build_pose_net(model_config(backbone="resnet18", head="kinematic", kinematic_tree=tree))
+    model = build_pose_net(model_config(backbone="resnet10", head="kinematic", kinematic_tree=tree))
     return model, init_variables(model, jax.random.key(0), patch)
 
 
@@ -147,7 +147,7 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
 
     tree = presets.get_tree(EXTENDED)
     torch.manual_seed(3)
-    tm = ref.randomize(ref.build(18, "kinematic", tree=tree, view="h36m18"), seed=3)
+    tm = ref.randomize(ref.build(10, "kinematic", tree=tree, view="h36m18"), seed=3)
     path = str(tmp_path / "ext.pth.tar")
     torch.save({"network": tm.state_dict()}, path)
     out = str(tmp_path / "converted")
@@ -156,7 +156,7 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
     with torch.no_grad():
         want = tm(x)["joints"].numpy()  # [2, 23, 3]: every tree joint
     assert want.shape == (2, 23, 3) and np.abs(want[0] - want[1]).max() > 1e-3
-    config_model = model_config(backbone="resnet18", head="kinematic", kinematic_tree=EXTENDED,
+    config_model = model_config(backbone="resnet10", head="kinematic", kinematic_tree=EXTENDED,
                                 kinematic_view="upright")
     model, fresh = _kinematic_model(EXTENDED)
     variables = load_pretrained(out, fresh, config_model, allow_backbone_only=False)

@@ -29,6 +29,7 @@ from typing import Any
 
 import grain.python as grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
@@ -160,9 +161,30 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
     return ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=options,
-        item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.PyGrainCheckpointHandler(),
+        item_handlers={STATE: _state_handler(), DATA: grain.PyGrainCheckpointHandler(),
                        META: ocp.JsonCheckpointHandler()},
     )
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+    """The training state's item handler: orbax's PyTree handler with its standard type handlers
+    (the files StandardCheckpointHandler writes), replica-parallel saving turned off on the CPU
+    backend.
+
+    Replica-parallel saving cuts every replicated array into one slice per device (eager slicing,
+    one compiled program per slice shape) so that the devices copy to the host in parallel. On
+    the CPU backend the arrays already are in host memory and the slicing is pure cost: 0.7 s of
+    every save of a ResNet-10 training state on 4 simulated CPU devices (a 32-step run with 21
+    saves: 33 s instead of 58 s). Orbax keeps it on for other backends except GPUs."""
+    from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default handler has
+
+    th = ocp.type_handlers
+    array = th.ArrayHandler(use_replica_parallel=False if jax.default_backend() == "cpu" else None,
+                            array_metadata_store=array_metadata_store.Store())
+    registry = th.create_type_handler_registry(
+        (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
+        (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()), (jax.Array, array), (str, th.StringHandler()))
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -180,7 +202,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
     """Asynchronous save, after checking that the previous one succeeded (:func:`wait`); call
     :func:`wait` before exiting. CheckpointSaveError names the step and directory on failure."""
     wait(manager)
-    args = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+    args = {STATE: ocp.args.PyTreeSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:
         args[DATA] = grain.PyGrainCheckpointSave(data_iter)
     try:
@@ -194,7 +216,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
     """Restores ``step`` into the structure/shardings of ``abstract_state`` and (in place) the
     data iterator. Returns ``(state, meta)``."""
-    args = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+    args = {STATE: ocp.args.PyTreeRestore(item=abstract_state,
+                                          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+            META: ocp.args.JsonRestore()}
     if data_iter is not None:
         args[DATA] = grain.PyGrainCheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**args))
