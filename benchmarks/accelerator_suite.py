@@ -51,8 +51,8 @@ DTYPES = ("bfloat16", "float32")
 
 def _train_step_args(head: str, dtype: str, small: bool, batch: int, out: str) -> list[str]:
     if small:
-        return ["--backbone", "resnet18", "--head", head, "--dtype", dtype, "--size", "64", "--batch", "2",
-                "--depth-bins", "8", "--steps", "1", "--out", out]
+        return ["--backbone", "resnet10", "--head", head, "--dtype", dtype, "--size", "64", "--batch", "2",
+                "--depth-bins", "8", "--deconv-filters", "32", "--steps", "1", "--out", out]
     return ["--backbone", "resnet50", "--head", head, "--dtype", dtype, "--size", "256", "--batch", str(batch),
             "--steps", "10", "--out", out]
 

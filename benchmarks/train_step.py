@@ -57,7 +57,7 @@ def timed(fn: Callable[[], None]) -> float:
 def jax_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
     """Blocking callables ``train`` (one jitted step: fwd + bwd + Adam) and ``infer``."""
     model = build_pose_net(dict(default.get_config().model.to_dict(), backbone=a.backbone, head=a.head,
-                                depth_bins=a.depth_bins, dtype=a.dtype))
+                                depth_bins=a.depth_bins, deconv_filters=a.deconv_filters, dtype=a.dtype))
     x = jnp.asarray(images.transpose(0, 2, 3, 1))
     variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x[:1], train=False)
     tx = optax.adam(1e-3)
@@ -100,7 +100,7 @@ def torch_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
 
     torch.manual_seed(0)
     tree = get_tree("seed_h36m18") if a.head == "kinematic" else None
-    net = ref.build(parse_backbone(a.backbone), a.head, depth_bins=a.depth_bins, filters=256, tree=tree,
+    net = ref.build(parse_backbone(a.backbone), a.head, depth_bins=a.depth_bins, filters=a.deconv_filters, tree=tree,
                     view="seed_h36m18")
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -138,6 +138,8 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--depth-bins", type=int, default=64)
+    p.add_argument("--deconv-filters", type=int, default=default.get_config().model.deconv_filters,
+                   help="integral head: filters of each transposed convolution (default: configs/default.py's)")
     p.add_argument("--dtype", default="float32",
                    help="JAX compute dtype; bfloat16 also runs torch under autocast when on CUDA")
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework and measurement")

@@ -223,7 +223,7 @@ def test_eval_mode_takes_a_checkpoint_converted_from_pytorch(tmp_path, data_root
     from kinpose_jax.training import train
     from tests import torch_pose_reference as ref
 
-    net = ref.randomize(ref.build(18, "integral", num_joints=18, depth_bins=8, filters=32, num_layers=1)).eval()
+    net = ref.randomize(ref.build(10, "integral", num_joints=18, depth_bins=8, filters=32, num_layers=1)).eval()
     torch_path = str(tmp_path / "seed.pth.tar")
     torch.save({"network": net.state_dict()}, torch_path)
     converted = str(tmp_path / "converted")
