@@ -61,7 +61,7 @@ def data(tmp_path_factory) -> tuple[str, str]:
 
 def seed_network(head: str, seed: int = 0):
     torch.manual_seed(seed)
-    net = ref.randomize(ref.build(18, head, depth_bins=8, filters=32, num_layers=3), seed=seed)
+    net = ref.randomize(ref.build(10, head, depth_bins=8, filters=32, num_layers=3), seed=seed)
     if head == "seed_kinematic":  # a realistic scale output (~1/2000 normalized per mm) in the last row
         with torch.no_grad():
             net.head.fc.weight[-1].mul_(1 / 4000.0)
@@ -84,7 +84,7 @@ def test_pytorch_and_jax_predictions_agree_on_the_same_batches(tmp_path, data, c
     torch.save({"epoch": 1, "network": {"module." + k: v for k, v in seed_network(head).state_dict().items()}}, path)
     result = run_compare(tmp_path, data, path, "--flip-test" if flip else "--no-flip-test")
     text = capsys.readouterr().out
-    assert result["model"]["head"] == head.removeprefix("seed_") and result["model"]["backbone"] == "resnet18"
+    assert result["model"]["head"] == head.removeprefix("seed_") and result["model"]["backbone"] == "resnet10"
     assert result["num_samples"] == 16  # 2 batches of 8 frames
     diff = result["joint_difference_mm"]
     assert diff["max"] < TOL_MM and 0 <= diff["mean"] <= diff["max"]
@@ -150,7 +150,7 @@ def test_package_reference_network_matches_the_independent_one(head):
     and computes what tests/torch_pose_reference.py computes."""
     net = seed_network(head, seed=2)
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
-    ours = torch_reference.load_network(sd, model_config(backbone="resnet18", **CONFIGS[head]))
+    ours = torch_reference.load_network(sd, model_config(backbone="resnet10", **CONFIGS[head]))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         want = net(x)["joints"].numpy()
@@ -174,4 +174,4 @@ def test_a_checkpoint_that_does_not_fit_the_network_names_the_keys():
     sd["head.extra.weight"] = np.zeros(3, np.float32)
     del sd["backbone.layer1.0.bn1.running_var"]
     with pytest.raises(ValueError, match=r"missing: \['backbone.layer1.0.bn1.running_var'\].*head.extra.weight"):
-        torch_reference.load_network(sd, model_config(backbone="resnet18", head="direct"))
+        torch_reference.load_network(sd, model_config(backbone="resnet10", head="direct"))

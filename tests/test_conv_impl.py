@@ -74,10 +74,10 @@ def test_pointwise_conv_forms_agree(stride):
 
 
 def test_pose_net_forms_share_parameters_and_agree():
-    """A whole integral ResNet-18 in training mode: one parameter tree, same outputs, BN
+    """A whole integral ResNet-10 in training mode: one parameter tree, same outputs, BN
     statistics and gradients with either form."""
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)), jnp.float32)
-    cfg = model_config(backbone="resnet18", head="integral", depth_bins=4, deconv_filters=16, num_deconv_layers=2)
+    cfg = model_config(backbone="resnet10", head="integral", depth_bins=4, deconv_filters=16, num_deconv_layers=2)
     models = {form: build_pose_net(dict(cfg, conv_impl=form)) for form in FORMS}
     v_fast = init_variables(models["cpu_fast"], jax.random.key(0), 64)
     v_std = init_variables(models["standard"], jax.random.key(0), 64)
@@ -104,7 +104,7 @@ def test_auto_uses_the_fast_forms_only_on_cpu(backend, fast, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     assert R.use_cpu_fast_paths("auto") is fast
     assert R.use_cpu_fast_paths("cpu_fast") and not R.use_cpu_fast_paths("standard")
-    model = build_pose_net(model_config(backbone="resnet18", head="integral", depth_bins=4, deconv_filters=8,
+    model = build_pose_net(model_config(backbone="resnet10", head="integral", depth_bins=4, deconv_filters=8,
                                         num_deconv_layers=1))
     x = jnp.zeros((1, 64, 64, 3), jnp.float32)
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 64))

@@ -31,7 +31,7 @@ H36M = {n: i for i, n in enumerate(presets.seed_h36m18().joint_names)}
 
 def small_config(**kw) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(model_config(**dict(dict(
-        backbone="resnet18", depth_bins=8, deconv_filters=32, kinematic_tree="seed_h36m18"), **kw)))
+        backbone="resnet10", depth_bins=8, deconv_filters=32, kinematic_tree="seed_h36m18"), **kw)))
 
 
 def images(b=2, size=64, seed=0):
@@ -71,7 +71,7 @@ def test_transposed_convs_equal_torch_conv_transpose2d(kernel):
 def test_output_shapes_and_dtypes(head):
     model = build_pose_net(small_config(head=head))
     v = init_variables(model, jax.random.key(0), 64)
-    out = model.apply(v, images(), train=False)
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, images())
     assert out["joints"].shape == (2, 18, 3) and out["joints"].dtype == jnp.float32
     assert set(v["params"]) == {"backbone", "head"}
     if head == "integral":
@@ -182,7 +182,7 @@ def test_batchnorm_statistics_average_across_devices():
     from jax.sharding import PartitionSpec as P
 
     assert jax.device_count() >= 2, "tests/conftest.py simulates 4 CPU devices"
-    cfg = model_config(backbone="resnet18", head="direct")
+    cfg = model_config(backbone="resnet10", head="direct")
     single = build_pose_net(cfg)
     synced = build_pose_net(cfg, bn_axis_name="devices")
     v = init_variables(single, jax.random.key(0), 64)
