@@ -28,6 +28,7 @@ def tiny_config(data_root, head="integral"):  # noqa: F811
     c = synthetic.get_config()
     c.data.root = data_root
     c.data.patch_size = PATCH
+    c.model.backbone = "resnet10"
     c.model.head = head
     c.model.depth_bins = 8
     c.model.deconv_filters = 32
@@ -58,8 +59,10 @@ def test_decode_recovers_the_truth_from_the_true_targets(data_root):  # noqa: F8
 
 
 # ------------------------------------------------------------------------- a model and its workdir
+@jax.jit
 def perturbed(params, std=0.05):
-    """``params`` + N(0, std) noise (the heads start near-constant: zero or N(0, 0.001) weights)."""
+    """``params`` + N(0, std) noise (the heads start near-constant: zero or N(0, 0.001) weights);
+    one program, not one per leaf shape."""
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     return jax.tree.unflatten(treedef, [x + std * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
