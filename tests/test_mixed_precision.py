@@ -39,7 +39,7 @@ def test_bf16_integral_model_decodes_close_to_fp32_from_float32_logits():
     outputs float32), and its decoded joints stay within 1e-2 normalized units (20 mm at the 2000
     mm box) of the fp32 model's; measured 4.5e-3 max, 1.0e-3 mean (ResNet-18, 64 px, 8 depth bins,
     logits of std 1.1)."""
-    cfg = model_config(backbone="resnet10", head="integral", depth_bins=8, deconv_filters=32, num_deconv_layers=2,
+    cfg = model_config(backbone="resnet18", head="integral", depth_bins=8, deconv_filters=32, num_deconv_layers=2,
                        conv_impl="standard")
     m32, m16 = build_pose_net(cfg), build_pose_net(dict(cfg, dtype="bfloat16"))
     v = init_variables(m32, jax.random.key(0), 64)
