@@ -216,9 +216,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict]:
     """Restores ``step`` into the structure/shardings of ``abstract_state`` and (in place) the
     data iterator. Returns ``(state, meta)``."""
-    args = {STATE: ocp.args.PyTreeRestore(item=abstract_state,
-                                          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
-            META: ocp.args.JsonRestore()}
+    args = {STATE: _state_restore_args(abstract_state), META: ocp.args.JsonRestore()}
     if data_iter is not None:
         args[DATA] = grain.PyGrainCheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**args))
@@ -235,12 +233,17 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     optimizer state), into the structure/shardings of ``abstract_variables`` =
     ``{'params': ..., 'batch_stats': ...}``."""
     target = {k: abstract_variables[k] for k in ("params", "batch_stats") if k in abstract_variables}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     path = checkpoint_dir(workdir) / str(step) / STATE
     with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                                    partial_restore=True))
+        restored = ckptr.restore(path, args=_state_restore_args(target, partial_restore=True))
     return {k: restored[k] for k in target}
+
+
+def _state_restore_args(target: Any, partial_restore: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore arguments of (a subtree of, with ``partial_restore``) the state item, into the
+    structure, dtypes and shardings of ``target`` (ShapeDtypeStructs or arrays)."""
+    return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=partial_restore)
 
 
 def abstract_like(tree: Any, sharding: Any | None = None) -> Any:
