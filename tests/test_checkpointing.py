@@ -39,13 +39,14 @@ def _replicated_state():
     return jax.device_put(state, parallel.replicated(parallel.make_mesh()))
 
 
-def _save_with(handler, directory, state):
+def _save_standard(directory, state):
+    """Step 1 of ``state`` saved by orbax's StandardCheckpointHandler, as earlier versions saved."""
     import orbax.checkpoint as ocp
 
-    manager = ocp.CheckpointManager(directory, item_handlers={checkpointing.STATE: handler,
+    manager = ocp.CheckpointManager(directory, item_handlers={checkpointing.STATE: ocp.StandardCheckpointHandler(),
                                                               checkpointing.META: ocp.JsonCheckpointHandler()})
-    args = ocp.args.PyTreeSave(state) if isinstance(handler, ocp.PyTreeCheckpointHandler) else ocp.args.StandardSave(state)
-    manager.save(1, args=ocp.args.Composite(**{checkpointing.STATE: args, checkpointing.META: ocp.args.JsonSave({})}))
+    manager.save(1, args=ocp.args.Composite(**{checkpointing.STATE: ocp.args.StandardSave(state),
+                                               checkpointing.META: ocp.args.JsonSave({})}))
     manager.wait_until_finished()
     manager.close()
 
@@ -72,7 +73,7 @@ def test_state_saves_without_replica_slicing_on_cpu_and_in_orbax_standard_format
     monkeypatch.setattr(jax.lax, "slice_in_dim", lambda *a, **k: slices.append(1) or real_slice(*a, **k))
 
     standard, ours = (str(checkpointing.checkpoint_dir(str(tmp_path / w))) for w in ("standard", "ours"))
-    _save_with(ocp.StandardCheckpointHandler(), standard, state)
+    _save_standard(standard, state)
     assert slices, "orbax's default handler slices replicated arrays per device (what this test guards against)"
     slices.clear()
     manager = checkpointing.make_manager(str(tmp_path / "ours"), keep=2)

@@ -22,7 +22,7 @@ from kinpose_jax.models import ResNet, build_pose_net, init_variables  # noqa: E
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
-from tests.tiny_problem import model_config  # noqa: E402
+from tests.tiny_problem import model_config, short_resnet50  # noqa: E402
 
 TOL = 1e-4
 SIZE = 64
@@ -49,30 +49,18 @@ def run_converted(ckpt_dir: str, x: torch.Tensor) -> dict:
 #: Every head on ResNet-18, and ResNet-50 (bottleneck blocks, 2048 head input channels) with the
 #: kinematic head; ResNet-50 with the integral head is SEED_CASES' resnet50-3deconv. The head
 #: mapping does not depend on the depth (the converter reads the channel counts from the tensors).
-#: The ResNet-50 cases run a short trunk (:func:`short_resnet50`).
+#: The ResNet-50 cases run a short trunk (tests.tiny_problem.short_resnet50; every depth's full key
+#: mapping is checked by test_backbone_sizes_and_key_mapping_match_torch_for_every_depth).
 CASES = [
     (18, "integral", None), (18, "direct", None), (18, "kinematic", "seed_h36m18"),
     (50, "kinematic", "h36m18"),
 ]
 
 
-def short_resnet50(monkeypatch):
-    """ResNet-50's bottleneck blocks in a short trunk, in both the torch reference and kinpose_jax
-    (the converter infers the depth from the blocks per stage): 2 blocks in the first stage (a
-    projection and an identity shortcut), 1 in each later stage. Every tensor name and shape form of
-    ResNet-50 converts, at a third of its compile time; every depth's full key mapping is checked by
-    test_backbone_sizes_and_key_mapping_match_torch_for_every_depth."""
-    from kinpose_jax.models import resnet
-
-    short = ("bottleneck", (2, 1, 1, 1))
-    monkeypatch.setitem(resnet.RESNET_SPECS, 50, short)
-    monkeypatch.setitem(ref.SPECS, 50, short)
-
-
 @pytest.mark.parametrize("depth,head,tree", CASES, ids=[f"resnet{d}-{h}" for d, h, _ in CASES])
 def test_converted_seed_checkpoint_matches_torch(tmp_path, monkeypatch, depth, head, tree):
     if depth == 50:
-        short_resnet50(monkeypatch)
+        short_resnet50(monkeypatch, ref.SPECS)
     torch.manual_seed(depth)
     tree_obj = presets.get_tree(tree) if tree else None
     tm = ref.randomize(ref.build(depth, head, depth_bins=8, filters=32, tree=tree_obj, view=tree or "identity"),
@@ -102,7 +90,7 @@ SEED_CASES = [(18, 1), (18, 2), (18, 3), (50, 3)]
 def test_seed_deconv_head_layout_converts_and_matches_torch(tmp_path, monkeypatch, depth, layers):
     """The original's DeconvHead keeps the final 1x1 conv in ``features`` (``head.features.{3L}``)."""
     if depth == 50:
-        short_resnet50(monkeypatch)
+        short_resnet50(monkeypatch, ref.SPECS)
     torch.manual_seed(depth + layers)
     tm = ref.randomize(ref.build(depth, "seed_integral", depth_bins=8, filters=32, num_layers=layers),
                        seed=depth + layers)

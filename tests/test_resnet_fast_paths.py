@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kinpose_jax.models import resnet as R
+from tests.tiny_problem import short_resnet50
 
 
 def _np(a):
@@ -135,13 +136,6 @@ def x64():
         yield
 
 
-#: A short bottleneck trunk: two blocks in the first stage (one with a projection shortcut, one with
-#: the identity), one in each later stage (stride 2, projection). Every fast path and block form of
-#: ResNet-50 runs, at a third of its compile time. ResNet-10 is the short basic-block trunk: its
-#: first stage keeps 64 channels (identity shortcut), the later ones project.
-SHORT_BOTTLENECK_TRUNK = (2, 1, 1, 1)
-
-
 @pytest.mark.parametrize("depth,size", [(10, 40), (50, 35)])
 def test_resnet_same_with_and_without_cpu_fast_paths(depth, size, monkeypatch, x64):
     """Computed in float64: the fast paths include the 1x1 convs (dot vs conv), whose float32
@@ -151,8 +145,8 @@ def test_resnet_same_with_and_without_cpu_fast_paths(depth, size, monkeypatch, x
     (conv1 / bn1 off by up to 100%) while the eager run agreed exactly."""
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float64)
-    if depth == 50:
-        monkeypatch.setitem(R.RESNET_SPECS, 50, ("bottleneck", SHORT_BOTTLENECK_TRUNK))
+    if depth == 50:  # short trunks of each block type; ResNet-10's first stage has the identity shortcut
+        short_resnet50(monkeypatch)
     model = R.ResNet(depth, jnp.float64)
     variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x, train=False)
 
