@@ -6,13 +6,20 @@ import numpy as np
 
 from kinpose_jax.models import build_pose_net
 from kinpose_jax.training import parallel, train
-from tests.tiny_problem import tiny_problem
+from tests.tiny_problem import set_field, tiny_problem
 
 
 def _steps(config, steps_per_epoch=10, mesh=None):
     mesh = mesh or parallel.make_mesh()
     model = build_pose_net(config.model)
     return train.make_jitted_train_step(config, model, steps_per_epoch, mesh), train.make_eval_step(config, model, mesh)
+
+
+def _changed(config, key: str, value):
+    """A copy of ``config`` with the dotted field ``key`` set to ``value``."""
+    other = config.copy_and_resolve_references()
+    set_field(other, key, value)
+    return other
 
 
 def test_equal_inputs_share_the_steps_and_any_difference_gets_its_own():
@@ -24,20 +31,14 @@ def test_equal_inputs_share_the_steps_and_any_difference_gets_its_own():
                "optim.weight_decay": 0.01, "optim.grad_clip_norm": 1.0, "loss": "l2", "model.depth_bins": 8,
                "model.bn_sync": "per_device"}
     for key, value in changes.items():
-        other = config.copy_and_resolve_references()
-        section, field = key.split(".") if "." in key else (None, key)
-        (other[section] if section else other)[field] = value
-        (other_schedule, _, other_step), other_eval = _steps(other)
+        (other_schedule, _, other_step), _ = _steps(_changed(config, key, value))
         assert other_step is not step, key
         if key.startswith("optim.learning_rate"):
             assert float(other_schedule(0)) == 0.5 and float(schedule(0)) == np.float32(config.optim.learning_rate)
     assert _steps(config, steps_per_epoch=11)[0][2] is not step
     assert _steps(config, mesh=jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,)))[0][2] is not step
     for key, value in {"loss": "l2", "flip_test": not config.flip_test, "data.patch_size": 96}.items():
-        other = config.copy_and_resolve_references()
-        section, field = key.split(".") if "." in key else (None, key)
-        (other[section] if section else other)[field] = value
-        assert _steps(other)[1] is not eval_step, key
+        assert _steps(_changed(config, key, value))[1] is not eval_step, key
 
 
 def test_a_list_valued_field_is_keyed_by_its_values():

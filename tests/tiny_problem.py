@@ -78,12 +78,16 @@ def tiny_config(data_root: str, **overrides):
     config = synthetic.get_config()
     config.data.root = data_root
     for key, value in _with_tiny(overrides).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+        set_field(config, key, value)
     return config
+
+
+def set_field(config, dotted: str, value) -> None:
+    """``config.<dotted> = value`` for a dotted field name such as ``"optim.learning_rate"``."""
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        config = config[name]
+    config[leaf] = value
 
 
 def tiny_args(**overrides) -> list[str]:
