@@ -26,6 +26,7 @@ output axes). Needs torch (``pip install .[torch]``).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -122,7 +123,7 @@ def compare(config, torch_checkpoint: str, allow_pickle: bool = False, log=print
 
     net = torch_reference.load_network(sd, config.model)
     model = build_pose_net(config.model)
-    init = init_variables(model, jax.random.key(0), patch)
+    init = functools.partial(init_variables, model, jax.random.key(0), patch)  # called only if a leaf is missing
     variables, report = convert_torch.convert_state_dict(sd, model, init)
     if report.missing or report.unexpected:
         raise ValueError(f"{torch_checkpoint} does not convert completely:\n{report.summary()}")

@@ -45,8 +45,9 @@ import argparse
 import json
 import os
 import re
+import functools
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -316,7 +317,7 @@ def _seed_name(i: int) -> str:
 def convert_state_dict(
     state_dict: Mapping[str, np.ndarray],
     model,
-    init_variables: Mapping[str, Any],
+    init_variables: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     strict: bool = False,
 ) -> tuple[dict, ConversionReport]:
     """Copies torch tensors into a copy of ``init_variables`` (``{'params', 'batch_stats'}`` of ``model``).
@@ -324,7 +325,11 @@ def convert_state_dict(
     Args:
       state_dict: torch keys (``module.`` prefixes allowed) -> arrays, original or torchvision layout.
       model: the :class:`~kinpose_jax.models.PoseNet` the variables belong to.
-      init_variables: its initial variables; leaves with no torch counterpart keep these values.
+      init_variables: its initial variables, or a function returning them (e.g. a
+        ``functools.partial`` of :func:`kinpose_jax.models.init_variables`); leaves with no torch
+        counterpart keep these values. A function is traced for the shapes
+        (``jax.eval_shape``) and called only when some leaf has no torch counterpart, so a
+        complete checkpoint converts without compiling or running the model's initializers.
       strict: raise if any Flax leaf is missing or any torch key is unexpected.
     Returns:
       (variables dict with numpy float32 leaves, report). For a torchvision source only the
@@ -348,7 +353,8 @@ def convert_state_dict(
             else:
                 renamed["backbone." + k] = v
         sd = renamed
-    target = {(c,) + p: v for c in ("params", "batch_stats") for p, v in _flatten(init_variables.get(c, {})).items()}
+    initial = jax.eval_shape(init_variables) if callable(init_variables) else init_variables
+    target = {(c,) + p: v for c in ("params", "batch_stats") for p, v in _flatten(initial.get(c, {})).items()}
     if source == "torchvision":
         target = {p: v for p, v in target.items() if p[1] == "backbone"}
     if getattr(model, "head", None) == "kinematic" and "head.fc.weight" in sd and "head.fc.bias" in sd:
@@ -379,7 +385,10 @@ def convert_state_dict(
                             "keeps its own (fresh) head initialization, whatever the head")
     if strict and (report.missing or report.unexpected):
         raise ValueError("strict conversion failed:\n" + report.summary())
-    merged = {p: filled.get(p, np.asarray(v, dtype=np.float32)) for p, v in target.items()}
+    if callable(init_variables) and any(p not in filled for p in target):
+        values = {(c,) + p: v for c, tree in init_variables().items() for p, v in _flatten(tree).items()}
+        target = {p: values[p] for p in target}
+    merged = {p: filled[p] if p in filled else np.asarray(v, dtype=np.float32) for p, v in target.items()}
     variables = _unflatten(merged)
     variables.setdefault("batch_stats", {})
     return variables, report
@@ -400,8 +409,9 @@ def _model_values(model, cfg: Mapping[str, Any]) -> dict:
 
 def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None = None, strict: bool = False,
                  allow_pickle: bool = False, overwrite: bool = False, init_size: int = 64, seed: int = 0):
-    """Load -> infer config -> build and initialise the model -> convert -> save. Returns (config:
-    the inferred fields and ``overrides``, report); the fields neither gives are configs/default.py's."""
+    """Load -> infer config -> build the model -> convert -> save. Returns (config: the inferred
+    fields and ``overrides``, report); the fields neither gives are configs/default.py's. The model
+    is initialized (``init_size`` px inputs, PRNG ``seed``) only for leaves the checkpoint lacks."""
     from configs.default import with_defaults
     from kinpose_jax.models import build_pose_net, init_variables
 
@@ -409,7 +419,7 @@ def convert_file(in_path: str, out_dir: str, overrides: Mapping[str, Any] | None
     cfg = infer_model_config(sd, overrides)
     full = with_defaults({"model": cfg}).model
     model = build_pose_net(full)
-    init = init_variables(model, jax.random.key(seed), init_size)
+    init = functools.partial(init_variables, model, jax.random.key(seed), init_size)
     variables, report = convert_state_dict(sd, model, init, strict=strict)
     determined = determined_fields(full, report.source)
     values = _model_values(model, full)

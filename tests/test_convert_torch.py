@@ -5,6 +5,7 @@ restore -> apply), and the error / report cases."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -247,9 +248,29 @@ def test_missing_and_unexpected_keys_are_listed(tiny):
         C.convert_state_dict(partial, model, init, strict=True)
 
 
+def test_a_complete_checkpoint_converts_without_running_the_initializers(tiny):
+    """An initializer function is traced for the shapes and run only when a leaf is missing."""
+    _, sd, model, init = tiny
+    runs = []
+
+    def initializer():
+        jax.debug.callback(lambda: runs.append(1))  # runs when the initializer runs, not when traced
+        return init_variables(model, jax.random.key(0), SIZE)
+
+    variables, report = C.convert_state_dict(sd, model, initializer)
+    assert runs == [] and report.missing == []
+    expected, _ = C.convert_state_dict(sd, model, init)
+    jax.tree.map(np.testing.assert_array_equal, variables, expected)
+    partial = {k: v for k, v in sd.items() if k != "backbone.layer1.0.bn1.running_var"}
+    variables, report = C.convert_state_dict(partial, model, initializer)
+    assert runs == [1] and report.missing == ["batch_stats/backbone/layer1_0/bn1/var"]
+    np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["layer1_0"]["bn1"]["var"], 1.0)
+
+
 def test_wrong_config_fails_on_shapes(tiny):
     _, sd, _, _ = tiny
-    model, init = _model_and_init(depth_bins=16)
+    model = build_pose_net(model_config(backbone="resnet18", head="integral", depth_bins=16, deconv_filters=32))
+    init = functools.partial(init_variables, model, jax.random.key(0), SIZE)  # shapes only: never run
     with pytest.raises(ValueError, match=r"'head\.final_layer\.bias'.*has shape \(144,\) but the model expects \(288,\)"):
         C.convert_state_dict(sd, model, init)
 
