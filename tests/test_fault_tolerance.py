@@ -69,22 +69,24 @@ def test_an_update_that_makes_the_parameters_non_finite_is_never_saved(tmp_path,
     assert "No checkpoint was written yet" in text, text
 
 
-def test_the_train_step_reports_a_non_finite_state_after_a_finite_loss():
+def test_the_train_step_reports_a_non_finite_state_after_a_finite_loss(data_root):  # noqa: F811
     """The step checks the state it returns, not only its loss: finite parameters and a finite
-    loss, but one inf in the optimizer's first moment makes the updated parameters NaN."""
-    from kinpose_jax.training import train
+    loss, but one inf in the optimizer's first moment makes the updated parameters NaN (the tiny
+    run's compiled step, on a fixed batch)."""
+    from kinpose_jax.models import build_pose_net
+    from kinpose_jax.training import parallel, train
     from tests.tiny_problem import tiny_problem
 
-    config, model, tx, schedule, batch = tiny_problem("direct")
-    variables = train.init_variables(model, config, jax.random.PRNGKey(0))
-    opt_state = tx.init(variables["params"])
-    leaves, treedef = jax.tree.flatten(opt_state)
+    config = tiny_config(data_root)
+    model, mesh = build_pose_net(config.model), parallel.make_mesh()
+    _, tx, step = train.make_jitted_train_step(config, model, config.steps_per_epoch, mesh)
+    state = train.create_state(config, model, tx, mesh)
+    leaves, treedef = jax.tree.flatten(state.opt_state)
     first = next(i for i, x in enumerate(leaves) if x.ndim == 4)  # a conv kernel's first moment
     leaves[first] = leaves[first].at[0, 0, 0, 0].set(np.inf)
-    state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=variables["params"],
-                             batch_stats=variables["batch_stats"], opt_state=jax.tree.unflatten(treedef, leaves))
-    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule, config.model.bn_sync))
-    new_state, metrics = step(state, batch)
+    state = jax.device_put(state.replace(opt_state=jax.tree.unflatten(treedef, leaves)), parallel.replicated(mesh))
+    batch = parallel.global_batch(mesh, tiny_problem(image_size=config.data.patch_size)[-1])
+    new_state, metrics = step(state, batch, train.learning_rate_of(config, mesh))
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     assert np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]) and np.isfinite(values["lr"])
     assert values["state_finite"] == 0.0

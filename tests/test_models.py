@@ -69,9 +69,10 @@ def test_transposed_convs_equal_torch_conv_transpose2d(kernel):
 
 @pytest.mark.parametrize("head", ["integral", "direct", "kinematic"])
 def test_output_shapes_and_dtypes(head):
+    """Traced only (jax.eval_shape): the shapes and dtypes a compiled run gives, without compiling."""
     model = build_pose_net(small_config(head=head))
-    v = init_variables(model, jax.random.key(0), 64)
-    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, images())
+    v = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 64))
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), v, images())
     assert out["joints"].shape == (2, 18, 3) and out["joints"].dtype == jnp.float32
     assert set(v["params"]) == {"backbone", "head"}
     if head == "integral":
@@ -134,8 +135,8 @@ def _rest_pose_reference(tree_name: str) -> np.ndarray:
 @pytest.mark.parametrize("tree_name", ["seed_h36m18", "h36m18"])
 def test_kinematic_head_starts_at_upright_rest_pose(tree_name):
     model = build_pose_net(small_config(head="kinematic", kinematic_tree=tree_name))
-    v = init_variables(model, jax.random.key(0), 64)
-    out = model.apply(v, images(seed=3), train=False)
+    v = init_variables(model, jax.random.key(0), 32)
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, images(size=32, seed=3))
     want = _rest_pose_reference(tree_name)
     np.testing.assert_allclose(np.asarray(out["joints"]), np.broadcast_to(want, (2, 18, 3)), atol=1e-6)
     j = want
@@ -218,7 +219,7 @@ def test_bfloat16_regression_heads_compute_their_output_in_fp32(head):
     fc = dict(kernel=jnp.asarray(rng.normal(size=fc["kernel"].shape) * 0.05, jnp.float32),
               bias=jnp.asarray(rng.normal(size=fc["bias"].shape) * 0.1, jnp.float32))
     v = dict(v, params=dict(v["params"], head=dict(fc=fc)))
-    out, inter = model.apply(v, images(size=32), train=False, capture_intermediates=True)
+    out, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(v, images(size=32))
     feats = inter["intermediates"]["backbone"]["__call__"][0]
     assert feats.dtype == jnp.bfloat16  # the backbone does run in bf16
     pooled = np.asarray(feats, np.float64).mean(axis=(1, 2))

@@ -77,14 +77,20 @@ class TrainState:
     opt_state: Any
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """The original's multi-step schedule: ``lr * factor^k`` after the k-th boundary epoch."""
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           learning_rate: float | None = None) -> optax.Schedule:
+    """The original's multi-step schedule: ``lr * factor^k`` after the k-th boundary epoch, where
+    ``lr`` is ``learning_rate`` (default: ``config.optim.learning_rate``; 1.0 gives the schedule's
+    factors, which :func:`make_jitted_train_step` scales by the run's learning rate)."""
     boundaries = {int(e * steps_per_epoch): config.optim.lr_decay_factor for e in config.optim.lr_decay_epochs}
-    return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
+    lr = config.optim.learning_rate if learning_rate is None else learning_rate
+    return optax.piecewise_constant_schedule(lr, boundaries)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Adam (AdamW when weight decay > 0), optionally after global-norm gradient clipping."""
+    """Adam (AdamW when weight decay > 0), optionally after global-norm gradient clipping. The
+    learning rate scales the final update (so an optimizer built for lr 1 whose updates are
+    multiplied by ``lr`` is this optimizer for ``lr``)."""
     opt = (optax.adamw(schedule, weight_decay=config.optim.weight_decay) if config.optim.weight_decay > 0
            else optax.adam(schedule))
     if config.optim.grad_clip_norm > 0:
@@ -150,17 +156,24 @@ def make_grad_fn(model, loss_name: str, bn_sync: str, mesh=None):
 
 
 def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str, mesh=None):
-    """``train_step(state, batch) -> (state, metrics)``: forward, backward, optimizer update
-    (``bn_sync``, ``mesh``: see :func:`make_grad_fn`)."""
+    """``train_step(state, batch, lr_scale=1.0) -> (state, metrics)``: forward, backward, optimizer
+    update (``bn_sync``, ``mesh``: see :func:`make_grad_fn`). ``lr_scale`` (a float32 scalar)
+    multiplies ``tx``'s updates and the reported ``schedule``: with ``tx`` and ``schedule`` built for
+    lr 1 it is the learning rate, a runtime value of one compiled step (see
+    :func:`make_jitted_train_step`)."""
     grad_fn = make_grad_fn(model, loss_name, bn_sync, mesh)
 
-    def train_step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict, lr_scale=1.0):
         (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = schedule(state.step)
+        if not (isinstance(lr_scale, float) and lr_scale == 1.0):
+            updates = jax.tree.map(lambda u: u * lr_scale, updates)
+            lr = lr * lr_scale
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         # state_finite: what a checkpoint of new_state would hold (a finite loss does not imply it)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr,
                            "state_finite": tree_all_finite((params, batch_stats, opt_state))}
 
     return train_step
@@ -194,8 +207,9 @@ def make_eval_step(config, model, mesh):
 #: Training and evaluation steps kept per process, with their traced and compiled programs, for
 #: reuse by a later run with equal inputs (a notebook's or the tests' second ``train_and_evaluate``
 #: skips re-tracing, re-lowering and reloading them: several seconds each). They are keyed on
-#: everything they are built from (the model, every ``config.optim`` field, the loss, BN sync,
-#: steps per epoch, the mesh), so a run that changes any of these gets its own.
+#: everything they are built from (the model, every ``config.optim`` field but the learning rate,
+#: the loss, BN sync, steps per epoch, the mesh), so a run that changes any of these gets its own;
+#: runs that differ only in the learning rate (a sweep) share one compiled step.
 COMPILED_RUNS_KEPT = 4
 
 
@@ -207,21 +221,32 @@ def _eval_step(model, patch_size: int, flip_test: bool, loss: str, box_mm: float
 
 def make_jitted_train_step(config, model, steps_per_epoch: int, mesh):
     """``(schedule, tx, train_step)`` of a run: :func:`learning_rate_schedule`, :func:`make_optimizer`
-    and :func:`make_train_step` jitted over ``mesh`` (state replicated and donated, batch sharded).
-    The same objects for equal inputs within a process (see :data:`COMPILED_RUNS_KEPT`)."""
+    (both for lr 1: the schedule gives the decay factor of a step) and :func:`make_train_step`
+    jitted over ``mesh`` (state replicated and donated, batch sharded). Call
+    ``train_step(state, batch, learning_rate_of(config, mesh))``. The same objects for equal inputs
+    within a process (see :data:`COMPILED_RUNS_KEPT`)."""
     optim = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
-                         for k, v in config.optim.to_dict().items()))
+                         for k, v in config.optim.to_dict().items() if k != "learning_rate"))
     return _jitted_train_step(model, optim, config.loss, config.model.bn_sync, int(steps_per_epoch), mesh)
+
+
+def learning_rate_of(config, mesh) -> jax.Array:
+    """``config.optim.learning_rate`` as the float32 scalar (replicated over ``mesh``) that the
+    train step of :func:`make_jitted_train_step` takes."""
+    with np.errstate(over="ignore"):  # a learning rate beyond float32 is inf, as it would be in the step
+        lr = np.float32(config.optim.learning_rate)
+    return jax.device_put(lr, parallel.replicated(mesh))
 
 
 @functools.lru_cache(maxsize=COMPILED_RUNS_KEPT)
 def _jitted_train_step(model, optim: tuple, loss: str, bn_sync: str, steps_per_epoch: int, mesh):
     config = ml_collections.ConfigDict({"optim": dict(optim)})
-    schedule = learning_rate_schedule(config, steps_per_epoch)
+    schedule = learning_rate_schedule(config, steps_per_epoch, learning_rate=1.0)
     tx = make_optimizer(config, schedule)
+    replicated = parallel.replicated(mesh)
     step = jax.jit(make_train_step(model, tx, loss, schedule, bn_sync, mesh),
-                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+                   in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
     return schedule, tx, step
 
 
@@ -404,6 +429,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     total_steps = config.num_epochs * steps_per_epoch
     model = build_pose_net(config.model)
     _, tx, train_step = make_jitted_train_step(config, model, steps_per_epoch, mesh)
+    learning_rate = learning_rate_of(config, mesh)
     state = create_state(config, model, tx, mesh)
 
     def new_train_iterator():
@@ -468,7 +494,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
             while step < end:
                 device_batch = next(train_iter)
-                state, metrics = train_step(state, device_batch)
+                state, metrics = train_step(state, device_batch, learning_rate)
                 step += 1
                 images += global_batch
                 if pending is not None:
