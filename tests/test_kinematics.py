@@ -351,6 +351,22 @@ def test_extended_tree_keeps_old_joints_and_adds_new_ones():
     assert new.param_names[-2:] == ("tail_3_RotX", "tail_3_RotY")
 
 
+def test_trees_are_equal_by_value():
+    """Equal skeletons are equal (and hash alike) however often they are built, so a model holding
+    one reuses its jitted programs; any change of structure or bone length makes another tree."""
+    from kinpose_jax.kinematics import examples
+
+    for build in (presets.h36m18, presets.seed_h36m18, examples.h36m18_toes_spine):
+        a, b = build(), build()
+        assert a is not b and a == b and hash(a) == hash(b) and len({a, b}) == 1
+    base = presets.h36m18()
+    assert base != presets.h36m17() and base != presets.seed_h36m18() and base != "h36m18"
+    assert base != kin.set_bone_lengths(base, {"l_knee": 500.0})
+    assert base != dataclasses.replace(base, output_axes=(0, 2, 1))
+    batched = dataclasses.replace(base, offsets=jnp.broadcast_to(jnp.asarray(base.offsets), (2,) + base.offsets.shape))
+    assert batched == dataclasses.replace(batched) and batched != dataclasses.replace(base, offsets=batched.offsets + 0)
+
+
 def test_edits_do_not_mutate_and_compose():
     base = presets.h36m18()
     names_before, offsets_before = base.names, np.asarray(base.offsets).copy()

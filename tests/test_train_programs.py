@@ -73,3 +73,12 @@ def test_the_optimizer_for_lr_1_scaled_by_lr_is_the_optimizer_for_lr(optim):
             np.testing.assert_allclose(np.asarray(got[name]) * np.float32(3e-3), want[name], rtol=1e-6, err_msg=step)
         assert np.abs(np.asarray(want["w"])).max() > 0
         params = optax.apply_updates(params, want)
+
+
+def test_a_kinematic_model_built_again_shares_the_steps():
+    """Each build makes a new KinematicTree; equal trees are equal, so the steps are reused."""
+    config = tiny_problem("kinematic")[0]
+    config.model.kinematic_tree = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
+    (_, _, step), eval_step = _steps(config)
+    (_, _, step_again), eval_again = _steps(config.copy_and_resolve_references())
+    assert step_again is step and eval_again is eval_step

@@ -104,6 +104,27 @@ class KinematicTree:
             offsets.flags.writeable = False
             object.__setattr__(self, "offsets", offsets)
 
+    # ----------------------------------------------------------------- equality
+    def _value_key(self) -> tuple:
+        """What equality compares: every static field and the offsets' values (numpy offsets; jax
+        arrays and tracers by identity)."""
+        off = self.offsets
+        data = (off.shape, off.dtype.str, off.tobytes()) if isinstance(off, np.ndarray) else id(off)
+        return (data, self.names, self.parents, self.dofs, self.limits, self.dof_labels, self.derived, self.hidden,
+                self.output_axes)
+
+    def __eq__(self, other) -> bool:
+        """Equal skeletons are equal trees (and hash alike), however often they are built: a model
+        holding one is a static argument of jitted functions, which then reuse their programs."""
+        if self is other:
+            return True
+        if not isinstance(other, KinematicTree):
+            return NotImplemented
+        return self._value_key() == other._value_key()
+
+    def __hash__(self) -> int:
+        return hash(self._value_key())
+
     # ----------------------------------------------------------------- derived static facts
     @property
     def num_entries(self) -> int:
