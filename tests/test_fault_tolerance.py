@@ -26,8 +26,7 @@ sys.path.insert(0, ROOT)
 
 def tiny_config(root, **overrides):
     """The shared tiny config (its compiled programs) for 1 epoch of 2 steps, checkpointing every step."""
-    base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, checkpoint_every_steps=1, log_every_steps=1,
-                data__worker_count=0)
+    base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, checkpoint_every_steps=1, log_every_steps=1)
     return shared_tiny_config(root, **{**base, **{k.replace(".", "__"): v for k, v in overrides.items()}})
 
 

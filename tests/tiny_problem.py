@@ -62,11 +62,14 @@ def first_step_gradients(opt_state) -> dict:
 #: global batch (2 per device) and the learning-rate schedule (lr and its step boundaries, which
 #: steps_per_epoch sets) are constants of the compiled step, so runs that keep them load the step,
 #: the model init and the evaluation step from the suite's compilation cache instead of compiling.
+#: The input pipeline runs in the training process (no worker processes to start: 3-4 s a run);
+#: tests of worker processes ask for them (the SIGKILL resume test, tests/test_device_input.py).
 TINY = {
     "data.synthetic": True, "data.synthetic_train_folders": 2, "data.synthetic_frames_per_folder": 16,
     "data.synthetic_image_size": 160, "data.patch_size": 32, "model.backbone": "resnet10", "model.depth_bins": 8,
     "model.deconv_filters": 32, "model.num_deconv_layers": 1, "max_eval_batches": 4, "num_vis_samples": 2,
     "progress_bar": False, "per_device_batch_size": 2, "steps_per_epoch": 2, "optim.lr_decay_epochs": (14, 15),
+    "data.worker_count": 0,
 }
 
 
