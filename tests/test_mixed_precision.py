@@ -48,12 +48,11 @@ def test_bf16_integral_model_decodes_close_to_fp32_from_float32_logits():
     params["head"]["final_layer"] = dict(final, kernel=final["kernel"] * 300.0)  # logits of std ~1, not ~0
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
 
-    def run(model):
-        out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                             mutable=["batch_stats"])
-        return out
+    def run(model):  # the weights are arguments of the compiled forward, not constants in it
+        return jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x, train=True,
+                                                   mutable=["batch_stats"])[0])(params, v["batch_stats"], x)
 
-    o32, o16 = jax.jit(lambda: run(m32))(), jax.jit(lambda: run(m16))()
+    o32, o16 = run(m32), run(m16)
     h = o16["heatmaps"]
     assert h.dtype == jnp.float32 and o16["joints"].dtype == jnp.float32
     assert float(jnp.std(o32["heatmaps"])) > 0.5

@@ -100,10 +100,10 @@ def test_build_errors_are_explicit():
 
 def test_bfloat16_computes_in_bf16_and_keeps_fp32_params_and_stats():
     m32, m16 = build_pose_net(small_config()), build_pose_net(small_config(dtype="bfloat16"))
-    v = init_variables(m16, jax.random.key(1), 64)
-    leaves = jax.tree.leaves(v)
+    leaves = jax.tree.leaves(jax.eval_shape(lambda: init_variables(m16, jax.random.key(1), 32)))
     assert leaves and all(x.dtype == jnp.float32 for x in leaves)
-    x = images()
+    v = init_variables(m32, jax.random.key(1), 32)  # the same float32 variables (one initializer program)
+    x = images(size=32)
     # convolutions really run in bf16
     jaxpr = str(jax.make_jaxpr(lambda a: m16.apply(v, a, train=False))(x))
     assert "conv_general_dilated" in jaxpr and "bf16[" in jaxpr
@@ -186,8 +186,8 @@ def test_batchnorm_statistics_average_across_devices():
     cfg = model_config(backbone="resnet10", head="direct")
     single = build_pose_net(cfg)
     synced = build_pose_net(cfg, bn_axis_name="devices")
-    v = init_variables(single, jax.random.key(0), 64)
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+    v = init_variables(single, jax.random.key(0), 32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
 
     def f(m):
         return lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"])
