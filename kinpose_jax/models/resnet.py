@@ -139,8 +139,9 @@ class PointwiseConv(nn.Module):
     With the CPU fast paths (``conv_impl``, see module doc) it is a 2-D matmul (XLA:CPU
     differentiates a dot about 2x faster than a 1x1 conv, and a 2-D dot another 1.5-3x faster than
     a 4-D one); otherwise ``lax.conv_general_dilated``, like ``nn.Conv``. Operands are cast to
-    ``dtype``; the result has ``out_dtype`` (None = ``dtype``), accumulated in it: bf16 operands
-    with ``out_dtype=float32`` give float32 outputs that were never rounded to bf16.
+    ``dtype``; the result has the wider of ``dtype`` and ``out_dtype`` (None = ``dtype``),
+    accumulated in it: bf16 operands with ``out_dtype=float32`` give float32 outputs that were
+    never rounded to bf16.
     """
 
     features: int
@@ -156,7 +157,7 @@ class PointwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
-        out_dtype = self.dtype if self.out_dtype is None else self.out_dtype
+        out_dtype = self.dtype if self.out_dtype is None else jnp.promote_types(self.dtype, self.out_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if use_cpu_fast_paths(self.conv_impl):
             sy, sx = self.strides
