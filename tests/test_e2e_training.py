@@ -46,10 +46,10 @@ def last_by_step(rows, kind, key):
     return out
 
 
-#: The long in-process run, and the main.py run the SIGKILL test kills: the long run's first 8 epochs
-#: (16 steps) are the killed run's uninterrupted reference.
-LONG_RUN = dict(num_epochs=16, eval_every_epochs=16, log_every_steps=1, checkpoint_every_steps=3)
-KILLED_RUN = dict(LONG_RUN, num_epochs=8, eval_every_epochs=8)
+#: The long in-process run, and the main.py run the SIGKILL test kills (checkpointing mid-epoch too):
+#: the long run's first 8 epochs (16 steps) are the killed run's uninterrupted reference.
+LONG_RUN = dict(num_epochs=16, eval_every_epochs=16, log_every_steps=1)
+KILLED_RUN = dict(LONG_RUN, num_epochs=8, eval_every_epochs=8, checkpoint_every_steps=3)
 
 
 @pytest.fixture(scope="module")
