@@ -28,8 +28,7 @@ class MetricWriter:
         self._tb = None
         if enabled:
             storage.path(workdir).mkdir(parents=True, exist_ok=True)
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             try:
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
             except ImportError as err:  # e.g. gs:// without google-cloud-storage
@@ -56,6 +55,25 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch when it
+    is installed, only to accept torch tensors (2-3 s of a run's start-up; the writer gets floats).
+    While tensorboardX is first imported, ``import torch`` fails as if torch were absent; any later
+    import of torch is unaffected."""
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def read_metrics(path: str) -> list[dict]:
