@@ -360,7 +360,7 @@ def test_trees_are_equal_by_value():
         a, b = build(), build()
         assert a is not b and a == b and hash(a) == hash(b) and len({a, b}) == 1
     base = presets.h36m18()
-    assert base != presets.h36m17() and base != presets.seed_h36m18() and base != "h36m18"
+    assert base == base and base != presets.h36m17() and base != presets.seed_h36m18() and base != "h36m18"
     assert base != kin.set_bone_lengths(base, {"l_knee": 500.0})
     assert base != dataclasses.replace(base, output_axes=(0, 2, 1))
     batched = dataclasses.replace(base, offsets=jnp.broadcast_to(jnp.asarray(base.offsets), (2,) + base.offsets.shape))
