@@ -42,10 +42,10 @@ torch is imported only inside :func:`load_torch_state_dict`; everything else is 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
-import functools
 import sys
 from typing import Any, Callable, Mapping
 
@@ -386,7 +386,7 @@ def convert_state_dict(
     if strict and (report.missing or report.unexpected):
         raise ValueError("strict conversion failed:\n" + report.summary())
     if callable(init_variables) and any(p not in filled for p in target):
-        values = {(c,) + p: v for c, tree in init_variables().items() for p, v in _flatten(tree).items()}
+        values = _flatten(init_variables())  # paths start with the collection, as target's do
         target = {p: values[p] for p in target}
     merged = {p: filled[p] if p in filled else np.asarray(v, dtype=np.float32) for p, v in target.items()}
     variables = _unflatten(merged)
