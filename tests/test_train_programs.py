@@ -26,7 +26,7 @@ def _changed(config, key: str, value):
 
 def test_equal_inputs_share_the_steps_and_any_difference_gets_its_own():
     config = tiny_problem("direct")[0]
-    (schedule, tx, step), eval_step = _steps(config)
+    (_, tx, step), eval_step = _steps(config)
     (_, tx_again, step_again), eval_again = _steps(config.copy_and_resolve_references())
     assert step_again is step and tx_again is tx and eval_again is eval_step
     # the learning rate is an argument of the step: a sweep over it shares one compiled step

@@ -166,14 +166,11 @@ def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str, mesh=None
     def train_step(state: TrainState, batch: dict, lr_scale=1.0):
         (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = schedule(state.step)
-        if not (isinstance(lr_scale, float) and lr_scale == 1.0):
-            updates = jax.tree.map(lambda u: u * lr_scale, updates)
-            lr = lr * lr_scale
+        updates = jax.tree.map(lambda u: u * lr_scale, updates)  # exact for the default 1.0
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         # state_finite: what a checkpoint of new_state would hold (a finite loss does not imply it)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr,
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step) * lr_scale,
                            "state_finite": tree_all_finite((params, batch_stats, opt_state))}
 
     return train_step
