@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 #: The slowest test modules, slowest first (seconds with two pytest-xdist workers on the 2-core CI
 #: machine: 73, 71, 69, 62, 58, 56, 54, 54, 48, 46, 36, 33, 33, 31). They are handed out first so
 #: that both workers finish together (longest-first scheduling); the others follow in file order.
-#: `.ci/run` took 7 min 12 s to 8 min 2 s in four runs with this order, 8 min 6 s and 8 min 20 s in
+#: `.ci/run` took 7 min 12 s to 8 min 2 s in five runs with this order, 8 min 6 s and 8 min 20 s in
 #: two without (pytest-xdist's most-tests-first order leaves one worker alone at the end).
 SLOWEST_MODULES = ("test_train_parallel", "test_e2e_training", "test_kinematics", "test_fault_tolerance",
                    "test_models", "test_e2e_two_processes", "test_extended_tree", "test_convert_torch",
