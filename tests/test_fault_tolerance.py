@@ -48,6 +48,26 @@ def finished_run(tmp_path_factory, data_root):  # noqa: F811
     return workdir
 
 
+def _no_initializing(*args, **kwargs):
+    raise AssertionError("a resumed run initialized a training state")
+
+
+def test_the_restore_target_is_the_initial_state_without_initializing(data_root):
+    """train.state_shapes (a resume's restore target, traced only) has create_state's structure,
+    shapes, dtypes and shardings."""
+    from kinpose_jax.models import build_pose_net
+    from kinpose_jax.training import checkpointing, parallel, train
+
+    config = tiny_config(data_root)
+    mesh = parallel.make_mesh()
+    model = build_pose_net(config.model)
+    _, tx, _ = train.make_jitted_train_step(config, model, config.steps_per_epoch, mesh)
+    want = checkpointing.abstract_like(train.create_state(config, model, tx, mesh))
+    got = train.state_shapes(config, model, tx, mesh)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert jax.tree.leaves(got) == jax.tree.leaves(want)  # ShapeDtypeStructs: shape, dtype, sharding
+
+
 def copy_run(finished_run, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(finished_run, workdir)
@@ -125,8 +145,10 @@ def _largest_file(folder):
     ("data_iter", "delete"), ("metrics/metrics", "zero"),
 ])
 def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_continues_from_the_previous(
-        finished_run, tmp_path, capsys, data_root, target, how):  # noqa: F811
+        finished_run, tmp_path, capsys, data_root, target, how, monkeypatch):  # noqa: F811
     from kinpose_jax.training import train
+
+    monkeypatch.setattr(train, "create_state", _no_initializing)  # a resume restores into the state's shapes
 
     workdir = copy_run(finished_run, tmp_path)
     latest = os.path.join(workdir, "checkpoints", "2")
@@ -239,9 +261,10 @@ def test_the_lock_of_a_dead_run_is_not_stale(tmp_path):
     ("model.deconv_filters", 16, "config.model.deconv_filters=32"),
 ])
 def test_a_resume_that_cannot_continue_the_run_is_refused_in_one_line(finished_run, tmp_path, data_root,
-                                                                     key, value, message):  # noqa: F811
+                                                                     key, value, message, monkeypatch):  # noqa: F811
     from kinpose_jax.training import train
 
+    monkeypatch.setattr(train, "create_state", _no_initializing)  # refused before initializing anything
     workdir = copy_run(finished_run, tmp_path)
     with pytest.raises(train.CheckpointMismatchError) as info:
         train.train_and_evaluate(tiny_config(data_root, num_epochs=2, **{key: value}), workdir)

@@ -177,12 +177,23 @@ def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str, mesh=None
 
 
 def create_state(config, model, tx, mesh) -> TrainState:
+    """The initial training state (``config.model.pretrained`` weights loaded), replicated over ``mesh``."""
     variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if config.model.pretrained:
         variables = pretrained.load_pretrained(config.model.pretrained, variables, config.model)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
-    return jax.device_put(state, parallel.replicated(mesh))
+    return jax.device_put(_state_of(variables, tx), parallel.replicated(mesh))
+
+
+def state_shapes(config, model, tx, mesh) -> TrainState:
+    """:func:`create_state`'s result as ShapeDtypeStructs replicated over ``mesh`` (a resume's
+    restore target), traced without compiling or running the initializers."""
+    shapes = jax.eval_shape(lambda: _state_of(init_variables(model, config, jax.random.PRNGKey(config.seed)), tx))
+    return checkpointing.abstract_like(shapes, parallel.replicated(mesh))
+
+
+def _state_of(variables: dict, tx) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
 
 
 def make_predict(config, model, mesh):
@@ -427,7 +438,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     model = build_pose_net(config.model)
     _, tx, train_step = make_jitted_train_step(config, model, steps_per_epoch, mesh)
     learning_rate = learning_rate_of(config, mesh)
-    state = create_state(config, model, tx, mesh)
 
     def new_train_iterator():
         # Batch k+1 is copied to the devices while step k runs; the checkpointed iterator state counts
@@ -436,13 +446,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                        lambda b: parallel.global_batch(mesh, {k: b[k] for k in MODEL_KEYS}))
 
     meta = run_meta(config, global_batch, steps_per_epoch)
-    manager, latest, restored, train_iter = _open_and_resume(config, workdir, meta, checkpointing.abstract_like(state),
-                                                             new_train_iterator)
+    # a resume restores into the state's shapes: it initializes nothing, and refuses a mismatching run at once
+    manager, latest, state, train_iter = _open_and_resume(config, workdir, meta, state_shapes(config, model, tx, mesh),
+                                                          new_train_iterator)
     is_main = jax.process_index() == 0
     writer, failed = None, True
     try:
         if latest is not None:
-            state = restored
             log.info("resumed from step %d", latest)
             if latest >= total_steps:
                 if is_main:
@@ -453,6 +463,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             if is_main:
                 print(f"Resumed from checkpoint at step {latest}")
         else:
+            state = create_state(config, model, tx, mesh)
             train_iter = new_train_iterator()
 
         writer = reporting.MetricWriter(workdir, enabled=is_main)
