@@ -109,8 +109,9 @@ def _torch_sync() -> None:
         torch.cuda.synchronize()
 
 
-def bench_fk(batches, loop_max):
-    """Poses/s of kinpose_jax's FK (default JAX backend) vs the torch FKs (CUDA when available)."""
+def bench_fk(batches, loop_max, window=0.5):
+    """Poses/s of kinpose_jax's FK (default JAX backend) vs the torch FKs (CUDA when available),
+    each the median over at least ``window`` seconds of calls."""
     tree = presets.seed_h36m18()
     dev = _torch_device()
 
@@ -128,8 +129,8 @@ def bench_fk(batches, loop_max):
         tm, ts = torch.from_numpy(motion).to(dev), torch.from_numpy(scale).to(dev)
         with torch.no_grad():
             check = np.abs(np.asarray(jax_fk(jm, js)) - torch_vectorized_seed_fk(tm, ts).cpu().numpy()).max()
-            t_jax = timeit(lambda: jax_fk(jm, js).block_until_ready())
-            t_torch = timeit(lambda: (torch_vectorized_seed_fk(tm, ts), _torch_sync()))
+            t_jax = timeit(lambda: jax_fk(jm, js).block_until_ready(), min_time=window)
+            t_torch = timeit(lambda: (torch_vectorized_seed_fk(tm, ts), _torch_sync()), min_time=window)
             t_loop = (timeit(lambda: (ref.seed_fk_per_sample(tm, ts), _torch_sync()), max_reps=5, warmup=1)
                       if b <= loop_max else None)
         row = dict(batch=b, max_abs_diff=float(check), kinpose_jax_poses_per_s=b / t_jax,
@@ -141,7 +142,9 @@ def bench_fk(batches, loop_max):
     return rows
 
 
-def bench_softargmax(shape, num_joints, depth):
+def bench_softargmax(shape, num_joints, depth, window=2.0):
+    """Soft-argmax milliseconds and bandwidths: medians over at least ``window`` seconds of calls
+    (the copies over half as long)."""
     b, c, h, w = shape
     rng = np.random.default_rng(0)
     hm = rng.standard_normal(size=shape, dtype=np.float32)
@@ -152,13 +155,13 @@ def bench_softargmax(shape, num_joints, depth):
     with torch.no_grad():
         diff = float(np.abs(np.asarray(jax_fn(jhm))
                             - ref.softargmax_3d_nchw(th, num_joints, depth).cpu().numpy()).max())
-        t_jax = timeit(lambda: jax_fn(jhm).block_until_ready(), min_time=2.0, max_reps=20)
+        t_jax = timeit(lambda: jax_fn(jhm).block_until_ready(), min_time=window, max_reps=20)
         t_torch = timeit(lambda: (ref.softargmax_3d_nchw(th, num_joints, depth), _torch_sync()),
-                         min_time=2.0, max_reps=20)
+                         min_time=window, max_reps=20)
     dst = np.empty_like(hm)
-    t_copy = timeit(lambda: np.copyto(dst, hm), min_time=1.0, max_reps=20)
+    t_copy = timeit(lambda: np.copyto(dst, hm), min_time=window / 2, max_reps=20)
     negate = jax.jit(jnp.negative)  # one read + one write of the array on JAX's device
-    t_device_copy = timeit(lambda: negate(jhm).block_until_ready(), min_time=1.0, max_reps=50)
+    t_device_copy = timeit(lambda: negate(jhm).block_until_ready(), min_time=window / 2, max_reps=50)
     return dict(
         shape=list(shape), heatmap_bytes=nbytes, max_abs_diff=diff,
         kinpose_jax_ms=t_jax * 1e3, torch_ms=t_torch * 1e3, speedup_vs_torch=t_torch / t_jax,
@@ -173,15 +176,19 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/runs/core_ops.json",
                         help="JSON output (benchmarks/results/ holds the published numbers: pass it to update them)")
-    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and timing windows a tenth as long (a smoke run, not a measurement)")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
     batches = [1, 256, 4096] if args.quick else [1, 256, 65536]
     shape = (4, 18 * 64, 32, 32) if args.quick else (32, 18 * 64, 64, 64)
-    # the per-sample loop is the CPU cost model of the original; on CUDA it would time kernel launches
-    fk = bench_fk(batches, loop_max=0 if torch.cuda.is_available() else 256)
-    sa = bench_softargmax(shape, 18, 64)
+    # the per-sample loop is the CPU cost model of the original (on CUDA it would time kernel
+    # launches); the quick form runs it at batch 1 only
+    window = 0.1 if args.quick else 1.0  # timing windows, relative to a measurement's
+    loop_max = 0 if torch.cuda.is_available() else (1 if args.quick else 256)
+    fk = bench_fk(batches, loop_max=loop_max, window=0.5 * window)
+    sa = bench_softargmax(shape, 18, 64, window=2.0 * window)
     result = dict(
         benchmark="core_ops", platform=platform.platform(), cpu_count=os.cpu_count(), jax=jax.__version__,
         jax_backend=jax.default_backend(), torch=torch.__version__, torch_device=str(_torch_device()),

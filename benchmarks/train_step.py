@@ -58,9 +58,15 @@ def jax_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
     """Blocking callables ``train`` (one jitted step: fwd + bwd + Adam) and ``infer``."""
     model = build_pose_net(dict(default.get_config().model.to_dict(), backbone=a.backbone, head=a.head,
                                 depth_bins=a.depth_bins, deconv_filters=a.deconv_filters, dtype=a.dtype))
-    x = jnp.asarray(images.transpose(0, 2, 3, 1))
-    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x[:1], train=False)
+    nhwc = images.transpose(0, 2, 3, 1)
+    x = jnp.asarray(nhwc)
     tx = optax.adam(1e-3)
+
+    @jax.jit  # the variables and the optimizer state, in one program
+    def initial_state(key, image):
+        variables = model.init(key, image, train=False)
+        return variables["params"], variables["batch_stats"], tx.init(variables["params"])
+
     tgt, w = jnp.asarray(target), jnp.asarray(weight)
 
     def loss_fn(p, s, x):
@@ -74,7 +80,7 @@ def jax_steps(a, images, target, weight) -> dict[str, Callable[[], None]]:
         return optax.apply_updates(p, upd), s, o, loss
 
     infer_fn = jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x, train=False)["joints"])
-    state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
+    state = list(initial_state(jax.random.key(0), nhwc[:1]))
 
     def train():
         state[0], state[1], state[2], loss = train_step(state[0], state[1], state[2], x)
