@@ -33,26 +33,40 @@ def test_unknown_preset_is_refused():
         default.apply_preset(default.get_config(), "gpu")
 
 
-def test_bf16_integral_model_decodes_close_to_fp32_from_float32_logits():
-    """Same float32 parameters, same fixed input, training-mode BN: the bf16 model's heatmap
-    logits are float32 values that are not bf16-rounded (the final 1x1 layer accumulates and
-    outputs float32), and its decoded joints stay within 1e-2 normalized units (20 mm at the 2000
-    mm box) of the fp32 model's; measured 4.5e-3 max, 1.0e-3 mean (ResNet-18, 64 px, 8 depth bins,
-    logits of std 1.1)."""
+def test_bf16_model_computes_in_bf16_from_fp32_weights_and_decodes_close_to_fp32():
+    """``model.dtype='bfloat16'``: float32 parameters and BN statistics, convolutions in bf16,
+    float32 gradients. Same float32 parameters, same fixed input, training-mode BN: the bf16
+    model's heatmap logits are float32 values that are not bf16-rounded (the final 1x1 layer
+    accumulates and outputs float32), and its decoded joints stay within 1e-2 normalized units
+    (20 mm at the 2000 mm box) of the fp32 model's; measured 4.5e-3 max, 1.0e-3 mean (ResNet-18,
+    64 px, 8 depth bins, logits of std 1.1)."""
     cfg = model_config(backbone="resnet18", head="integral", depth_bins=8, deconv_filters=32, num_deconv_layers=2,
                        conv_impl="standard")
     m32, m16 = build_pose_net(cfg), build_pose_net(dict(cfg, dtype="bfloat16"))
-    v = init_variables(m32, jax.random.key(0), 64)
+    leaves = jax.tree.leaves(jax.eval_shape(lambda: init_variables(m16, jax.random.key(0), 64)))
+    assert leaves and all(x.dtype == jnp.float32 for x in leaves)
+    v = init_variables(m32, jax.random.key(0), 64)  # the same float32 variables (one initializer program)
     params = dict(v["params"], head=dict(v["params"]["head"]))
     final = params["head"]["final_layer"]
     params["head"]["final_layer"] = dict(final, kernel=final["kernel"] * 300.0)  # logits of std ~1, not ~0
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+    # convolutions really run in bf16 (traced, not compiled)
+    jaxpr16 = str(jax.make_jaxpr(lambda a: m16.apply(v, a, train=False))(x))
+    assert "conv_general_dilated" in jaxpr16 and "bf16[" in jaxpr16
+    assert "bf16[" not in str(jax.make_jaxpr(lambda a: m32.apply(v, a, train=False))(x))
 
-    def run(model):  # the weights are arguments of the compiled forward, not constants in it
-        return jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x, train=True,
-                                                   mutable=["batch_stats"])[0])(params, v["batch_stats"], x)
+    def loss(model):
+        def mean_square(p, s, x):
+            out, new = model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
+            return jnp.mean(out["joints"] ** 2), (out, new["batch_stats"])
+        return mean_square
 
-    o32, o16 = run(m32), run(m16)
+    # the weights are arguments of the compiled programs, not constants in them
+    (_, (o32, _)) = jax.jit(loss(m32))(params, v["batch_stats"], x)
+    (_, (o16, stats16)), grads = jax.jit(jax.value_and_grad(loss(m16), has_aux=True))(params, v["batch_stats"], x)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+    assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads))) > 0
+    assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(stats16))
     h = o16["heatmaps"]
     assert h.dtype == jnp.float32 and o16["joints"].dtype == jnp.float32
     assert float(jnp.std(o32["heatmaps"])) > 0.5

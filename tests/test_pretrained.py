@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kinpose_jax import convert_torch as C  # noqa: E402
-from kinpose_jax.models import ResNet, build_pose_net, init_variables  # noqa: E402
+from kinpose_jax.models import ResNet, build_pose_net, init_variables, variable_shapes  # noqa: E402
 from kinpose_jax.pretrained import PretrainedMismatchError, check_config, load_pretrained  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -31,6 +31,12 @@ KINEMATIC = model_config(backbone="resnet18", head="kinematic", num_joints=18, k
 
 def fresh(cfg: dict, seed: int = 1) -> dict:
     return init_variables(build_pose_net(cfg), jax.random.key(seed), SIZE)
+
+
+def shapes(cfg: dict) -> dict:
+    """:func:`fresh`'s ShapeDtypeStructs (no initializer compiled): enough where the checkpoint is
+    refused, or fills every leaf."""
+    return variable_shapes(build_pose_net(cfg), SIZE)
 
 
 def convert(tmp, torch_model, name, overrides=None, drop=()):
@@ -74,15 +80,15 @@ def test_more_deconv_layers_than_converted_is_refused(ckpts):
     """The reviewed bug: 2-deconv seed net loaded into a 3-deconv config left head/features_6 random."""
     cfg = dict(INTEGRAL, num_deconv_layers=3)
     with pytest.raises(PretrainedMismatchError, match=r"num_deconv_layers: the checkpoint has 2, the model config has 3"):
-        load_pretrained(ckpts["integral"], fresh(cfg), cfg)
+        load_pretrained(ckpts["integral"], shapes(cfg), cfg)
 
 
 def test_kinematic_view_differing_from_the_conversion_is_refused(ckpts):
     cfg = dict(KINEMATIC, kinematic_view="upright")  # same shapes, rotated outputs
     with pytest.raises(ValueError, match=r"kinematic_view: the checkpoint has 'identity', the model config has "
                                          r"'upright'.*--kinematic-view identity"):
-        load_pretrained(ckpts["kinematic"], fresh(cfg), cfg)
-    got = load_pretrained(ckpts["kinematic"], fresh(KINEMATIC), KINEMATIC)
+        load_pretrained(ckpts["kinematic"], shapes(cfg), cfg)
+    got = load_pretrained(ckpts["kinematic"], shapes(KINEMATIC), KINEMATIC)
     assert leaves_equal(got["params"], C.load_converted(ckpts["kinematic"])["params"])
 
 
