@@ -243,44 +243,47 @@ RELOAD = """
 import json, sys
 import numpy as np
 from kinpose_jax.predict import load_exported
-model = load_exported(sys.argv[1])
-patches = np.load(sys.argv[2])
-out = {str(n): model(patches[:n]) for n in (1, 3)}  # two batch sizes from one export
-np.savez(sys.argv[3], **{f"{k}_{n}": v for n, o in out.items() for k, v in o.items()})
-print(json.dumps(model.meta["platforms"]))
+patches = np.load(sys.argv[1])
+for export_dir, out_file in zip(sys.argv[2::2], sys.argv[3::2]):
+    model = load_exported(export_dir)
+    out = {str(n): model(patches[:n]) for n in (1, 3)}  # two batch sizes from one export
+    np.savez(out_file, **{f"{k}_{n}": v for n, o in out.items() for k, v in o.items()})
+    print(json.dumps(model.meta["platforms"]))
 """
 
 
-@pytest.mark.parametrize("head", ["integral", "kinematic"])
-def test_export_reloads_in_a_fresh_process_with_the_live_outputs(tmp_path, data_root, head):  # noqa: F811
-    """The exported function, loaded by load_exported in a new process, gives the live model's
-    outputs for batch sizes 3 and 1. The kinematic case uses the extended example tree: forward
-    kinematics under a symbolic batch, and its tree joints are exported too."""
+def test_exports_reload_in_a_fresh_process_with_the_live_outputs(tmp_path, data_root):  # noqa: F811
+    """The exported functions of an integral and a kinematic model, loaded by load_exported in one
+    new process, give the live models' outputs for batch sizes 3 and 1. The kinematic case uses the
+    extended example tree: forward kinematics under a symbolic batch, and its tree joints are
+    exported too."""
     from kinpose_jax.training import evaluation
     from kinpose_jax.models import build_pose_net, init_variables
 
-    config = tiny_config(data_root, head)
-    config.model.kinematic_tree = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
-    model = build_pose_net(config.model)
-    variables = init_variables(model, jax.random.key(0), PATCH)
-    variables["params"] = perturbed(variables["params"], 0.05 if head == "integral" else 0.01)  # joints in the patch
-    loaded = predict.LoadedModel(model, variables, config.model.to_dict(), PATCH, "test")
-    export_dir = str(tmp_path / "exported")
-    predict.export_model(loaded, export_dir)
     patches = np.random.default_rng(0).normal(size=(3, PATCH, PATCH, 3)).astype(np.float32)
     np.save(str(tmp_path / "patches.npy"), patches)
-    live = jax.jit(evaluation.make_joints_fn(model, PATCH, False))(variables, patches)
+    live, args = {}, [str(tmp_path / "patches.npy")]
+    for head in ("integral", "kinematic"):
+        config = tiny_config(data_root, head)
+        config.model.kinematic_tree = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
+        model = build_pose_net(config.model)
+        variables = init_variables(model, jax.random.key(0), PATCH)
+        variables["params"] = perturbed(variables["params"], 0.05 if head == "integral" else 0.01)  # joints in the patch
+        loaded = predict.LoadedModel(model, variables, config.model.to_dict(), PATCH, "test")
+        predict.export_model(loaded, str(tmp_path / head))
+        live[head] = jax.jit(evaluation.make_joints_fn(model, PATCH, False))(variables, patches)
+        args += [str(tmp_path / head), str(tmp_path / f"{head}.npz")]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", RELOAD, export_dir, str(tmp_path / "patches.npy"),
-                           str(tmp_path / "out.npz")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", RELOAD, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = np.load(str(tmp_path / "out.npz"))
-    assert set(live) == {k.rsplit("_", 1)[0] for k in got.files}
-    for key, value in live.items():
-        value = np.asarray(value)
-        assert np.abs(value[0] - value[1]).max() > 1e-2  # predictions differ per patch
-        # another batch size is another compiled program: float32 rounding of a few ulps (rtol 1e-6 = 8 ulps)
-        np.testing.assert_allclose(got[f"{key}_3"], value, atol=1e-5, rtol=1e-6)
-        np.testing.assert_allclose(got[f"{key}_1"], value[:1], atol=1e-5, rtol=1e-6)
-    if head == "kinematic":
-        assert live["tree_joints"].shape == (3, 23, 3)
+    for head, outputs in live.items():
+        got = np.load(str(tmp_path / f"{head}.npz"))
+        assert set(outputs) == {k.rsplit("_", 1)[0] for k in got.files}
+        for key, value in outputs.items():
+            value = np.asarray(value)
+            assert np.abs(value[0] - value[1]).max() > 1e-2, (head, key)  # predictions differ per patch
+            # another batch size is another compiled program: float32 rounding of a few ulps (rtol 1e-6 = 8 ulps)
+            np.testing.assert_allclose(got[f"{key}_3"], value, atol=1e-5, rtol=1e-6, err_msg=f"{head} {key}")
+            np.testing.assert_allclose(got[f"{key}_1"], value[:1], atol=1e-5, rtol=1e-6, err_msg=f"{head} {key}")
+    assert live["kinematic"]["tree_joints"].shape == (3, 23, 3)
