@@ -15,15 +15,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 import pytest  # noqa: E402
 
-#: The slowest test modules, slowest first (seconds with two pytest-xdist workers on the 2-core CI
-#: machine: 73, 71, 69, 62, 58, 56, 54, 54, 48, 46, 36, 33, 33, 31). They are handed out first so
-#: that both workers finish together (longest-first scheduling); the others follow in file order.
-#: `.ci/run` took 7 min 12 s to 8 min 2 s in five runs with this order, 8 min 6 s and 8 min 20 s in
-#: two without (pytest-xdist's most-tests-first order leaves one worker alone at the end).
-SLOWEST_MODULES = ("test_train_parallel", "test_e2e_training", "test_kinematics", "test_fault_tolerance",
-                   "test_models", "test_e2e_two_processes", "test_extended_tree", "test_convert_torch",
-                   "test_accelerator_suite", "test_resnet_fast_paths", "test_conv_impl", "test_bn_sync",
-                   "test_compare_torch", "test_predict")
+#: The slowest test modules, in the order they are handed out (longest-first scheduling, so that
+#: both workers finish together; the others follow in file order). The 1-vs-4-device steps come
+#: first: they compile the tiny runs' training steps, which the later in-process runs then load
+#: from the suite's compilation cache; the accelerator suite (a subprocess sharing no program) runs
+#: beside them.
+SLOWEST_MODULES = ("test_train_parallel", "test_accelerator_suite", "test_e2e_training", "test_e2e_two_processes",
+                   "test_extended_tree", "test_kinematics", "test_fault_tolerance", "test_models",
+                   "test_conv_impl", "test_resnet_fast_paths", "test_bn_sync", "test_convert_torch",
+                   "test_mixed_precision", "test_predict", "test_compare_torch")
 
 
 def pytest_configure(config):

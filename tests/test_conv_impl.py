@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from kinpose_jax.models import PointwiseConv, TorchConvTranspose, build_pose_net, init_variables
+from kinpose_jax.models import PointwiseConv, TorchConvTranspose, build_pose_net, init_variables, torch_deconv_padding
 from kinpose_jax.models import resnet as R
+from tests.jitted import value_and_vjp
 from tests.tiny_problem import model_config
 
 FORMS = ("cpu_fast", "standard")
@@ -33,6 +35,10 @@ def _assert_trees_close(a, b, rtol=1e-4):
 
 @pytest.mark.parametrize("kernel", [4, 3, 2])
 def test_transposed_conv_forms_equal_torch_values_and_gradients(kernel):
+    """Torch's ConvTranspose2d (weight [in, out, kh, kw]) == TorchConvTranspose in both forms with
+    the kernel permuted to [kh, kw, out, in] (values, input and kernel gradients) == Flax
+    ``nn.ConvTranspose(transpose_kernel=True)`` with padding (k-1-p, k-1-p+output_padding); the
+    same kernel without the spatial flip / in-out swap is not torch's operation."""
     p, op = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[kernel]
     g = torch.Generator().manual_seed(kernel)
     tconv = torch.nn.ConvTranspose2d(5, 3, kernel, 2, p, output_padding=op, bias=False)
@@ -43,18 +49,26 @@ def test_transposed_conv_forms_equal_torch_values_and_gradients(kernel):
     gy = torch.randn(y.shape, generator=g)
     y.backward(gy)
     want = y.detach().numpy().transpose(0, 2, 3, 1)
+    assert want.shape[1:3] == (12, 14)
     want_dx = x.grad.numpy().transpose(0, 2, 3, 1)
     want_dk = tconv.weight.grad.numpy().transpose(2, 3, 1, 0)
     xj = jnp.asarray(x.detach().numpy().transpose(0, 2, 3, 1))
     params = {"kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0))}
     for form in FORMS:
         mod = TorchConvTranspose(3, kernel, conv_impl=form)
-        assert jax.tree.map(jnp.shape, mod.init(jax.random.key(0), xj)["params"]) == jax.tree.map(jnp.shape, params)
-        out, vjp = jax.vjp(lambda a, p: mod.apply({"params": p}, a), xj, params)
-        dx, dp = vjp(jnp.asarray(gy.numpy().transpose(0, 2, 3, 1)))
+        assert jax.eval_shape(mod.init, jax.random.key(0), xj)["params"]["kernel"].shape == params["kernel"].shape
+        out, (dx, dp) = value_and_vjp(lambda a, p: mod.apply({"params": p}, a), (xj, params),
+                                      jnp.asarray(gy.numpy().transpose(0, 2, 3, 1)))
         np.testing.assert_allclose(_np(out), want, atol=1e-5, err_msg=form)
         np.testing.assert_allclose(_np(dx), want_dx, atol=1e-4, err_msg=form)
         np.testing.assert_allclose(_np(dp["kernel"]), want_dk, atol=1e-4, err_msg=form)
+    padding = torch_deconv_padding(kernel)
+    flax_layer = nn.ConvTranspose(3, (kernel, kernel), (2, 2), padding=padding, use_bias=False, transpose_kernel=True)
+    naive = nn.ConvTranspose(3, (kernel, kernel), (2, 2), padding=padding, use_bias=False)
+    flipped = {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 0, 1)}
+    got, bad = jax.jit(lambda a: (flax_layer.apply({"params": params}, a), naive.apply({"params": flipped}, a)))(xj)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    assert np.abs(np.asarray(bad) - want).max() > 1e-2
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -65,9 +79,9 @@ def test_pointwise_conv_forms_agree(stride):
     results = []
     for form in FORMS:
         mod = PointwiseConv(10, (stride, stride), True, conv_impl=form, bias_init=jax.nn.initializers.normal(1.0))
-        params = mod.init(jax.random.key(0), x)["params"]
-        out, vjp = jax.vjp(lambda a, p: mod.apply({"params": p}, a), x, params)
-        results.append((params, out, vjp(cotangent)))
+        params = jax.jit(mod.init)(jax.random.key(0), x)["params"]
+        out, grads = value_and_vjp(lambda a, p: mod.apply({"params": p}, a), (x, params), cotangent)
+        results.append((params, out, grads))
     (p0, y0, g0), (p1, y1, g1) = results
     _assert_trees_close(p0, p1, rtol=0)  # same names, shapes and initial values
     assert y0.shape == cotangent.shape

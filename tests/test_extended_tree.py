@@ -17,9 +17,9 @@ from kinpose_jax import config_checks, skeleton
 from kinpose_jax import kinematics as kin
 from kinpose_jax.kinematics import examples, presets
 from kinpose_jax.models import build_pose_net, dataset_joint_indices, init_variables
+from tests.tiny_problem import EXTENDED_TREE as EXTENDED
 from tests.tiny_problem import model_config
 
-EXTENDED = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
 NEW_JOINTS = ("l_toe", "r_toe", "spine_1", "spine_2", "spine_3")
 
 
@@ -169,13 +169,12 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
 
 # --------------------------------------------------------------------------- training, end to end
 def tiny_extended_config(data_root, **overrides):  # noqa: F811
-    """tests/tiny_problem.py's tiny run with the kinematic head on the extended tree, on 32 px
-    patches (its programs are its own: the other tiny runs' 64 px shares nothing with them)."""
-    from tests.tiny_problem import tiny_config
+    """tests/tiny_problem.py's tiny run with the kinematic head on the extended tree (its training
+    step is the 1-vs-4-device test's, tests/test_train_parallel.py)."""
+    from tests.tiny_problem import tiny_kinematic_config
 
-    c = tiny_config(data_root, model__head="kinematic", model__kinematic_tree=EXTENDED, data__patch_size=32,
-                    max_eval_batches=2,
-                    num_vis_samples=1, log_every_steps=1, checkpoint_every_steps=1, **overrides)
+    c = tiny_kinematic_config(data_root, max_eval_batches=2, num_vis_samples=1, log_every_steps=1,
+                              checkpoint_every_steps=1, **overrides)
     return config_checks.validate(c)
 
 

@@ -94,7 +94,7 @@ def test_the_train_step_reports_a_non_finite_state_after_a_finite_loss(data_root
     run's compiled step, on a fixed batch)."""
     from kinpose_jax.models import build_pose_net
     from kinpose_jax.training import parallel, train
-    from tests.tiny_problem import tiny_problem
+    from tests.tiny_problem import tiny_batch
 
     config = tiny_config(data_root)
     model, mesh = build_pose_net(config.model), parallel.make_mesh()
@@ -104,7 +104,7 @@ def test_the_train_step_reports_a_non_finite_state_after_a_finite_loss(data_root
     first = next(i for i, x in enumerate(leaves) if x.ndim == 4)  # a conv kernel's first moment
     leaves[first] = leaves[first].at[0, 0, 0, 0].set(np.inf)
     state = jax.device_put(state.replace(opt_state=jax.tree.unflatten(treedef, leaves)), parallel.replicated(mesh))
-    batch = parallel.global_batch(mesh, tiny_problem(image_size=config.data.patch_size)[-1])
+    batch = parallel.global_batch(mesh, tiny_batch(config.data.patch_size))
     new_state, metrics = step(state, batch, train.learning_rate_of(config, mesh))
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     assert np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]) and np.isfinite(values["lr"])

@@ -1,5 +1,6 @@
-"""Tests of kinpose_jax.models: shapes, dtypes, deconv equivalence with torch, kinematic head,
-mixed precision and cross-device BatchNorm. Weight-conversion parity lives in test_convert_torch.py."""
+"""Tests of kinpose_jax.models: shapes, dtypes, kinematic head, bf16 regression outputs and
+cross-device BatchNorm. Transposed convolutions against torch: test_conv_impl.py; mixed precision:
+test_mixed_precision.py; weight-conversion parity: test_convert_torch.py."""
 
 from __future__ import annotations
 
@@ -14,12 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import flax.linen as nn  # noqa: E402
-
 from kinpose_jax.kinematics import forward_kinematics, presets  # noqa: E402
 from kinpose_jax.models import (  # noqa: E402
-    TorchConvTranspose, build_pose_net, decode_kinematic, init_variables, kinematic_num_outputs, torch_deconv_padding,
-    view_matrix,
+    build_pose_net, decode_kinematic, init_variables, kinematic_num_outputs, view_matrix,
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -36,35 +34,6 @@ def small_config(**kw) -> ml_collections.ConfigDict:
 
 def images(b=2, size=64, seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(b, size, size, 3)), jnp.float32)
-
-
-@pytest.mark.parametrize("kernel", [4, 3, 2])
-def test_transposed_convs_equal_torch_conv_transpose2d(kernel):
-    """Torch's ConvTranspose2d (weight [in, out, kh, kw]) == Flax nn.ConvTranspose(transpose_kernel=True)
-    with the kernel permuted to [kh, kw, out, in] and padding (k-1-p, k-1-p+output_padding)
-    == our phase-decomposed TorchConvTranspose with the same kernel (what the head uses)."""
-    p, op = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[kernel]
-    g = torch.Generator().manual_seed(kernel)
-    tconv = torch.nn.ConvTranspose2d(5, 3, kernel, 2, p, output_padding=op, bias=False)
-    with torch.no_grad():
-        tconv.weight.copy_(torch.randn(tconv.weight.shape, generator=g))
-    x = torch.randn(2, 5, 6, 7, generator=g)
-    want = tconv(x).detach().numpy().transpose(0, 2, 3, 1)
-    assert want.shape[1:3] == (12, 14)
-    params = {"params": {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 1, 0)}}
-    xj = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
-    flax_layer = nn.ConvTranspose(3, (kernel, kernel), (2, 2), padding=torch_deconv_padding(kernel), use_bias=False,
-                                  transpose_kernel=True)
-    np.testing.assert_allclose(np.asarray(flax_layer.apply(params, xj)), want, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(TorchConvTranspose(3, kernel).apply(params, xj)), want, atol=1e-5)
-    # gradients agree too
-    gx = torch.autograd.grad((tconv(x.requires_grad_()) ** 2).sum(), x)[0].numpy().transpose(0, 2, 3, 1)
-    ours = jax.grad(lambda a: jnp.sum(TorchConvTranspose(3, kernel).apply(params, a) ** 2))(xj)
-    np.testing.assert_allclose(np.asarray(ours), gx, atol=1e-4)
-    # the same kernel without the spatial flip / in-out swap is *not* torch's operation
-    naive = nn.ConvTranspose(3, (kernel, kernel), (2, 2), padding=torch_deconv_padding(kernel), use_bias=False)
-    bad = naive.apply({"params": {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 0, 1)}}, xj)
-    assert np.abs(np.asarray(bad) - want).max() > 1e-2
 
 
 @pytest.mark.parametrize("head", ["integral", "direct", "kinematic"])

@@ -17,6 +17,7 @@ import pytest
 
 from kinpose_jax import geometry, predict
 from kinpose_jax.data import augment, pipeline
+from tests.tiny_problem import EXTENDED_TREE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCH = 64
@@ -265,7 +266,7 @@ def test_exports_reload_in_a_fresh_process_with_the_live_outputs(tmp_path, data_
     live, args = {}, [str(tmp_path / "patches.npy")]
     for head in ("integral", "kinematic"):
         config = tiny_config(data_root, head)
-        config.model.kinematic_tree = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
+        config.model.kinematic_tree = EXTENDED_TREE
         model = build_pose_net(config.model)
         variables = init_variables(model, jax.random.key(0), PATCH)
         variables["params"] = perturbed(variables["params"], 0.05 if head == "integral" else 0.01)  # joints in the patch

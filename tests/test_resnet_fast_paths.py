@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kinpose_jax.models import resnet as R
+from tests.jitted import cotangent_shape, value_and_vjp
 from tests.tiny_problem import short_resnet50
 
 
@@ -44,12 +45,13 @@ def _pool_ref(x, k, s, p):
 def test_max_pool_matches_flax_values_and_gradient(shape, k, s, p):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    y_ref, vjp_ref = jax.vjp(lambda x: _pool_ref(x, k, s, p), x)
-    y, vjp = jax.vjp(lambda x: R.max_pool(x, k, s, p), x)
-    assert y.shape == y_ref.shape
+    out_shape = cotangent_shape(lambda x: _pool_ref(x, k, s, p), x).shape
+    assert cotangent_shape(lambda x: R.max_pool(x, k, s, p), x).shape == out_shape
+    g = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+    y_ref, (dx_ref,) = value_and_vjp(lambda x: _pool_ref(x, k, s, p), (x,), g)
+    y, (dx,) = value_and_vjp(lambda x: R.max_pool(x, k, s, p), (x,), g)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
-    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    np.testing.assert_allclose(_np(vjp(g)[0]), _np(vjp_ref(g)[0]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_np(dx), _np(dx_ref), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,k,s,p", POOL_CASES[:3])
@@ -58,24 +60,25 @@ def test_max_pool_ties_go_to_the_first_maximum(shape, k, s, p):
     the first in row-major order, exactly like XLA's select_and_scatter."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(np.maximum(rng.integers(-3, 3, size=shape), 0), jnp.float32)
-    y_ref, vjp_ref = jax.vjp(lambda x: _pool_ref(x, k, s, p), x)
-    y, vjp = jax.vjp(lambda x: R.max_pool(x, k, s, p), x)
-    g = jnp.asarray(rng.integers(1, 5, size=y.shape), jnp.float32)  # exact sums
+    out_shape = cotangent_shape(lambda x: R.max_pool(x, k, s, p), x).shape
+    g = jnp.asarray(rng.integers(1, 5, size=out_shape), jnp.float32)  # exact sums
+    y_ref, (dx_ref,) = value_and_vjp(lambda x: _pool_ref(x, k, s, p), (x,), g)
+    y, (dx,) = value_and_vjp(lambda x: R.max_pool(x, k, s, p), (x,), g)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
-    np.testing.assert_array_equal(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]))
+    np.testing.assert_array_equal(np.asarray(dx), np.asarray(dx_ref))
 
 
 @pytest.mark.parametrize("shape,k,s,p", POOL_CASES)
 def test_max_pool_matches_torch(shape, k, s, p):
     rng = np.random.default_rng(2)
     xn = rng.normal(size=shape).astype(np.float32)
-    y, vjp = jax.vjp(lambda x: R.max_pool(x, k, s, p), jnp.asarray(xn))
-    gn = rng.normal(size=y.shape).astype(np.float32)
+    gn = rng.normal(size=cotangent_shape(lambda x: R.max_pool(x, k, s, p), xn).shape).astype(np.float32)
+    y, (dx,) = value_and_vjp(lambda x: R.max_pool(x, k, s, p), (jnp.asarray(xn),), jnp.asarray(gn))
     xt = torch.tensor(xn.transpose(0, 3, 1, 2), requires_grad=True)
     yt = F.max_pool2d(xt, k, s, p)
     yt.backward(torch.tensor(gn.transpose(0, 3, 1, 2)))
     np.testing.assert_array_equal(np.asarray(y), yt.detach().numpy().transpose(0, 2, 3, 1))
-    np.testing.assert_allclose(_np(vjp(jnp.asarray(gn))[0]), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-6)
+    np.testing.assert_allclose(_np(dx), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ 1x1 conv
@@ -94,7 +97,7 @@ def test_pointwise_conv_matches_lax_conv_and_torch(shape, features, stride, use_
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     mod = R.PointwiseConv(features, (stride, stride), use_bias, bias_init=nn.initializers.normal(1.0))
-    params = mod.init(jax.random.key(0), x)["params"]
+    params = jax.jit(mod.init)(jax.random.key(0), x)["params"]
     assert params["kernel"].shape == (1, 1, shape[-1], features)
 
     def ours(x, p):
@@ -105,11 +108,10 @@ def test_pointwise_conv_matches_lax_conv_and_torch(shape, features, stride, use_
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + p["bias"] if use_bias else y
 
-    y, vjp = jax.vjp(ours, x, params)
-    y_ref, vjp_ref = jax.vjp(ref, x, params)
+    g = jnp.asarray(rng.normal(size=cotangent_shape(ours, x, params).shape), jnp.float32)
+    y, (dx, dp) = value_and_vjp(ours, (x, params), g)
+    y_ref, (dx_ref, dp_ref) = value_and_vjp(ref, (x, params), g)
     np.testing.assert_allclose(_np(y), _np(y_ref), rtol=1e-5, atol=1e-5)
-    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    (dx, dp), (dx_ref, dp_ref) = vjp(g), vjp_ref(g)
     np.testing.assert_allclose(_np(dx), _np(dx_ref), rtol=1e-5, atol=1e-5)
     for name in dp:
         np.testing.assert_allclose(_np(dp[name]), _np(dp_ref[name]), rtol=1e-5, atol=1e-4)

@@ -1,5 +1,7 @@
 """Training step: one device vs a 4-device mesh (simulated CPU devices, tests/conftest.py) give the
-same update, to within float32 reduction-order noise measured in the same test.
+same update, to within float32 reduction-order noise measured in the same test. Both are the
+training runs' own compiled step (``train.make_jitted_train_step``) for the tiny runs' models
+(tests/tiny_problem.py): the 4-device step is the one the tiny in-process runs train with.
 
 Splitting the batch over devices changes the order in which float32 sums (loss mean, gradient
 accumulation, BatchNorm statistics) are added up, so the two runs differ by rounding, by an amount
@@ -10,9 +12,8 @@ that. The noise is not rounding alone: Adam's first update is about ``lr * sign(
 element near zero whose sign a re-ordering flips moves by ``2 lr``, and the later losses and
 BatchNorm statistics inherit that. The test checks that the bound discriminates: replacing one
 image of the batch (less than what a wrong data-parallel step changes) moves the gradients and
-statistics by more than three times the bound (measured with tests/tiny_problem.py's ResNet-10 at
-32 px: 970x the bound for the statistics and 24000x for the gradients with the kinematic head,
-11000x and 31000x with the integral head).
+statistics by more than three times the bound (measured: 30,000x the bound for the gradients and
+2,300x for the statistics with the integral head; 24,000x and 3,200x with the kinematic head).
 """
 
 import jax
@@ -20,31 +21,33 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from kinpose_jax.models import build_pose_net
 from kinpose_jax.training import parallel, train
-from tests.tiny_problem import first_step_gradients, tiny_problem
+from tests.tiny_problem import first_step_gradients, tiny_batch, tiny_config, tiny_kinematic_config
 
 STEPS = 3
 PERMUTATIONS = 3
 NOISE_FACTOR = 10.0  # allowed multiple of the largest re-ordering difference
+#: The tiny runs' configs by head (the data root is not read here).
+CONFIGS = {"integral": lambda: tiny_config("unused"), "kinematic": lambda: tiny_kinematic_config("unused")}
 
 
-def make_runner(config, model, tx, schedule, devices):
+def make_runner(config, model, devices):
     """``run(batch) -> (losses [STEPS], grad norms [STEPS], first-step gradients, final BN statistics)``
-    on ``devices``, compiled once and reused for every batch of the same shape. The first-step
-    gradients are those the training step fed to Adam (checked against its gradient norm)."""
+    on ``devices``, with the training runs' compiled step for that mesh (compiled once, reused for
+    every batch of the same shape). The first-step gradients are those the step fed to Adam
+    (checked against its gradient norm)."""
     mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
-    step = jax.jit(train.make_train_step(model, tx, config.loss, schedule, config.model.bn_sync),
-                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-    initial = train.create_state(config, model, tx, mesh)
+    _, tx, step = train.make_jitted_train_step(config, model, config.steps_per_epoch, mesh)
+    lr = train.learning_rate_of(config, mesh)
 
     def run(batch):
-        state = initial
+        state = train.create_state(config, model, tx, mesh)  # a fresh one: the step donates it
         device_batch = parallel.global_batch(mesh, batch)
         assert len(device_batch["image"].sharding.device_set) == len(devices)
         losses, norms = [], []
         for i in range(STEPS):
-            state, metrics = step(state, device_batch)
+            state, metrics = step(state, device_batch, lr)
             losses.append(float(metrics["loss"]))
             norms.append(float(metrics["grad_norm"]))
             if i == 0:
@@ -63,22 +66,21 @@ def leaf_diff_norms(a, b) -> np.ndarray:
     return leaf_norms(jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b))
 
 
-#: Image side (px): 1x1 feature maps after the last stage (BatchNorm there still over the batch).
-IMAGE_SIZE = 32
-
-
-@pytest.mark.parametrize("head", ["integral", "kinematic"])
+@pytest.mark.parametrize("head", sorted(CONFIGS))
 def test_single_and_four_device_steps_agree(head):
-    assert jax.device_count() >= 4, "tests/conftest.py simulates 4 CPU devices"
-    config, model, tx, schedule, batch = tiny_problem(head, IMAGE_SIZE)
-    run_one = make_runner(config, model, tx, schedule, jax.devices()[:1])
+    assert jax.device_count() == 4, "tests/conftest.py simulates 4 CPU devices"
+    config = CONFIGS[head]()
+    assert config.per_device_batch_size * jax.device_count() == 8  # the global batch of tiny_batch
+    model = build_pose_net(config.model)
+    batch = tiny_batch(config.data.patch_size)
+    run_one = make_runner(config, model, jax.devices()[:1])
     ref = run_one(batch)
     rng = np.random.default_rng(1)
     reordered = []
     for _ in range(PERMUTATIONS):
         perm = rng.permutation(len(batch["image"]))
         reordered.append(run_one({k: v[perm] for k, v in batch.items()}))
-    got = make_runner(config, model, tx, schedule, jax.devices()[:4])(batch)
+    got = make_runner(config, model, jax.devices())(batch)
     assert ref[0][-1] < ref[0][0]  # the steps learn
 
     # Per quantity: the largest difference that re-ordering alone produced (the noise).

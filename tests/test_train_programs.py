@@ -8,7 +8,7 @@ import pytest
 
 from kinpose_jax.models import build_pose_net
 from kinpose_jax.training import parallel, train
-from tests.tiny_problem import set_field, tiny_problem
+from tests.tiny_problem import EXTENDED_TREE, set_field, tiny_problem
 
 
 def _steps(config, steps_per_epoch=10, mesh=None):
@@ -78,7 +78,7 @@ def test_the_optimizer_for_lr_1_scaled_by_lr_is_the_optimizer_for_lr(optim):
 def test_a_kinematic_model_built_again_shares_the_steps():
     """Each build makes a new KinematicTree; equal trees are equal, so the steps are reused."""
     config = tiny_problem("kinematic")[0]
-    config.model.kinematic_tree = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
+    config.model.kinematic_tree = EXTENDED_TREE
     (_, _, step), eval_step = _steps(config)
     (_, _, step_again), eval_again = _steps(config.copy_and_resolve_references())
     assert step_again is step and eval_again is eval_step

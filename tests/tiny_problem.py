@@ -23,12 +23,17 @@ def tiny_problem(head: str = "integral", image_size: int = 64):
     model = build_pose_net(config.model)
     schedule = train.learning_rate_schedule(config, 10)
     tx = train.make_optimizer(config, schedule)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, size=(8, image_size, image_size, 3), dtype=np.uint8),
-             "gains": rng.uniform(0.8, 1.2, size=(8, 3)).astype(np.float32),
-             "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
-             "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
-    return config, model, tx, schedule, batch
+    return config, model, tx, schedule, tiny_batch(image_size)
+
+
+def tiny_batch(image_size: int = 64, seed: int = 0) -> dict:
+    """A fixed training batch of 8 (numpy): uint8 images ``image_size`` px square, pixel gains,
+    normalized joints [8, 18, 3] and their visibility."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, size=(8, image_size, image_size, 3), dtype=np.uint8),
+            "gains": rng.uniform(0.8, 1.2, size=(8, 3)).astype(np.float32),
+            "joints": rng.uniform(-0.4, 0.4, size=(8, 18, 3)).astype(np.float32),
+            "joints_vis": (rng.uniform(size=(8, 18, 3)) > 0.2).astype(np.float32)}
 
 
 def short_resnet50(monkeypatch, *torch_specs: dict) -> None:
@@ -71,6 +76,16 @@ TINY = {
     "progress_bar": False, "per_device_batch_size": 2, "steps_per_epoch": 2, "optim.lr_decay_epochs": (14, 15),
     "data.worker_count": 0,
 }
+
+
+#: The example tree extending h36m18 (toes, spine joints) that the tiny kinematic runs use.
+EXTENDED_TREE = "kinpose_jax.kinematics.examples:h36m18_toes_spine"
+
+
+def tiny_kinematic_config(data_root: str, **overrides):
+    """:func:`tiny_config` with the kinematic head on :data:`EXTENDED_TREE`: the model of the
+    extended-tree run (tests/test_extended_tree.py) and the 1-vs-4-device kinematic step."""
+    return tiny_config(data_root, model__head="kinematic", model__kinematic_tree=EXTENDED_TREE, **overrides)
 
 
 def tiny_config(data_root: str, **overrides):
