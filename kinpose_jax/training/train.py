@@ -178,10 +178,16 @@ def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str, mesh=None
 
 def create_state(config, model, tx, mesh) -> TrainState:
     """The initial training state (``config.model.pretrained`` weights loaded), replicated over ``mesh``."""
-    variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
+    key, replicated = jax.random.PRNGKey(config.seed), parallel.replicated(mesh)
+    if jax.process_count() > 1 and not config.model.pretrained:
+        # Initialized under jit straight into the replicated sharding; every process computes the
+        # same values. (A device_put of per-process values checks each leaf's equality across
+        # processes: one cross-process gather per leaf, several hundred for a ResNet and Adam.)
+        return jax.jit(lambda key: _state_of(init_variables(model, config, key), tx), out_shardings=replicated)(key)
+    variables = init_variables(model, config, key)
     if config.model.pretrained:
         variables = pretrained.load_pretrained(config.model.pretrained, variables, config.model)
-    return jax.device_put(_state_of(variables, tx), parallel.replicated(mesh))
+    return jax.device_put(_state_of(variables, tx), replicated)
 
 
 def state_shapes(config, model, tx, mesh) -> TrainState:
