@@ -11,22 +11,20 @@ from configs import default
 from kinpose_jax import config_checks
 from kinpose_jax.training import parallel, train
 from kinpose_jax.models import build_pose_net, resnet
-from tests.tiny_problem import first_step_gradients
+from tests.tiny_problem import first_step_gradients, tiny_config
 
 
 PER_DEVICE = 2  # images per device
 
 
 def _problem():
-    config = default.get_config()
-    config.model.update(backbone="resnet10", head="integral", depth_bins=2, deconv_filters=8, num_deconv_layers=1)
-    config.data.patch_size = 32
+    config = tiny_config("unused")  # the tiny runs' model (and compiled initializer), 32 px
     model = build_pose_net(config.model)
     n = jax.device_count()
     rng = np.random.default_rng(0)
     # devices see different image statistics, so per-device and global BN differ clearly
     level = np.repeat(40.0 * (1.0 + np.arange(n)), PER_DEVICE)[:, None, None, None]
-    image = np.clip(rng.normal(size=(n * PER_DEVICE, 32, 32, 3)) * level / 2 + level, 0, 255)
+    image = np.clip(rng.normal(size=(n * PER_DEVICE, config.data.patch_size, config.data.patch_size, 3)) * level / 2 + level, 0, 255)
     batch = {"image": image.astype(np.uint8),  # uint8 pixels, as the pipelines deliver them
              "joints": rng.uniform(-0.4, 0.4, size=(n * PER_DEVICE, 18, 3)).astype(np.float32),
              "joints_vis": (rng.uniform(size=(n * PER_DEVICE, 18, 3)) > 0.2).astype(np.float32)}

@@ -15,10 +15,10 @@ import pytest
 
 from kinpose_jax import config_checks, skeleton
 from kinpose_jax import kinematics as kin
-from kinpose_jax.kinematics import examples, presets
-from kinpose_jax.models import build_pose_net, dataset_joint_indices, init_variables
+from kinpose_jax.kinematics import presets
+from kinpose_jax.models import build_pose_net, dataset_joint_indices, init_variables, variable_shapes
 from tests.tiny_problem import EXTENDED_TREE as EXTENDED
-from tests.tiny_problem import model_config
+from tests.tiny_problem import tiny_model_config
 
 NEW_JOINTS = ("l_toe", "r_toe", "spine_1", "spine_2", "spine_3")
 
@@ -70,8 +70,14 @@ def test_dataset_joints_are_mapped_by_name():
         dataset_joint_indices(lacking, 18)
 
 
+def _kinematic_config(tree) -> dict:
+    """The tiny runs' model with the kinematic head on ``tree`` (on the extended tree: their
+    compiled initializer, at their 32 px patches)."""
+    return tiny_model_config(head="kinematic", kinematic_tree=tree)
+
+
 def _kinematic_model(tree, patch=32):
-    model = build_pose_net(model_config(backbone="resnet10", head="kinematic", kinematic_tree=tree))
+    model = build_pose_net(_kinematic_config(tree))
     return model, init_variables(model, jax.random.key(0), patch)
 
 
@@ -156,15 +162,17 @@ def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_sa
     with torch.no_grad():
         want = tm(x)["joints"].numpy()  # [2, 23, 3]: every tree joint
     assert want.shape == (2, 23, 3) and np.abs(want[0] - want[1]).max() > 1e-3
-    config_model = model_config(backbone="resnet10", head="kinematic", kinematic_tree=EXTENDED,
-                                kinematic_view="upright")
-    model, fresh = _kinematic_model(EXTENDED)
-    variables = load_pretrained(out, fresh, config_model, allow_backbone_only=False)
+    config_model = _kinematic_config(EXTENDED)
+    assert config_model["kinematic_view"] == "upright"
+    model = build_pose_net(config_model)
+    # every leaf comes from the checkpoint: the variables' shapes are the whole target
+    variables = load_pretrained(out, variable_shapes(model, 32), config_model, allow_backbone_only=False)
     got = jax.jit(lambda v, images: model.apply(v, images, train=False))(variables, x.numpy().transpose(0, 2, 3, 1))
     np.testing.assert_allclose(np.asarray(got["tree_joints"]), want, atol=1e-4)
     np.testing.assert_allclose(np.asarray(got["joints"]), want[:, :18], atol=1e-4)
     with pytest.raises(PretrainedMismatchError, match="kinematic_tree"):
-        load_pretrained(out, _kinematic_model("h36m18")[1], dict(config_model, kinematic_tree="h36m18"))
+        load_pretrained(out, variable_shapes(build_pose_net(_kinematic_config("h36m18")), 32),
+                        dict(config_model, kinematic_tree="h36m18"))
 
 
 # --------------------------------------------------------------------------- training, end to end

@@ -118,6 +118,12 @@ def _with_tiny(overrides: dict) -> dict:
     return {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
 
 
+def tiny_model_config(**overrides) -> dict:
+    """The tiny runs' ``config.model`` (a dict; :data:`TINY`'s model) with ``overrides``: a model
+    built from it shares the tiny runs' compiled initializer (at their 32 px patches)."""
+    return dict(tiny_config("unused").model.to_dict(), **overrides)
+
+
 def model_config(**overrides) -> dict:
     """configs/default.py's ``config.model`` (a dict) with ``overrides``."""
     from configs import default
