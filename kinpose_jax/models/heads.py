@@ -14,6 +14,7 @@ dividing by ``box_mm`` (default 2000).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -104,8 +105,7 @@ def upright_view_matrix(tree: KinematicTree) -> np.ndarray:
             f"kinematic_view='upright' needs output joints {needed}; tree lacks {missing}. "
             "Use kinematic_view='identity' for this tree."
         )
-    with jax.ensure_compile_time_eval():
-        rest = np.asarray(rest_pose(tree), dtype=np.float64)
+    rest = _rest_pose(tree)
     pos = {n: rest[tree.joint_index(n)] for n in needed + (("nose",) if "nose" in tree.joint_names else ())}
     left = pos["l_hip"] - pos["r_hip"]
     left /= np.linalg.norm(left)
@@ -118,6 +118,13 @@ def upright_view_matrix(tree: KinematicTree) -> np.ndarray:
     src = np.stack([left, up, fwd], axis=1)  # columns: tree axes of left, up, forward
     dst = np.asarray([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]]).T  # camera axes of left, up, forward
     return dst @ src.T
+
+
+@functools.lru_cache(maxsize=64)
+def _rest_pose(tree: KinematicTree) -> np.ndarray:
+    """[J, 3] :func:`rest_pose` in float64, by one compiled program run outside any trace (the
+    head asks for it while a model is traced; evaluating it there would run FK op by op)."""
+    return np.asarray(jax.jit(lambda: rest_pose(tree)).lower().compile()(), np.float64)
 
 
 def view_matrix(tree: KinematicTree, view: str) -> np.ndarray:
