@@ -174,6 +174,28 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_continues_from_the_p
     np.testing.assert_allclose(got[2], expected[2], rtol=1e-6)
 
 
+def test_a_restored_checkpoint_holding_nan_is_skipped(finished_run, tmp_path, capsys, data_root, monkeypatch):  # noqa: F811
+    """The newest checkpoint restores but one of its values is NaN: it is set aside like a damaged one."""
+    from kinpose_jax.training import checkpointing, train
+
+    workdir = copy_run(finished_run, tmp_path)
+    restore = checkpointing.restore
+
+    def restore_with_nan(manager, step, *args, **kwargs):
+        state, meta = restore(manager, step, *args, **kwargs)
+        if step == 2:
+            kernel = state.params["backbone"]["conv1"]["kernel"]
+            state = state.replace(params=dict(state.params, backbone=dict(
+                state.params["backbone"], conv1=dict(kernel=kernel.at[0, 0, 0, 0].set(np.nan)))))
+        return state, meta
+
+    monkeypatch.setattr(checkpointing, "restore", restore_with_nan)
+    train.train_and_evaluate(tiny_config(data_root), workdir)
+    out = capsys.readouterr().out
+    assert "Skipped checkpoint step 2: it holds non-finite (NaN/inf) values" in out, out
+    assert "Resumed from checkpoint at step 1" in out, out
+
+
 def test_when_no_checkpoint_restores_the_run_stops_naming_each(finished_run, tmp_path, data_root):  # noqa: F811
     from kinpose_jax.training import train
 

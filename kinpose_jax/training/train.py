@@ -67,6 +67,13 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def all_finite_on_host(tree) -> bool:
+    """:func:`tree_all_finite` of a restored tree, computed on this host's copy of each leaf (no
+    compiled program: a resume checks each restored checkpoint once)."""
+    return all(bool(np.isfinite(np.asarray(x, np.float32)).all()) for x in jax.tree.leaves(tree)
+               if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything that changes during training (checkpointed as one pytree)."""
@@ -364,7 +371,7 @@ def _restore_newest_usable(manager, workdir: str, meta: dict, abstract_state, ne
         except Exception as err:  # noqa: BLE001
             skipped.append((step, f"it does not restore ({type(err).__name__}: {_first_line(err)})"))
             continue
-        if not bool(jax.device_get(tree_all_finite(state))):
+        if not all_finite_on_host(state):
             skipped.append((step, "it holds non-finite (NaN/inf) values"))
             continue
         return step, state, iterator, skipped
