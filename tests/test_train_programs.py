@@ -82,3 +82,19 @@ def test_a_kinematic_model_built_again_shares_the_steps():
     (_, _, step), eval_step = _steps(config)
     (_, _, step_again), eval_again = _steps(config.copy_and_resolve_references())
     assert step_again is step and eval_again is eval_step
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_tree_all_finite_flags_every_inf_and_nan(dtype):
+    """What decides whether a training step's state may be checkpointed: one non-finite element of
+    any float leaf, at any position, makes it False; integer leaves are ignored."""
+    check = jax.jit(train.tree_all_finite)
+    tree = {"w": np.ones((3, 4), dtype), "stats": {"m": np.zeros(5, dtype)}, "count": np.arange(3)}
+    assert bool(check(tree)) and bool(check({})) and bool(check({"count": np.arange(2)}))
+    for bad in (np.inf, -np.inf, np.nan):
+        for leaf, index in (("w", (2, 3)), ("w", (0, 0))):
+            broken = dict(tree, **{leaf: tree[leaf].copy()})
+            broken[leaf][index] = bad
+            assert not bool(check(broken)), (bad, leaf, index)
+        broken = dict(tree, stats={"m": np.full(5, bad, dtype)})
+        assert not bool(check(broken)), bad
