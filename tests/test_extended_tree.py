@@ -78,7 +78,7 @@ def _kinematic_config(tree) -> dict:
 
 def _kinematic_model(tree, patch=32):
     model = build_pose_net(_kinematic_config(tree))
-    return model, init_variables(model, jax.random.key(0), patch)
+    return model, init_variables(model, jax.random.PRNGKey(0), patch)  # a raw key, like the runs' create_state
 
 
 def test_model_outputs_the_dataset_joints_and_every_tree_joint():

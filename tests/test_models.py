@@ -128,7 +128,7 @@ def test_batchnorm_statistics_average_across_devices():
     cfg = tiny_model_config()
     single = build_pose_net(cfg)
     synced = build_pose_net(cfg, bn_axis_name="devices")
-    v = init_variables(single, jax.random.key(0), 32)
+    v = init_variables(single, jax.random.PRNGKey(0), 32)  # the tiny runs' initializer program (a raw key)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
 
     def f(m):
