@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from kinpose_jax.models import PointwiseConv, TorchConvTranspose, build_pose_net, init_variables, torch_deconv_padding
+from kinpose_jax.models import PointwiseConv, TorchConvTranspose, build_pose_net, torch_deconv_padding, variable_shapes
 from kinpose_jax.models import resnet as R
 from tests.jitted import value_and_vjp
-from tests.tiny_problem import model_config
+from tests.tiny_problem import model_config, random_variables
 
 FORMS = ("cpu_fast", "standard")
 
@@ -103,10 +103,9 @@ def test_pose_net_forms_share_parameters_and_agree():
         cfg = model_config(backbone="resnet10", head="integral", depth_bins=4, deconv_filters=16, num_deconv_layers=2)
         models = {form: dataclasses.replace(build_pose_net(dict(cfg, conv_impl=form)), dtype=jnp.float64)
                   for form in FORMS}
-        variables = init_variables(models["cpu_fast"], jax.random.key(0), 40)
-        shapes = jax.eval_shape(lambda: init_variables(models["standard"], jax.random.key(0), 40))
-        assert jax.tree.map(lambda a: (a.shape, a.dtype), shapes) == jax.tree.map(lambda a: (a.shape, a.dtype),
-                                                                                   variables)
+        shapes = {form: variable_shapes(model, 40) for form, model in models.items()}
+        assert shapes["cpu_fast"] == shapes["standard"]  # one parameter tree: names, shapes, dtypes
+        variables = random_variables(shapes["cpu_fast"], seed=0)
 
         def loss(params, model):
             out, new = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
@@ -132,7 +131,7 @@ def test_auto_uses_the_fast_forms_only_on_cpu(backend, fast, monkeypatch):
     model = build_pose_net(model_config(backbone="resnet10", head="integral", depth_bins=4, deconv_filters=8,
                                         num_deconv_layers=1))
     x = jnp.zeros((1, 64, 64, 3), jnp.float32)
-    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 64))
+    variables = variable_shapes(model, 64)
     prims = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
     # fast: 1x1 convs are dot_generals and no conv has lhs dilation; standard: the reverse
     assert ("dot_general" in prims) is fast

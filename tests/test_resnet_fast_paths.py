@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kinpose_jax.models import resnet as R
 from tests.jitted import cotangent_shape, value_and_vjp
-from tests.tiny_problem import short_resnet50
+from tests.tiny_problem import random_variables, short_resnet50
 
 
 def _np(a):
@@ -148,7 +148,7 @@ def test_bottleneck_resnet_same_with_and_without_cpu_fast_paths(monkeypatch, x64
     x = jnp.asarray(rng.normal(size=(2, 35, 35, 3)), jnp.float64)
     short_resnet50(monkeypatch)
     model = R.ResNet(50, jnp.float64)
-    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x, train=False)
+    variables = random_variables(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)), seed=0)
 
     def loss(params, fast):
         monkeypatch.setattr(R, "CPU_FAST_PATHS", fast)

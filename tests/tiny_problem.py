@@ -118,6 +118,28 @@ def _with_tiny(overrides: dict) -> dict:
     return {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
 
 
+def random_variables(shapes, seed: int = 0) -> dict:
+    """Numpy values for a model's ``{'params', 'batch_stats'}`` ShapeDtypeStructs (from
+    ``jax.eval_shape``), for comparisons that need plausible weights but not the model's own
+    initializers (which compile a program per model): kernels N(0, 2 / fan_in), BN scales near 1,
+    biases near 0, running means 0 and variances 1."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+
+    def value(path, s):
+        name = jax.tree_util.keystr(path[-1:], simple=True)
+        if name == "kernel":
+            v = rng.normal(size=s.shape) * np.sqrt(2.0 / max(1, int(np.prod(s.shape[:-1]))))
+        elif name in ("mean", "var"):
+            v = np.full(s.shape, 0.0 if name == "mean" else 1.0)
+        else:  # BN scale, biases
+            v = (1.0 if name == "scale" else 0.0) + 0.1 * rng.normal(size=s.shape)
+        return v.astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(value, shapes)
+
+
 def tiny_model_config(**overrides) -> dict:
     """The tiny runs' ``config.model`` (a dict; :data:`TINY`'s model) with ``overrides``: a model
     built from it shares the tiny runs' compiled initializer (at their 32 px patches)."""
