@@ -17,12 +17,12 @@ torch = pytest.importorskip("torch")
 
 from kinpose_jax.kinematics import forward_kinematics, presets  # noqa: E402
 from kinpose_jax.models import (  # noqa: E402
-    build_pose_net, decode_kinematic, init_variables, kinematic_num_outputs, variable_shapes, view_matrix,
+    build_pose_net, decode_kinematic, init_variables, kinematic_num_outputs, view_matrix,
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
 import torch_pose_reference as ref  # noqa: E402
-from tests.tiny_problem import model_config, random_variables, tiny_model_config  # noqa: E402
+from tests.tiny_problem import model_config, tiny_model_config  # noqa: E402
 
 H36M = {n: i for i, n in enumerate(presets.seed_h36m18().joint_names)}
 
@@ -159,7 +159,7 @@ def test_bfloat16_regression_heads_compute_their_output_in_fp32(head):
     """Under mixed precision only the backbone runs in bf16: the final linear layer (and FK) of the
     direct / kinematic heads must give the fp32 answer for the (bf16) features they receive."""
     model = build_pose_net(small_config(head=head, dtype="bfloat16"))
-    v = random_variables(variable_shapes(model, 32), seed=2)  # any weights (no initializer compiled)
+    v = init_variables(model, jax.random.key(2), 32)
     fc = v["params"]["head"]["fc"]
     rng = np.random.default_rng(2)
     fc = dict(kernel=jnp.asarray(rng.normal(size=fc["kernel"].shape) * 0.05, jnp.float32),
