@@ -15,11 +15,11 @@ SIMULATED_DEVICES = 4
 LLVM_OPT_LEVEL = 1
 
 
-def xla_flags(devices: int = SIMULATED_DEVICES) -> str:
+def xla_flags(devices: int = SIMULATED_DEVICES, opt_level: int = LLVM_OPT_LEVEL) -> str:
     return (f"--xla_force_host_platform_device_count={devices} "
-            f"--xla_backend_optimization_level={LLVM_OPT_LEVEL}")
+            f"--xla_backend_optimization_level={opt_level}")
 
 
-def subprocess_env(devices: int = SIMULATED_DEVICES, **extra: str) -> dict:
-    """``os.environ`` with the CPU platform and :func:`xla_flags` for ``devices``."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices), **extra)
+def subprocess_env(devices: int = SIMULATED_DEVICES, opt_level: int = LLVM_OPT_LEVEL, **extra: str) -> dict:
+    """``os.environ`` with the CPU platform and :func:`xla_flags` for ``devices`` and ``opt_level``."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices, opt_level), **extra)
