@@ -5,11 +5,6 @@ layer's own program."""
 import jax
 
 
-def cotangent_shape(fn, *primals):
-    """The ShapeDtypeStruct(s) of ``fn(*primals)`` (traced, nothing compiled)."""
-    return jax.eval_shape(fn, *primals)
-
-
 def value_and_vjp(fn, primals: tuple, cotangent):
     """``(fn(*primals), vjp(cotangent))`` where ``_, vjp = jax.vjp(fn, *primals)``: the tuple of
     the primals' cotangents, computed by one jitted program."""

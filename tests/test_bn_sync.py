@@ -24,7 +24,8 @@ def _problem():
     rng = np.random.default_rng(0)
     # devices see different image statistics, so per-device and global BN differ clearly
     level = np.repeat(40.0 * (1.0 + np.arange(n)), PER_DEVICE)[:, None, None, None]
-    image = np.clip(rng.normal(size=(n * PER_DEVICE, config.data.patch_size, config.data.patch_size, 3)) * level / 2 + level, 0, 255)
+    side = config.data.patch_size
+    image = np.clip(rng.normal(size=(n * PER_DEVICE, side, side, 3)) * level / 2 + level, 0, 255)
     batch = {"image": image.astype(np.uint8),  # uint8 pixels, as the pipelines deliver them
              "joints": rng.uniform(-0.4, 0.4, size=(n * PER_DEVICE, 18, 3)).astype(np.float32),
              "joints_vis": (rng.uniform(size=(n * PER_DEVICE, 18, 3)) > 0.2).astype(np.float32)}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kinpose_jax.models import resnet as R
-from tests.jitted import cotangent_shape, value_and_vjp
+from tests.jitted import value_and_vjp
 from tests.tiny_problem import random_variables, short_resnet50
 
 
@@ -45,8 +45,8 @@ def _pool_ref(x, k, s, p):
 def test_max_pool_matches_flax_values_and_gradient(shape, k, s, p):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    out_shape = cotangent_shape(lambda x: _pool_ref(x, k, s, p), x).shape
-    assert cotangent_shape(lambda x: R.max_pool(x, k, s, p), x).shape == out_shape
+    out_shape = jax.eval_shape(lambda x: _pool_ref(x, k, s, p), x).shape
+    assert jax.eval_shape(lambda x: R.max_pool(x, k, s, p), x).shape == out_shape
     g = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
     y_ref, (dx_ref,) = value_and_vjp(lambda x: _pool_ref(x, k, s, p), (x,), g)
     y, (dx,) = value_and_vjp(lambda x: R.max_pool(x, k, s, p), (x,), g)
@@ -60,7 +60,7 @@ def test_max_pool_ties_go_to_the_first_maximum(shape, k, s, p):
     the first in row-major order, exactly like XLA's select_and_scatter."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(np.maximum(rng.integers(-3, 3, size=shape), 0), jnp.float32)
-    out_shape = cotangent_shape(lambda x: R.max_pool(x, k, s, p), x).shape
+    out_shape = jax.eval_shape(lambda x: R.max_pool(x, k, s, p), x).shape
     g = jnp.asarray(rng.integers(1, 5, size=out_shape), jnp.float32)  # exact sums
     y_ref, (dx_ref,) = value_and_vjp(lambda x: _pool_ref(x, k, s, p), (x,), g)
     y, (dx,) = value_and_vjp(lambda x: R.max_pool(x, k, s, p), (x,), g)
@@ -72,7 +72,7 @@ def test_max_pool_ties_go_to_the_first_maximum(shape, k, s, p):
 def test_max_pool_matches_torch(shape, k, s, p):
     rng = np.random.default_rng(2)
     xn = rng.normal(size=shape).astype(np.float32)
-    gn = rng.normal(size=cotangent_shape(lambda x: R.max_pool(x, k, s, p), xn).shape).astype(np.float32)
+    gn = rng.normal(size=jax.eval_shape(lambda x: R.max_pool(x, k, s, p), xn).shape).astype(np.float32)
     y, (dx,) = value_and_vjp(lambda x: R.max_pool(x, k, s, p), (jnp.asarray(xn),), jnp.asarray(gn))
     xt = torch.tensor(xn.transpose(0, 3, 1, 2), requires_grad=True)
     yt = F.max_pool2d(xt, k, s, p)
@@ -108,7 +108,7 @@ def test_pointwise_conv_matches_lax_conv_and_torch(shape, features, stride, use_
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + p["bias"] if use_bias else y
 
-    g = jnp.asarray(rng.normal(size=cotangent_shape(ours, x, params).shape), jnp.float32)
+    g = jnp.asarray(rng.normal(size=jax.eval_shape(ours, x, params).shape), jnp.float32)
     y, (dx, dp) = value_and_vjp(ours, (x, params), g)
     y_ref, (dx_ref, dp_ref) = value_and_vjp(ref, (x, params), g)
     np.testing.assert_allclose(_np(y), _np(y_ref), rtol=1e-5, atol=1e-5)

@@ -189,13 +189,13 @@ def make_train_step(model, tx, loss_name: str, schedule, bn_sync: str, mesh=None
 
 def create_state(config, model, tx, mesh) -> TrainState:
     """The initial training state (``config.model.pretrained`` weights loaded), replicated over ``mesh``."""
-    key, replicated = jax.random.PRNGKey(config.seed), parallel.replicated(mesh)
+    replicated = parallel.replicated(mesh)
     if jax.process_count() > 1 and not config.model.pretrained:
         # Initialized under jit straight into the replicated sharding; every process computes the
         # same values. (A device_put of per-process values checks each leaf's equality across
         # processes: one cross-process gather per leaf, several hundred for a ResNet and Adam.)
-        return jax.jit(lambda key: _state_of(init_variables(model, config, key), tx), out_shardings=replicated)(key)
-    variables = init_variables(model, config, key)
+        return jax.jit(lambda: _initial_state(config, model, tx), out_shardings=replicated)()
+    variables = init_variables(model, config, jax.random.PRNGKey(config.seed))
     if config.model.pretrained:
         variables = pretrained.load_pretrained(config.model.pretrained, variables, config.model)
     return jax.device_put(_state_of(variables, tx), replicated)
@@ -204,8 +204,13 @@ def create_state(config, model, tx, mesh) -> TrainState:
 def state_shapes(config, model, tx, mesh) -> TrainState:
     """:func:`create_state`'s result as ShapeDtypeStructs replicated over ``mesh`` (a resume's
     restore target), traced without compiling or running the initializers."""
-    shapes = jax.eval_shape(lambda: _state_of(init_variables(model, config, jax.random.PRNGKey(config.seed)), tx))
+    shapes = jax.eval_shape(lambda: _initial_state(config, model, tx))
     return checkpointing.abstract_like(shapes, parallel.replicated(mesh))
+
+
+def _initial_state(config, model, tx) -> TrainState:
+    """The initialized state, before any pretrained weights or placement (traced by the callers)."""
+    return _state_of(init_variables(model, config, jax.random.PRNGKey(config.seed)), tx)
 
 
 def _state_of(variables: dict, tx) -> TrainState:
