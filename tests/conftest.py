@@ -36,6 +36,28 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(os.path.basename(item.nodeid.split("::")[0])[:-3], len(rank)))
 
 
+@pytest.fixture(autouse=True)
+def _compile_effort(request):
+    """Tests marked ``quick_compile`` compile with ``jax_disable_most_optimizations``: no LLVM
+    optimization passes (XLA's HLO passes and fusions are unchanged, and so are the values the
+    tests check). For programs that run a few times on tiny inputs, compiling is nearly all of
+    their cost: a forward-kinematics program compiles in 0.30 s instead of 0.53 s, and the marked
+    modules take about 30% less time on the suite's 2-core machine. Training and multi-device
+    tests stay unmarked: they run their steps many times (2-3x slower unoptimized), and they share
+    compiled programs, through the suite's compilation cache, with the in-process runs."""
+    if request.node.get_closest_marker("quick_compile") is None:
+        yield
+        return
+    import jax
+
+    saved = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", saved)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for the whole run: the many tests that build the same tiny

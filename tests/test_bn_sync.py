@@ -13,6 +13,8 @@ from kinpose_jax.training import parallel, train
 from kinpose_jax.models import build_pose_net, resnet
 from tests.tiny_problem import first_step_gradients, tiny_config
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 
 PER_DEVICE = 2  # images per device
 

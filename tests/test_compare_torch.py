@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 torch = pytest.importorskip("torch")
 
 from kinpose_jax import compare_torch, convert_torch, torch_reference  # noqa: E402

@@ -19,6 +19,8 @@ from kinpose_jax.models import resnet as R
 from tests.jitted import value_and_vjp
 from tests.tiny_problem import model_config, random_variables
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 FORMS = ("cpu_fast", "standard")
 
 

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 torch = pytest.importorskip("torch")
 
 from kinpose_jax import convert_torch as C  # noqa: E402

@@ -17,6 +17,8 @@ from kinpose_jax.synthetic import h36m as synthetic, render
 from tests.test_data_fixtures import SMALL, synthetic_root
 from tests.tiny_problem import crop_layout
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 QUIET = dict(progress=False, log=lambda *_: None)
 
 

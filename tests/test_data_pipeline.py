@@ -17,6 +17,8 @@ from kinpose_jax.data import augment, h36m_layout, pipeline, records
 from tests.test_data_fixtures import synthetic_root
 from tests.tiny_problem import augment_config, crop_layout, pipeline_config
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
 

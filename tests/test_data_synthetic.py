@@ -13,6 +13,8 @@ import pytest
 from kinpose_jax.data import DataError, convert, h36m_layout, records
 from kinpose_jax.synthetic import h36m as synthetic
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 QUIET = dict(progress=False, log=lambda *_: None)
 TINY = dict(train_folders=2, frames_per_folder=3, valid_folders=1, valid_frames_per_folder=2, image_size=64, seed=1)
 

@@ -12,6 +12,8 @@ from kinpose_jax import geometry, metrics, skeleton
 from kinpose_jax.training import evaluation
 from tests.tiny_problem import pipeline_config
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 
 class MirrorSensitiveModel:
     """A stand-in network: joints depend on the image's left/right asymmetry, so running the

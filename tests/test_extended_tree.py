@@ -23,6 +23,7 @@ from tests.tiny_problem import tiny_model_config
 NEW_JOINTS = ("l_toe", "r_toe", "spine_1", "spine_2", "spine_3")
 
 
+@pytest.mark.quick_compile
 def test_example_tree_extends_h36m18_keeping_its_joints_angles_and_rest_pose():
     tree, base = presets.get_tree(EXTENDED), presets.h36m18()
     assert tree.joint_names == base.joint_names + NEW_JOINTS
@@ -37,6 +38,7 @@ def test_example_tree_extends_h36m18_keeping_its_joints_angles_and_rest_pose():
     assert toe[1] < 0 and toe[2] > 0
 
 
+@pytest.mark.quick_compile
 def test_spine_angles_move_the_upper_body_and_the_ankle_angle_only_the_toe():
     tree = presets.get_tree(EXTENDED)
     rest = np.asarray(kin.rest_pose(tree))
@@ -81,6 +83,7 @@ def _kinematic_model(tree, patch=32):
     return model, init_variables(model, jax.random.PRNGKey(0), patch)  # a raw key, like the runs' create_state
 
 
+@pytest.mark.quick_compile
 def test_model_outputs_the_dataset_joints_and_every_tree_joint():
     model, variables = _kinematic_model(EXTENDED)
     # a non-trivial head: random fc so that the joints differ per image
@@ -93,6 +96,7 @@ def test_model_outputs_the_dataset_joints_and_every_tree_joint():
     assert np.abs(np.asarray(out["joints"][0] - out["joints"][1])).max() > 1e-4
 
 
+@pytest.mark.quick_compile
 def test_the_toes_are_predicted_but_not_supervised():
     """The loss sees only the 18 dataset joints: its gradient on the fc columns of the ankle
     flexions (which move only the toes) is exactly zero, while the spine's columns (which move
@@ -143,6 +147,7 @@ def _not_a_tree():
 
 
 # --------------------------------------------------------------------------- conversion
+@pytest.mark.quick_compile
 def test_a_torch_checkpoint_of_the_extended_tree_converts_and_loads_under_the_same_config(tmp_path):
     torch = pytest.importorskip("torch")
     sys.path.insert(0, os.path.dirname(__file__))

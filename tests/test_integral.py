@@ -9,6 +9,8 @@ import torch
 from kinpose_jax import geometry, integral, skeleton
 from tests import torch_reference as ref
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 J, D, H, W = 5, 8, 12, 10
 
 

@@ -15,6 +15,8 @@ from kinpose_jax.kinematics import fk as fk_module
 from kinpose_jax.kinematics import presets
 from tests import torch_reference as ref
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 SEED_SCALE_RANGE = (3e-4, 7e-4)  # normalized units: ~1/2000 per mm
 
 

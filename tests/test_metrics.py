@@ -8,6 +8,8 @@ import torch
 from kinpose_jax import metrics, skeleton
 from tests import torch_reference as ref
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 
 def random_pose(seed, b=4):
     return np.random.default_rng(seed).normal(size=(b, 18, 3)).astype(np.float32) * 300

@@ -14,6 +14,8 @@ from kinpose_jax import config_checks
 from kinpose_jax.models import build_pose_net, init_variables
 from tests.tiny_problem import model_config
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 R50_CONFIGS = ("integral_r50_mpii_h36m", "direct_r50_h36m", "kinematic_r50_h36m")
 
 

@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 torch = pytest.importorskip("torch")
 
 from kinpose_jax.kinematics import forward_kinematics, presets  # noqa: E402

@@ -18,6 +18,9 @@ import pytest
 from kinpose_jax import geometry, predict
 from kinpose_jax.data import augment, pipeline
 from tests.tiny_problem import EXTENDED_TREE
+from tests.xla_env import subprocess_env
+
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCH = 64
@@ -274,8 +277,7 @@ def test_exports_reload_in_a_fresh_process_with_the_live_outputs(tmp_path, data_
         predict.export_model(loaded, str(tmp_path / head))
         live[head] = jax.jit(evaluation.make_joints_fn(model, PATCH, False))(variables, patches)
         args += [str(tmp_path / head), str(tmp_path / f"{head}.npz")]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", RELOAD, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", RELOAD, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for head, outputs in live.items():

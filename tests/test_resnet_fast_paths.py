@@ -21,6 +21,8 @@ from kinpose_jax.models import resnet as R
 from tests.jitted import value_and_vjp
 from tests.tiny_problem import random_variables, short_resnet50
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 
 def _np(a):
     return np.asarray(a, dtype=np.float64)

@@ -10,6 +10,8 @@ from kinpose_jax.models import build_pose_net
 from kinpose_jax.training import parallel, train
 from tests.tiny_problem import EXTENDED_TREE, set_field, tiny_problem
 
+pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
+
 
 def _steps(config, steps_per_epoch=10, mesh=None):
     mesh = mesh or parallel.make_mesh()

@@ -21,5 +21,12 @@ def xla_flags(devices: int = SIMULATED_DEVICES, opt_level: int = LLVM_OPT_LEVEL)
 
 
 def subprocess_env(devices: int = SIMULATED_DEVICES, opt_level: int = LLVM_OPT_LEVEL, **extra: str) -> dict:
-    """``os.environ`` with the CPU platform and :func:`xla_flags` for ``devices`` and ``opt_level``."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices, opt_level), **extra)
+    """``os.environ`` with the CPU platform and :func:`xla_flags` for ``devices`` and ``opt_level``;
+    inside a ``quick_compile`` test (tests/conftest.py) the subprocess compiles unoptimized too, so
+    that its results are those of this process's programs (LLVM's optimizations move float32
+    results by up to ~1e-4 relative through a network)."""
+    import jax
+
+    quick = "1" if jax.config.read("jax_disable_most_optimizations") else "0"
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices, opt_level),
+                JAX_DISABLE_MOST_OPTIMIZATIONS=quick, **extra)
