@@ -1,5 +1,5 @@
 """Test-wide settings: CPU JAX with 4 simulated devices and the suite's XLA flags (tests/xla_env.py,
-set before JAX starts, so data-parallel tests run in-process); torch limited to the machine's cores."""
+set before JAX starts, so data-parallel tests run in-process); torch limited to 2 threads."""
 
 import os
 
@@ -9,10 +9,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags()).strip()
 
-import torch  # noqa: E402
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
 import pytest  # noqa: E402
 
 #: The slowest test modules, in the order they are handed out (longest-first scheduling, so that
@@ -20,7 +16,7 @@ import pytest  # noqa: E402
 #: first: they compile the tiny runs' training steps, which the later in-process runs then load
 #: from the suite's compilation cache; the accelerator suite (a subprocess sharing no program) runs
 #: beside them.
-SLOWEST_MODULES = ("test_train_parallel", "test_accelerator_suite", "test_e2e_training", "test_e2e_two_processes",
+SLOWEST_MODULES = ("test_train_parallel", "test_accelerator_suite", "test_e2e_training",
                    "test_extended_tree", "test_kinematics", "test_fault_tolerance", "test_models",
                    "test_conv_impl", "test_resnet_fast_paths", "test_bn_sync", "test_convert_torch",
                    "test_mixed_precision", "test_predict", "test_compare_torch")
@@ -34,6 +30,15 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
     items.sort(key=lambda item: rank.get(os.path.basename(item.nodeid.split("::")[0])[:-3], len(rank)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    """Torch uses at most 2 threads, like the suite's CI machine (set in the processes that run
+    tests, not in pytest-xdist's controller, which then never imports torch)."""
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

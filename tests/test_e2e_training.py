@@ -1,7 +1,7 @@
 """End to end on a tiny synthetic Human3.6M set: training and evaluation in-process on the 4
 simulated CPU devices of tests/conftest.py (as flax's examples test their drivers), and main.py /
 converter subprocesses only where the process boundary is the point: exact resume after SIGKILL,
-the converter's command line (two jax.distributed processes: tests/test_e2e_two_processes.py)."""
+main.py as two jax.distributed processes, the converter's command line."""
 
 from __future__ import annotations
 
@@ -53,13 +53,18 @@ LONG_RUN = dict(num_epochs=8, eval_every_epochs=8, log_every_steps=1, optim__lea
 KILLED_RUN = dict(LONG_RUN, checkpoint_every_steps=3)
 
 
+#: The short in-process run, and the two-process run of the same global batches it is the reference of.
+SHORT_RUN = dict(num_epochs=2, log_every_steps=1, save_predictions=True)
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, data_root):
-    """A finished one-epoch (2-step) in-process run on the 4 simulated devices (copy it before changing it)."""
+    """A finished two-epoch (4-step) in-process run on the 4 simulated devices, losses logged every
+    step and evaluation predictions saved (copy it before changing it)."""
     from kinpose_jax.training import train
 
     workdir = str(tmp_path_factory.mktemp("short") / "run")
-    train.train_and_evaluate(tiny_config(data_root, num_epochs=1), workdir)
+    train.train_and_evaluate(tiny_config(data_root, **SHORT_RUN), workdir)
     return workdir
 
 
@@ -83,7 +88,7 @@ def test_training_on_four_devices_learns_and_reports(short_run, long_run):
     assert jax.device_count() == 4
     workdir, out = long_run
     assert "MPJPE" in out and "PA-MPJPE" in out
-    # one epoch (2 steps) against eight (16 steps), the same compiled programs
+    # two epochs (4 steps) against eight (16 steps), the same compiled programs
     losses = last_by_step(read_rows(workdir), "train", "loss")
     steps = sorted(losses)
     assert len(steps) == 8 * 2
@@ -172,6 +177,53 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, data_root
     np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-6)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_evaluate_like_one_process(tmp_path, data_root, short_run):
+    """main.py launched as 2 jax.distributed processes (2 CPU devices each, gloo collectives)
+    gives the losses and evaluation of the in-process short run on 4 devices: same global batches,
+    BN over the global batch, each process evaluating its own rows and the sums added over processes."""
+    single = short_run
+    multi = str(tmp_path / "multi")
+    port = free_port()
+    env = subprocess_env(2)
+    args = [f"--config.{k}={v}" for k, v in SHORT_RUN.items()]
+    procs = [subprocess.Popen(main_cmd(multi, data_root, *args, f"--coordinator_address=127.0.0.1:{port}",
+                                       "--num_processes=2", f"--process_id={pid}"),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    assert "MPJPE" in outs[0][0] and "MPJPE" not in outs[1][0]  # process 0 reports
+
+    want, got = last_by_step(read_rows(single), "train", "loss"), last_by_step(read_rows(multi), "train", "loss")
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3, 4)], [want[s] for s in (1, 2, 3, 4)], rtol=1e-4)
+    ev_single = json.load(open(os.path.join(single, "eval", "eval_00000004.json")))
+    ev_multi = json.load(open(os.path.join(multi, "eval", "eval_00000004.json")))
+    assert ev_multi["num_samples"] == ev_single["num_samples"] == 4 * 8  # max_eval_batches x global batch
+    for key in ("mpjpe", "pa_mpjpe", "seed_aligned", "val_loss", "wrist"):
+        np.testing.assert_allclose(ev_multi[key], ev_single[key], rtol=1e-3, err_msg=key)
+    # per-group sums and kept predictions are gathered over processes too
+    for grouping in ("per_action", "per_subject", "per_camera"):
+        assert list(ev_multi[grouping]) == list(ev_single[grouping]), grouping
+        for name, row in ev_single[grouping].items():
+            assert ev_multi[grouping][name]["num_samples"] == row["num_samples"], (grouping, name)
+            np.testing.assert_allclose(ev_multi[grouping][name]["mpjpe"], row["mpjpe"], rtol=1e-3)
+    p_single = np.load(os.path.join(single, "eval", "predictions_00000004.npz"))
+    p_multi = np.load(os.path.join(multi, "eval", "predictions_00000004.npz"))
+    assert p_multi["image_index"].tolist() == p_single["image_index"].tolist() == list(range(32))
+    assert p_multi["folder"].tolist() == p_single["folder"].tolist()
+    np.testing.assert_allclose(p_multi["pred_cam"], p_single["pred_cam"], rtol=1e-3, atol=0.5)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, capsys):
     from kinpose_jax.training import train
 
@@ -217,7 +269,7 @@ def test_resume_with_another_global_batch_is_refused(tmp_path, data_root, short_
     workdir = str(tmp_path / "run")
     shutil.copytree(short_run, workdir)
     with pytest.raises(train.CheckpointMismatchError, match="written with global_batch=8, this run has global_batch=4"):
-        train.train_and_evaluate(tiny_config(data_root, num_epochs=2, per_device_batch_size=1), workdir)
+        train.train_and_evaluate(tiny_config(data_root, num_epochs=3, per_device_batch_size=1), workdir)
 
 
 def test_eval_mode_takes_a_checkpoint_converted_from_pytorch(tmp_path, data_root, capsys):
