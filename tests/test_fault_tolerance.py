@@ -25,8 +25,9 @@ sys.path.insert(0, ROOT)
 
 
 def tiny_config(root, **overrides):
-    """The shared tiny config (its compiled programs) for 1 epoch of 2 steps, checkpointing every step."""
-    base = dict(max_eval_batches=1, num_vis_samples=1, num_epochs=1, checkpoint_every_steps=1, log_every_steps=1)
+    """The shared tiny config (its compiled programs) for 1 epoch of 2 steps, checkpointing every
+    step; evaluations draw no sample figure (tests/test_e2e_training.py checks those)."""
+    base = dict(max_eval_batches=1, num_vis_samples=0, num_epochs=1, checkpoint_every_steps=1, log_every_steps=1)
     return shared_tiny_config(root, **{**base, **{k.replace(".", "__"): v for k, v in overrides.items()}})
 
 

@@ -148,11 +148,6 @@ def write_eval_report(stem: str, results: Mapping[str, float], tables: Mapping[s
 
 def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
     """Training loss and validation loss/MPJPE against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(rows)
     last = {}
     for r in rows:  # a resumed run re-logs steps: keep the last value per (kind, step)
@@ -160,7 +155,8 @@ def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
     train = sorted((s, r["loss"]) for (k, s), r in last.items() if k == "train" and _is_number(r.get("loss")))
     evals = sorted((s, r) for (k, s), r in last.items() if k == "eval")
     num = lambda r, key: r[key] if _is_number(r.get(key)) else np.nan  # noqa: E731
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure((10, 4))
+    ax = fig.subplots(1, 2)
     if train:
         ax[0].plot(*zip(*train), label="train loss")
     if evals:
@@ -174,9 +170,18 @@ def plot_learning_curve(rows: Iterable[dict], path: str) -> None:
     ax[1].set_xlabel("step")
     ax[1].set_ylabel("mm")
     ax[1].legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.12, top=0.97, wspace=0.22)
     _save_figure(fig, path, dpi=80)
-    plt.close(fig)
+
+
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure of ``size`` inches, drawn by the Agg canvas: no pyplot, so no global
+    figure registry to close figures from, and any thread may plot. Margins are fixed
+    (``subplots_adjust``): ``tight_layout`` would lay out every text once more before the
+    drawing, and make ``savefig`` lay the figure out again (together a quarter of the time)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size)
 
 
 def _save_figure(fig, path: str, dpi: int) -> None:
@@ -203,16 +208,11 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
     images: [N, H, W, 3] uint8 RGB patches (the evaluation batch's ``image``); *_px: [N, J, >=2]
     patch pixels; *_cam: [N, J, 3] mm.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"plot_samples draws uint8 RGB patches, got {images.dtype} images")
     n = len(images)
-    fig = plt.figure(figsize=(6, 3 * n))
+    fig = _figure((6, 3 * n))
     for i in range(n):
         img = images[i]
         ax = fig.add_subplot(n, 2, 2 * i + 1)
@@ -224,9 +224,8 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
         for pts, color in ((gt_cam[i], TRUTH_COLOR), (pred_cam[i], PRED_COLOR)):
             draw_skeleton_3d(ax3, pts - pts[0], color)
         ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.96, bottom=0.04 / n, top=1 - 0.06 / n, wspace=0.1, hspace=0.15)
     _save_figure(fig, path, dpi=70)
-    plt.close(fig)
 
 
 def draw_skeleton_2d(ax, joints_px: np.ndarray, color: str, bones=skeleton.H36M_BONES) -> None:
@@ -259,12 +258,7 @@ def plot_prediction(image_rgb: np.ndarray, joints_px: np.ndarray, joints_mm: np.
     image_rgb: [H, W, 3] uint8; joints_px: [18, >=2] image pixels; joints_mm: [18, 3] root-relative
     camera-space mm.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(8, 4))
+    fig = _figure((8, 4))
     ax = fig.add_subplot(1, 2, 1)
     ax.imshow(image_rgb)
     draw_skeleton_2d(ax, joints_px, "red")
@@ -274,6 +268,5 @@ def plot_prediction(image_rgb: np.ndarray, joints_px: np.ndarray, joints_mm: np.
     ax3 = fig.add_subplot(1, 2, 2, projection="3d")
     draw_skeleton_3d(ax3, joints_mm, "red")
     ax3.set_title("3D, root-relative (mm)", fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.96, bottom=0.04, top=0.94, wspace=0.1)
     _save_figure(fig, path, dpi=80)
-    plt.close(fig)
