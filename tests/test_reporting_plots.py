@@ -1,15 +1,13 @@
 """The PNGs a researcher reads: labelled axes, readable ticks, truth and prediction colours that
 stand out on the synthetic set's green-rendered legs."""
 
-import matplotlib
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from kinpose_jax.training import reporting  # noqa: E402
+from kinpose_jax.training import reporting
 
 
 @pytest.fixture
@@ -25,6 +23,16 @@ def saved_figures(monkeypatch):
     return figures
 
 
+def assert_nothing_cropped(fig):
+    """Everything the saved figure draws (titles, axis and tick labels, legends) lies inside it:
+    the fixed margins crop nothing."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    drawn = fig.get_tightbbox(canvas.get_renderer())  # inches
+    width, height = fig.get_size_inches()
+    assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width and drawn.y1 <= height, (drawn, width, height)
+
+
 def test_learning_curve_axes_are_labelled(tmp_path, saved_figures):
     rows = [{"step": s, "kind": "train", "loss": 1.0 / s} for s in range(1, 5)]
     rows.append({"step": 4, "kind": "eval", "val_loss": 0.3, "mpjpe": 200.0, "pa_mpjpe": 150.0})
@@ -32,6 +40,7 @@ def test_learning_curve_axes_are_labelled(tmp_path, saved_figures):
     (fig,) = saved_figures
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel(), ax
+    assert_nothing_cropped(fig)
 
 
 def test_sample_plots_label_3d_axes_with_few_ticks_and_no_green_truth(tmp_path, saved_figures):
@@ -51,3 +60,14 @@ def test_sample_plots_label_3d_axes_with_few_ticks_and_no_green_truth(tmp_path, 
     assert colors == {to_rgb(reporting.TRUTH_COLOR), to_rgb(reporting.PRED_COLOR)}
     for rgb in colors:
         assert not (rgb[1] > 0.5 and rgb[1] > 1.5 * max(rgb[0], rgb[2])), rgb  # no green line
+    assert_nothing_cropped(fig)
+
+
+def test_prediction_plot_is_labelled_and_uncropped(tmp_path, saved_figures):
+    rng = np.random.default_rng(1)
+    reporting.plot_prediction(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8), rng.uniform(0, 48, (18, 2)),
+                              rng.normal(0, 300, (18, 3)), str(tmp_path / "pred.png"), title="image.jpg")
+    (fig,) = saved_figures
+    (ax3,) = [ax for ax in fig.axes if ax.name == "3d"]
+    assert "mm" in ax3.get_xlabel() and "mm" in ax3.get_zlabel()
+    assert_nothing_cropped(fig)
