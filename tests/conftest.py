@@ -44,12 +44,14 @@ def _torch_threads():
 @pytest.fixture(autouse=True)
 def _compile_effort(request):
     """Tests marked ``quick_compile`` compile with ``jax_disable_most_optimizations``: no LLVM
-    optimization passes (XLA's HLO passes and fusions are unchanged, and so are the values the
-    tests check). For programs that run a few times on tiny inputs, compiling is nearly all of
-    their cost: a forward-kinematics program compiles in 0.30 s instead of 0.53 s, and the marked
-    modules take a fifth to a third less time on the suite's 2-core machine. Training and multi-device
-    tests stay unmarked: they run their steps many times (2-3x slower unoptimized), and they share
-    compiled programs, through the suite's compilation cache, with the in-process runs."""
+    optimization passes; XLA's HLO passes and fusions are unchanged. Results then differ from
+    optimized code by float32 rounding only (up to ~1e-4 relative through a deep network, so a
+    subprocess compared with a marked test compiles the same way: tests/xla_env.py). For programs
+    that run a few times on tiny inputs, compiling is nearly all of their cost: a
+    forward-kinematics program compiles in 0.30 s instead of 0.53 s, and the marked modules take a
+    fifth to a third less time on the suite's 2-core machine. Training and multi-device tests stay
+    unmarked: they run their steps many times (2-3x slower unoptimized), and they share compiled
+    programs, through the suite's compilation cache, with the in-process runs."""
     if request.node.get_closest_marker("quick_compile") is None:
         yield
         return
