@@ -44,25 +44,25 @@ def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, 
 
 
 def _row_expectations(row: jax.Array, row_max: jax.Array) -> jax.Array:
-    """Softmax over all of one row's bins ([..., W] logits; ``row_max``: their max, a constant for
-    autodiff) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z]).
+    """Softmax over all of one row's bins ([..., H, W] logits; ``row_max``: their max, a constant
+    for autodiff) -> [row.ndim] expected bin index along each axis, last axis first (x, y[, z]).
 
-    The exponentials are reduced along W by one matrix product with [1, x] weights (float32 at
-    full precision): XLA:CPU runs that product at memory speed, while a reduction whose operand
-    is ``exp`` runs several times slower. The other axes are then summed on the 1/W-sized
-    marginal."""
+    The exponentials of each [H, W] plane are reduced by one matrix product with [1, x, y]
+    weights over its H*W bins (float32 at full precision): XLA:CPU runs that product at memory
+    speed, while a reduction whose operand is ``exp`` runs several times slower. The leading axes
+    (depth) are then summed on the per-plane totals."""
     e = jnp.exp(row.astype(jnp.float32) - row_max)
-    w = row.shape[-1]
-    weights = jnp.stack([jnp.ones(w, jnp.float32), jnp.arange(w, dtype=jnp.float32)], axis=1)
-    along_w = jnp.dot(e.reshape(-1, w), weights, precision=jax.lax.Precision.HIGHEST)
-    along_w = along_w.reshape(row.shape[:-1] + (2,))
-    rest = along_w[..., 0]  # marginal over the leading axes
-    sums = [jnp.sum(along_w[..., 1])]
-    for ax in reversed(range(row.ndim - 1)):
-        shape = [1] * (row.ndim - 1)
-        shape[ax] = row.shape[ax]
-        sums.append(jnp.sum(rest * jnp.arange(row.shape[ax], dtype=jnp.float32).reshape(shape)))
-    return jnp.stack(sums) / jnp.sum(rest)
+    lead, (h, w) = row.shape[:-2], row.shape[-2:]
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    weights = jnp.stack([jnp.ones(h * w, jnp.float32), xs.reshape(-1), ys.reshape(-1)], axis=1)  # [H*W, 3]
+    planes = jnp.dot(e.reshape(-1, h * w), weights, precision=jax.lax.Precision.HIGHEST).reshape(lead + (3,))
+    totals = planes[..., 0]  # per plane
+    sums = [jnp.sum(planes[..., 1]), jnp.sum(planes[..., 2])]
+    for ax in reversed(range(len(lead))):
+        shape = [1] * len(lead)
+        shape[ax] = lead[ax]
+        sums.append(jnp.sum(totals * jnp.arange(lead[ax], dtype=jnp.float32).reshape(shape)))
+    return jnp.stack(sums) / jnp.sum(totals)
 
 
 def _rows_max(rows: jax.Array) -> jax.Array:
