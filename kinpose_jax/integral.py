@@ -67,11 +67,13 @@ def _row_expectations(row: jax.Array, row_max: jax.Array) -> jax.Array:
 
 def _rows_max(rows: jax.Array) -> jax.Array:
     """[R, ...] -> [R] float32 maximum of each row, as a constant for autodiff. Reduced first
-    across 128-wide column blocks, then within the block: XLA:CPU vectorizes that order, which
-    reads the array about twice as fast as one reduction per row."""
+    across 1024-wide column blocks (128-wide where a row is no multiple of 1024), then within the
+    block: XLA:CPU vectorizes that order, which reads the array about twice as fast as one
+    reduction per row (1024-wide blocks: 21-23 ms for 604 MB here, 128-wide 26-27 ms)."""
     flat = rows.reshape(rows.shape[0], -1)
-    if flat.shape[1] % 128 == 0:
-        flat = jax.lax.optimization_barrier(flat.reshape(flat.shape[0], -1, 128).max(axis=1))
+    block = 1024 if flat.shape[1] % 1024 == 0 else 128
+    if flat.shape[1] % block == 0:
+        flat = jax.lax.optimization_barrier(flat.reshape(flat.shape[0], -1, block).max(axis=1))
     return jax.lax.stop_gradient(flat.max(axis=1).astype(jnp.float32))
 
 

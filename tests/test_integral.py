@@ -28,7 +28,7 @@ def test_softargmax_3d_matches_torch_in_both_layouts():
 
 
 # on CPU: 15 rows in one vectorized step; 35 rows (each 8 x 16 x 8 = 1024 bins, read by the
-# 128-wide column max) in steps of integral.CPU_ROWS_PER_STEP and a remainder
+# 1024-wide column max) in steps of integral.CPU_ROWS_PER_STEP and a remainder
 @pytest.mark.parametrize("b, d, h, w", [(3, D, H, W), (7, 8, 16, 8)])
 def test_softargmax_3d_values_and_gradient_match_torch_autograd(b, d, h, w):
     rng = np.random.default_rng(b)
@@ -40,6 +40,23 @@ def test_softargmax_3d_values_and_gradient_match_torch_autograd(b, d, h, w):
     (expected * torch.from_numpy(weights)).sum().backward()
     np.testing.assert_allclose(np.asarray(out), ref.to_numpy(expected), atol=1e-5)
     np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(weights))[0]), ref.to_numpy(t.grad), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("d, h, w", [(8, 16, 8), (3, 16, 8), (3, 5, 7)])  # 1024-, 128-wide blocks, none
+def test_softargmax_3d_is_exact_on_a_spike_far_from_zero(d, h, w):
+    """A spike 1000 above a floor at 1e4 gives exactly its own bin: the softmax subtracts each
+    row's true maximum (a maximum off by more than ~88 would give inf, or 0 / 0)."""
+    b, j = 3, 9  # 27 rows: steps of integral.CPU_ROWS_PER_STEP and a remainder on the CPU
+    rng = np.random.default_rng(d * h * w)
+    hm = np.full((b, j, d, h, w), 1e4, np.float32) + rng.uniform(0, 1, (b, j, d, h, w)).astype(np.float32)
+    spikes = rng.integers(0, [d, h, w], size=(b, j, 3))
+    for bi in range(b):
+        for ji in range(j):
+            z, y, x = spikes[bi, ji]
+            hm[bi, ji, z, y, x] = 1.1e4
+    out = np.asarray(integral.softargmax_3d(hm.reshape(b, j * d, h, w), j, d, layout="NCHW"))
+    expected = np.stack([spikes[..., 2] / w, spikes[..., 1] / h, spikes[..., 0] / d], -1) - 0.5
+    np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 def test_softargmax_2d_matches_torch():
