@@ -43,9 +43,10 @@ def test_learning_curve_axes_are_labelled(tmp_path, saved_figures):
     assert_nothing_cropped(fig)
 
 
-def test_sample_plots_label_3d_axes_with_few_ticks_and_no_green_truth(tmp_path, saved_figures):
-    rng = np.random.default_rng(0)
-    n, j = 2, 18
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_sample_plots_label_3d_axes_with_few_ticks_and_no_green_truth(tmp_path, saved_figures, n):
+    rng = np.random.default_rng(n)
+    j = 18
     reporting.plot_samples(rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.uniform(0, 32, (n, j, 2)),
                            rng.uniform(0, 32, (n, j, 2)), rng.normal(0, 300, (n, j, 3)), rng.normal(0, 300, (n, j, 3)),
                            str(tmp_path / "samples.png"))

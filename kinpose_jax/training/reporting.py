@@ -224,7 +224,7 @@ def plot_samples(images: np.ndarray, pred_px: np.ndarray, gt_px: np.ndarray, pre
         for pts, color in ((gt_cam[i], TRUTH_COLOR), (pred_cam[i], PRED_COLOR)):
             draw_skeleton_3d(ax3, pts - pts[0], color)
         ax3.set_title("3D, root-relative: blue truth, red prediction", fontsize=7)
-    fig.subplots_adjust(left=0.02, right=0.96, bottom=0.04 / n, top=1 - 0.06 / n, wspace=0.1, hspace=0.15)
+    fig.subplots_adjust(left=0.02, right=0.95, bottom=0.04 / n, top=1 - 0.06 / n, wspace=0.1, hspace=0.15)
     _save_figure(fig, path, dpi=70)
 
 
