@@ -277,8 +277,8 @@ def test_exports_reload_in_a_fresh_process_with_the_live_outputs(tmp_path, data_
         predict.export_model(loaded, str(tmp_path / head))
         live[head] = jax.jit(evaluation.make_joints_fn(model, PATCH, False))(variables, patches)
         args += [str(tmp_path / head), str(tmp_path / f"{head}.npz")]
-    proc = subprocess.run([sys.executable, "-c", RELOAD, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-c", RELOAD, *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for head, outputs in live.items():
         got = np.load(str(tmp_path / f"{head}.npz"))
