@@ -67,15 +67,19 @@ def tree_all_finite(tree) -> jax.Array:
     with zero, for that reason), so the sum of every ``leaf * 0`` is 0, or NaN when some element
     is not finite. In a ResNet-10 training step this compiles in 1.3 s less than per-leaf boolean
     reductions stacked into one (no slower a step)."""
-    sums = [jnp.sum(x * 0) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    sums = [jnp.sum(x * 0) for x in _float_leaves(tree)]
     return jnp.isfinite(sum(sums, jnp.zeros((), jnp.float32)))
 
 
 def all_finite_on_host(tree) -> bool:
     """:func:`tree_all_finite` of a restored tree, computed on this host's copy of each leaf (no
     compiled program: a resume checks each restored checkpoint once)."""
-    return all(bool(np.isfinite(np.asarray(x, np.float32)).all()) for x in jax.tree.leaves(tree)
-               if jnp.issubdtype(x.dtype, jnp.inexact))
+    return all(bool(np.isfinite(np.asarray(x, np.float32)).all()) for x in _float_leaves(tree))
+
+
+def _float_leaves(tree) -> list:
+    """The leaves of ``tree`` with a floating-point dtype (the ones that can be non-finite)."""
+    return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
 
 
 @flax.struct.dataclass
