@@ -57,6 +57,31 @@ def test_softargmax_3d_is_exact_on_a_spike_far_from_zero(d, h, w):
     out = np.asarray(integral.softargmax_3d(hm.reshape(b, j * d, h, w), j, d, layout="NCHW"))
     expected = np.stack([spikes[..., 2] / w, spikes[..., 1] / h, spikes[..., 0] / d], -1) - 0.5
     np.testing.assert_allclose(out, expected, atol=1e-6)
+    # on the CPU the one pass shifted by the middle planes' maxima overflows here, so this is the
+    # result of the max-subtracted pass that replaces it
+    rows = jnp.asarray(hm.reshape(b * j, d, h, w))
+    assert not np.all(np.isfinite(one_pass_attempt(rows)))
+
+
+def one_pass_attempt(rows):
+    """The CPU path's first try: every row shifted by its middle plane's maximum."""
+    return np.asarray(integral._rows_expectations_in_steps(rows, integral._rows_shift_estimate(rows)))
+
+
+def test_softargmax_3d_is_exact_with_the_maximum_far_above_the_middle_plane():
+    """The CPU path's one pass shifts each row by its middle plane's maximum, not the row's own;
+    with the maximum 60 above that shift (exponentials up to e^60) the result is still the softmax's.
+    Compared with torch in float64."""
+    b, j, d, h, w = 3, 9, 8, 16, 8  # 27 rows: steps of integral.CPU_ROWS_PER_STEP and a remainder
+    rng = np.random.default_rng(11)
+    hm = (rng.normal(size=(b, j, d, h, w)) * 3).astype(np.float32)
+    hm[:, :, d // 2] -= 60.0
+    rows = jnp.asarray(hm.reshape(b * j, d, h, w))
+    assert np.all(np.isfinite(one_pass_attempt(rows)))  # the one pass is the result
+    assert np.all(hm.reshape(b * j, -1).max(1) - hm[:, :, d // 2].reshape(b * j, -1).max(1) > 55)
+    out = np.asarray(integral.softargmax_3d(hm.reshape(b, j * d, h, w), j, d, layout="NCHW"))
+    expected = ref.to_numpy(ref.softargmax_3d_nchw(torch.from_numpy(hm.reshape(b, j * d, h, w)).double(), j, d))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 def test_softargmax_2d_matches_torch():
