@@ -168,16 +168,17 @@ def forward_kinematics(
     if chunk and isinstance(n, int) and n > chunk:
         # Large batches run as a sequential loop over chunks (lax.map): on CPU the per-level
         # intermediates then stay in cache instead of streaming through memory. The chunks are
-        # balanced (ceil(n / num_chunks) samples each), so padding stays below num_chunks.
+        # balanced (ceil(n / num_chunks) samples each), so padding stays below num_chunks. Each
+        # chunk's results stay batch-last; one transpose of the whole result follows the loop.
         num_chunks = -(-n // chunk)
         size = -(-n // num_chunks)
         pad = num_chunks * size - n
         padded = [jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], dtype)]) for x in per_sample]
         chunks = [x.reshape((num_chunks, size) + x.shape[1:]) for x in padded]
-        result = jax.lax.map(lambda c: flat(*c), chunks)
-        result = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], result)
+        result = jax.lax.map(lambda c: flat(*c), chunks)  # leaves [num_chunks, ..., size]
+        result = jax.tree.map(lambda x: jnp.moveaxis(x, -1, 1).reshape((-1,) + x.shape[1:-1])[:n], result)
     else:
-        result = flat(*per_sample)
+        result = jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), flat(*per_sample))
     return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), result)
 
 
@@ -260,9 +261,10 @@ def _mv3(a: jax.Array, v: jax.Array) -> jax.Array:
 
 def _forward_flat(tree, sched, angles, translation, scale, offsets, dtype) -> FKResult:
     """FK on flat inputs: angles [N, P], translation [N, 3], scale [N], offsets [E, 3] (shared)
-    or [N, E, 3] (per sample), unscaled.
+    or [N, E, 3] (per sample), unscaled. Returns an :class:`FKResult` whose fields are batch-last:
+    joints [J, 3, N], positions [E, 3, N], rotations [E, 3, 3, N].
 
-    Internally batch-last ("structure of arrays"): every 3x3 block is [..., 3, 3, N].
+    Batch-last ("structure of arrays") throughout: every 3x3 block is [..., 3, 3, N].
     """
     n = angles.shape[0]
     ang = angles.T  # [P, N]
@@ -304,9 +306,7 @@ def _forward_flat(tree, sched, angles, translation, scale, offsets, dtype) -> FK
     joints = all_pos[out_rows]  # [J, 3, N]
     if tree.output_axes != (0, 1, 2):
         joints = joints[:, np.asarray(tree.output_axes)]
-    positions = jnp.transpose(all_pos[sched.entry_from_level], (2, 0, 1))
-    rotations = jnp.transpose(all_rot[sched.entry_from_level], (3, 0, 1, 2))
-    return FKResult(joints=jnp.transpose(joints, (2, 0, 1)), positions=positions, rotations=rotations)
+    return FKResult(joints=joints, positions=all_pos[sched.entry_from_level], rotations=all_rot[sched.entry_from_level])
 
 
 def rest_pose(tree: KinematicTree, scale: float | None = None) -> jax.Array:
