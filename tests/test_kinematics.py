@@ -12,7 +12,7 @@ import torch
 
 from kinpose_jax import kinematics as kin
 from kinpose_jax.kinematics import fk as fk_module
-from kinpose_jax.kinematics import presets
+from kinpose_jax.kinematics import presets, rotations
 from tests import torch_reference as ref
 
 pytestmark = pytest.mark.quick_compile  # programs that run a few times on tiny inputs (conftest.py)
@@ -555,6 +555,66 @@ def test_transforms_pack_rotations_and_positions_into_4x4():
     np.testing.assert_allclose(np.asarray(out.joints), m[:, rows][..., :3, 3][..., [0, 2, 1]], atol=1e-5)
 
 
+# ------------------------------------------------------------------ sines and cosines
+def quarter_turn_neighbours(count):
+    """float32 angles at and beside whole multiples of pi/2 (where sin or cos is near 0)."""
+    x = (np.arange(-count, count) * (np.pi / 2)).astype(np.float32)
+    return np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))])
+
+
+def test_sincos_is_within_1e_7_of_float64_below_its_range():
+    rng = np.random.default_rng(21)
+    limit = rotations.SINCOS_POLYNOMIAL_RANGE
+    x = np.concatenate([rng.uniform(-m, m, 200_000) for m in (1.0, 4.0, 100.0, limit)]
+                       + [quarter_turn_neighbours(40_000), [np.nextafter(np.float32(limit), np.float32(0)), 0.0, 1e-30]])
+    x = x.astype(np.float32)
+    sin, cos = jax.jit(rotations.sincos)(x)
+    np.testing.assert_allclose(np.asarray(sin), np.sin(x.astype(np.float64)), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(cos), np.cos(x.astype(np.float64)), rtol=0, atol=1e-7)
+    assert np.asarray(sin)[-1] == np.float32(1e-30)  # tiny angles keep their relative precision
+    # the polynomial path is the one taken
+    for got, want in zip((sin, cos), jax.jit(rotations._sincos_polynomial)(x)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("odd", [rotations.SINCOS_POLYNOMIAL_RANGE, -1e9, np.nan, np.inf])
+def test_sincos_takes_jnp_sin_and_cos_with_one_angle_out_of_range(odd):
+    x = np.random.default_rng(22).uniform(-4, 4, 64).astype(np.float32)
+    x[17] = odd
+    sin, cos = rotations.sincos(x)
+    np.testing.assert_array_equal(np.asarray(sin), np.asarray(jnp.sin(x)))  # NaN where jnp gives NaN
+    np.testing.assert_array_equal(np.asarray(cos), np.asarray(jnp.cos(x)))
+
+
+def test_sincos_of_other_dtypes_is_jnp_sin_and_cos():
+    x = np.random.default_rng(23).uniform(-4, 4, 64)
+    with jax.enable_x64(True):
+        sin, cos = rotations.sincos(jnp.asarray(x, jnp.float64))
+        assert sin.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(sin), np.sin(x), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(cos), np.cos(x), rtol=0, atol=1e-15)
+    xb = jnp.asarray(x, jnp.bfloat16)
+    sin, cos = rotations.sincos(xb)
+    assert sin.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(sin), np.asarray(jnp.sin(xb)))
+    np.testing.assert_array_equal(np.asarray(cos), np.asarray(jnp.cos(xb)))
+
+
+def test_sincos_gradients_are_cos_and_minus_sin_also_under_vmap():
+    rng = np.random.default_rng(24)
+    x = rng.uniform(-10, 10, (4, 256)).astype(np.float32)
+    u, v = rng.normal(size=(2, 4, 256)).astype(np.float32)
+
+    def weighted(a, wu, wv):
+        s, c = rotations.sincos(a)
+        return jnp.sum(s * wu + c * wv)
+
+    grad = jax.jit(jax.vmap(jax.grad(weighted)))(x, u, v)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(grad), u * np.cos(x64) - v * np.sin(x64), rtol=0,
+                               atol=3e-7 * (np.abs(u) + np.abs(v)).max())
+
+
 # ------------------------------------------------------------------ inverse use
 def test_fit_to_joints_round_trip_within_1mm():
     tree = presets.h36m18()
@@ -615,6 +675,12 @@ def test_chunked_and_unchunked_fk_give_the_same_values_and_gradients():
                                         torch.from_numpy(s)))
     rest = np.asarray(value_and_grads(np.zeros_like(a), t, s, 12)[0])
     np.testing.assert_allclose(rest, expected, atol=1e-3)
+    # every entry's position and rotation too, in the same sample order
+    full = {size: kin.forward_kinematics(tree, a, t, s, chunk_size=size) for size in (0, 12)}
+    for field in ("positions", "rotations"):
+        want = np.asarray(getattr(full[0], field))
+        np.testing.assert_allclose(np.asarray(getattr(full[12], field)), want, rtol=1e-6,
+                                   atol=1e-6 * np.abs(want).max())
 
 
 def test_chunking_really_happens_only_when_asked():

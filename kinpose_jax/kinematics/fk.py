@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinpose_jax.jitting import jit_static
-from kinpose_jax.kinematics.rotations import skew
+from kinpose_jax.kinematics.rotations import sincos, skew
 from kinpose_jax.kinematics.tree import KinematicTree
 
 
@@ -268,7 +268,7 @@ def _forward_flat(tree, sched, angles, translation, scale, offsets, dtype) -> FK
     """
     n = angles.shape[0]
     ang = angles.T  # [P, N]
-    sin, cos = jnp.sin(ang), jnp.cos(ang)
+    sin, cos = sincos(ang)
     eye = jnp.eye(3, dtype=dtype)[..., None]
     num_static = len(sched.frames) - sum(len(idx) for _, idx in sched.dof_groups)
     parts = [jnp.broadcast_to(eye, (num_static, 3, 3, n))]
