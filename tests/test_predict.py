@@ -275,18 +275,22 @@ def test_exports_reload_in_a_fresh_process_with_the_live_outputs(tmp_path, data_
         variables["params"] = perturbed(variables["params"], 0.05 if head == "integral" else 0.01)  # joints in the patch
         loaded = predict.LoadedModel(model, variables, config.model.to_dict(), PATCH, "test")
         predict.export_model(loaded, str(tmp_path / head))
-        live[head] = jax.jit(evaluation.make_joints_fn(model, PATCH, False))(variables, patches)
+        joints_fn = jax.jit(evaluation.make_joints_fn(model, PATCH, False))
+        live[head] = {n: joints_fn(variables, patches[:n]) for n in (1, 3)}
         args += [str(tmp_path / head), str(tmp_path / f"{head}.npz")]
     proc = subprocess.run([sys.executable, "-c", RELOAD, *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for head, outputs in live.items():
+    for head, by_batch in live.items():
         got = np.load(str(tmp_path / f"{head}.npz"))
-        assert set(outputs) == {k.rsplit("_", 1)[0] for k in got.files}
-        for key, value in outputs.items():
-            value = np.asarray(value)
-            assert np.abs(value[0] - value[1]).max() > 1e-2, (head, key)  # predictions differ per patch
-            # another batch size is another compiled program: float32 rounding of a few ulps (rtol 1e-6 = 8 ulps)
-            np.testing.assert_allclose(got[f"{key}_3"], value, atol=1e-5, rtol=1e-6, err_msg=f"{head} {key}")
-            np.testing.assert_allclose(got[f"{key}_1"], value[:1], atol=1e-5, rtol=1e-6, err_msg=f"{head} {key}")
-    assert live["kinematic"]["tree_joints"].shape == (3, 23, 3)
+        assert set(by_batch[3]) == {k.rsplit("_", 1)[0] for k in got.files}
+        for n, outputs in by_batch.items():
+            for key, value in outputs.items():
+                value = np.asarray(value)
+                if n == 3:
+                    assert np.abs(value[0] - value[1]).max() > 1e-2, (head, key)  # predictions differ per patch
+                # each batch size against the live program of that size: compiling the exported
+                # program rounds a few float32 ulps differently at most (rtol 1e-6 = 8 ulps); programs
+                # of different batch sizes may differ by ~1e-4 px (other kernels, summation orders)
+                np.testing.assert_allclose(got[f"{key}_{n}"], value, atol=1e-5, rtol=1e-6, err_msg=f"{head} {key} {n}")
+    assert live["kinematic"][3]["tree_joints"].shape == (3, 23, 3)
