@@ -18,8 +18,9 @@ def skew(axes: np.ndarray) -> np.ndarray:
     )
 
 
-#: float32 angles (radians) whose magnitudes all lie below this take the polynomial path of
-#: :func:`sincos`; with one at or above it (or a NaN / inf) the call uses ``jnp.sin`` / ``jnp.cos``.
+#: On the CPU backend, float32 angles (radians) whose magnitudes all lie below this take the
+#: polynomial path of :func:`sincos`; with one at or above it (or a NaN / inf) the call uses
+#: ``jnp.sin`` / ``jnp.cos``.
 SINCOS_POLYNOMIAL_RANGE = 65536.0
 
 # pi/2 as three float32 parts: the first two have 8 significant bits, so their products with a
@@ -48,13 +49,13 @@ def _sincos_polynomial(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def sincos(angles: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(sin(angles), cos(angles))``, same shape and dtype; differentiable.
 
-    float32 angles below :data:`SINCOS_POLYNOMIAL_RANGE` in magnitude are reduced to [-pi/4, pi/4]
-    by whole quarter turns and evaluated by polynomials: about 1.5 float32 ulp (within 1e-7 of the
-    exact values), and element-wise arithmetic that XLA vectorizes, where XLA:CPU's ``sin`` /
-    ``cos`` run element by element (over ten times slower here). Other dtypes, and calls with any
-    larger, NaN or infinite angle, use ``jnp.sin`` / ``jnp.cos``."""
+    On the CPU backend, float32 angles below :data:`SINCOS_POLYNOMIAL_RANGE` in magnitude are
+    reduced to [-pi/4, pi/4] by whole quarter turns and evaluated by polynomials: about 1.5 float32
+    ulp (within 1e-7 of the exact values), and element-wise arithmetic that XLA vectorizes, where
+    XLA:CPU's ``sin`` / ``cos`` run element by element (over ten times slower here). Other dtypes
+    and backends, and calls with any larger, NaN or infinite angle, use ``jnp.sin`` / ``jnp.cos``."""
     angles = jnp.asarray(angles)
-    if angles.dtype != jnp.float32:
+    if angles.dtype != jnp.float32 or jax.default_backend() != "cpu":
         return jnp.sin(angles), jnp.cos(angles)
     return jax.lax.cond(jnp.all(jnp.abs(angles) < SINCOS_POLYNOMIAL_RANGE), _sincos_polynomial,
                         lambda a: (jnp.sin(a), jnp.cos(a)), angles)
