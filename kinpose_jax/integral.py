@@ -43,10 +43,11 @@ def _expectations(logits: jax.Array, axes: dict[str, int], sum_axes: tuple[int, 
     return out
 
 
-def _row_expectations(row: jax.Array, shift: jax.Array) -> jax.Array:
-    """Softmax over all of one row's bins ([..., H, W] logits; ``shift``: a constant for autodiff
-    subtracted before ``exp``, their max or :func:`_rows_shift_estimate`'s) -> [row.ndim] expected
-    bin index along each axis, last axis first (x, y[, z]).
+def _row_sums(row: jax.Array, shift: jax.Array) -> jax.Array:
+    """Unnormalized softmax moments of one row ([..., H, W] logits; ``shift``: a constant for
+    autodiff subtracted before ``exp``, their max or :func:`_rows_shift_estimate`'s) -> [row.ndim
+    + 1]: the sum of the exponentials, then their sums weighted by the bin index along each axis,
+    last axis first (x, y[, z]). Every term is non-negative.
 
     The exponentials of each [H, W] plane are reduced by one matrix product with [1, x, y]
     weights over its H*W bins (float32 at full precision): XLA:CPU runs that product several
@@ -58,12 +59,17 @@ def _row_expectations(row: jax.Array, shift: jax.Array) -> jax.Array:
     weights = jnp.stack([jnp.ones(h * w, jnp.float32), xs.reshape(-1), ys.reshape(-1)], axis=1)  # [H*W, 3]
     planes = jnp.dot(e.reshape(-1, h * w), weights, precision=jax.lax.Precision.HIGHEST).reshape(lead + (3,))
     totals = planes[..., 0]  # per plane
-    sums = [jnp.sum(planes[..., 1]), jnp.sum(planes[..., 2])]
+    sums = [jnp.sum(totals), jnp.sum(planes[..., 1]), jnp.sum(planes[..., 2])]
     for ax in reversed(range(len(lead))):
         shape = [1] * len(lead)
         shape[ax] = lead[ax]
         sums.append(jnp.sum(totals * jnp.arange(lead[ax], dtype=jnp.float32).reshape(shape)))
-    return jnp.stack(sums) / jnp.sum(totals)
+    return jnp.stack(sums)
+
+
+def _expectations_from_sums(sums: jax.Array) -> jax.Array:
+    """[..., 1 + k] sums from :func:`_row_sums` -> [..., k] expected bin indices."""
+    return sums[..., 1:] / sums[..., :1]
 
 
 def _rows_max(rows: jax.Array) -> jax.Array:
@@ -87,10 +93,14 @@ def _rows_shift_estimate(rows: jax.Array) -> jax.Array:
     return jax.lax.stop_gradient(middle.max(axis=1).astype(jnp.float32))
 
 
-def _rows_expectations_in_steps(rows: jax.Array, shift: jax.Array) -> jax.Array:
-    """:func:`_row_expectations` of every row of [R, ...] with its [R] shift, as a sequential loop
-    over steps of :data:`CPU_ROWS_PER_STEP` rows (the step's exponentials stay in cache)."""
-    return jax.lax.map(lambda a: _row_expectations(*a), (rows, shift), batch_size=CPU_ROWS_PER_STEP)
+def _rows_sums_in_steps(rows: jax.Array, shift: jax.Array) -> jax.Array:
+    """:func:`_row_sums` of every row of [R, ...] with its [R] shift, as a sequential loop over
+    steps of :data:`CPU_ROWS_PER_STEP` rows (the step's exponentials stay in cache)."""
+    return jax.lax.map(lambda a: _row_sums(*a), (rows, shift), batch_size=CPU_ROWS_PER_STEP)
+
+
+def _rows_expectations_max_subtracted_in_steps(rows: jax.Array) -> jax.Array:
+    return _expectations_from_sums(_rows_sums_in_steps(rows, _rows_max(rows)))
 
 
 @jax.custom_jvp
@@ -100,29 +110,32 @@ def _rows_expectations_one_pass(rows: jax.Array) -> jax.Array:
     The exponentials are shifted by :func:`_rows_shift_estimate` instead of each row's maximum,
     which saves the pass that finds the maxima (about a quarter of the time). Softmax expectations
     do not depend on the shift, and a shift at most the maximum loses no bin that matters (those
-    lost lie e^-87 below the largest), so wherever every sum stays finite the result equals the
-    max-subtracted one up to float32 rounding. Where any sum overflows (a row's maximum some 70 to
-    88 above its middle slice's), all rows are redone with their true maxima. Derivatives
+    lost lie e^-87 below the largest), so wherever every sum stays finite (their terms are
+    non-negative: no partial sum overflowed either) the result equals the max-subtracted one up to
+    float32 rounding. Where any sum of any row overflows (a row's maximum some 70 to 88 above its
+    middle slice's), all rows are redone with their true maxima, so one such row changes the
+    others' rounding. Under ``jax.vmap`` the choice is batched and both passes run. Derivatives
     are those of the max-subtracted loop (the same function)."""
-    one_pass = _rows_expectations_in_steps(rows, _rows_shift_estimate(rows))
-    return jax.lax.cond(jnp.all(jnp.isfinite(one_pass)), lambda: one_pass,
-                        lambda: _rows_expectations_in_steps(rows, _rows_max(rows)))
+    sums = _rows_sums_in_steps(rows, _rows_shift_estimate(rows))
+    sums = jax.lax.cond(jnp.all(jnp.isfinite(sums)), lambda: sums,
+                        lambda: _rows_sums_in_steps(rows, _rows_max(rows)))
+    return _expectations_from_sums(sums)
 
 
 @_rows_expectations_one_pass.defjvp
 def _rows_expectations_one_pass_jvp(primals, tangents):
-    return jax.jvp(lambda r: _rows_expectations_in_steps(r, _rows_max(r)), primals, tangents)
+    return jax.jvp(_rows_expectations_max_subtracted_in_steps, primals, tangents)
 
 
 def _rows_expectations(rows: jax.Array) -> jax.Array:
     """Stable (float32) softmax expectations of every row of [R, ...] logits: [R, ndim - 1] (see
-    :func:`_row_expectations`). On the CPU backend the rows run in sequential steps of
+    :func:`_row_sums`). On the CPU backend the rows run in sequential steps of
     :data:`CPU_ROWS_PER_STEP` (:func:`_rows_expectations_one_pass`); elsewhere all rows at once,
     max-subtracted."""
     r = rows.shape[0]
     if jax.default_backend() == "cpu" and isinstance(r, int) and r > CPU_ROWS_PER_STEP:
         return _rows_expectations_one_pass(rows)
-    return jax.vmap(_row_expectations)(rows, _rows_max(rows))
+    return _expectations_from_sums(jax.vmap(_row_sums)(rows, _rows_max(rows)))
 
 
 @jit_static("num_joints", "depth_bins", "layout")

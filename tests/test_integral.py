@@ -64,8 +64,9 @@ def test_softargmax_3d_is_exact_on_a_spike_far_from_zero(d, h, w):
 
 
 def one_pass_attempt(rows):
-    """The CPU path's first try: every row shifted by its middle plane's maximum."""
-    return np.asarray(integral._rows_expectations_in_steps(rows, integral._rows_shift_estimate(rows)))
+    """The CPU path's first try: every row's sums ([R, 1 + k]: total, then index-weighted) with the
+    exponentials shifted by the row's middle-plane maximum."""
+    return np.asarray(integral._rows_sums_in_steps(rows, integral._rows_shift_estimate(rows)))
 
 
 def test_softargmax_3d_is_exact_with_the_maximum_far_above_the_middle_plane():
@@ -77,11 +78,38 @@ def test_softargmax_3d_is_exact_with_the_maximum_far_above_the_middle_plane():
     hm = (rng.normal(size=(b, j, d, h, w)) * 3).astype(np.float32)
     hm[:, :, d // 2] -= 60.0
     rows = jnp.asarray(hm.reshape(b * j, d, h, w))
-    assert np.all(np.isfinite(one_pass_attempt(rows)))  # the one pass is the result
     assert np.all(hm.reshape(b * j, -1).max(1) - hm[:, :, d // 2].reshape(b * j, -1).max(1) > 55)
+    sums = one_pass_attempt(rows)
+    assert np.all(np.isfinite(sums))  # so the one pass is the result
+    one_pass = sums[:, 1:] / sums[:, :1] / np.array([w, h, d]) - 0.5
     out = np.asarray(integral.softargmax_3d(hm.reshape(b, j * d, h, w), j, d, layout="NCHW"))
     expected = ref.to_numpy(ref.softargmax_3d_nchw(torch.from_numpy(hm.reshape(b, j * d, h, w)).double(), j, d))
+    np.testing.assert_allclose(one_pass.reshape(b, j, 3), expected, atol=1e-6)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_softargmax_is_exact_where_only_the_one_pass_total_overflows(dims):
+    """Zeros with two peaks, e^88.6 at bin 0 and e^87 at bin 1 of every axis: shifted by the middle
+    plane's maximum (0), the sum of exponentials overflows while the index-weighted sums do not
+    (bin 0 weighs nothing). The overflow of the total alone must send the rows to the
+    max-subtracted pass; the ratio finite / inf would give -0.5 everywhere."""
+    b, j, d, h, w = 3, 3, 8, 16, 8  # 9 rows: a step of integral.CPU_ROWS_PER_STEP and a remainder
+    hm = np.zeros((b, j, d, h, w), np.float32)
+    hm[:, :, 0, 0, 0], hm[:, :, 1, 1, 1] = 88.6, 87.0
+    if dims == 2:
+        hm = hm[:, :, 0]
+        hm[:, :, 1, 1] = 87.0
+    sums = one_pass_attempt(jnp.asarray(hm.reshape((b * j,) + hm.shape[2:])))
+    assert np.all(np.isinf(sums[:, 0])) and np.all(np.isfinite(sums[:, 1:]))
+    if dims == 3:
+        out = integral.softargmax_3d(hm.reshape(b, j * d, h, w), j, d, layout="NCHW")
+        expected = ref.softargmax_3d_nchw(torch.from_numpy(hm.reshape(b, j * d, h, w)).double(), j, d)
+    else:
+        out = integral.softargmax_2d(hm, "NCHW")
+        expected = ref.softargmax_2d_nchw(torch.from_numpy(hm).double())
+    assert np.all(ref.to_numpy(expected) > -0.49)
+    np.testing.assert_allclose(np.asarray(out), ref.to_numpy(expected), atol=1e-6)
 
 
 def test_softargmax_2d_matches_torch():
