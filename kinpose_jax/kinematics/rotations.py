@@ -23,8 +23,9 @@ def skew(axes: np.ndarray) -> np.ndarray:
 #: ``jnp.sin`` / ``jnp.cos``.
 SINCOS_POLYNOMIAL_RANGE = 65536.0
 
-# pi/2 as three float32 parts: the first two have 8 significant bits, so their products with a
-# quarter-turn count below 2^16 are exact (Cody-Waite reduction); they sum to pi/2 within 5.3e-15.
+# pi/2 as three float32 parts: the first two have 8 and 7 significant bits, so their products with
+# a quarter-turn count below 2^16 are exact (Cody-Waite reduction); the three sum to pi/2 within
+# 5.4e-15.
 _HALF_PI_PARTS = (1.5703125, 4.84466552734375e-4, -6.397578431460715e-07)
 # minimax polynomials of sin and cos on [-pi/4, pi/4] (Cephes' sinf / cosf coefficients)
 _SIN_COEFFS = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
@@ -50,10 +51,13 @@ def sincos(angles: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(sin(angles), cos(angles))``, same shape and dtype; differentiable.
 
     On the CPU backend, float32 angles below :data:`SINCOS_POLYNOMIAL_RANGE` in magnitude are
-    reduced to [-pi/4, pi/4] by whole quarter turns and evaluated by polynomials: about 1.5 float32
-    ulp (within 1e-7 of the exact values), and element-wise arithmetic that XLA vectorizes, where
-    XLA:CPU's ``sin`` / ``cos`` run element by element (over ten times slower here). Other dtypes
-    and backends, and calls with any larger, NaN or infinite angle, use ``jnp.sin`` / ``jnp.cos``."""
+    reduced to [-pi/4, pi/4] by whole quarter turns and evaluated by polynomials: within 1e-7 of
+    the exact values (absolute; about 1.5 float32 ulp where the value is near +-1, more ulps next
+    to its zeros), and element-wise arithmetic that XLA vectorizes, where XLA:CPU's ``sin`` /
+    ``cos`` run element by element (over ten times slower here). Other dtypes and backends, and
+    calls with any larger, NaN or infinite angle, use ``jnp.sin`` / ``jnp.cos``: one such angle
+    changes the path, hence the rounding, of the whole call. Under ``jax.vmap`` that choice is
+    batched and both paths run."""
     angles = jnp.asarray(angles)
     if angles.dtype != jnp.float32 or jax.default_backend() != "cpu":
         return jnp.sin(angles), jnp.cos(angles)
