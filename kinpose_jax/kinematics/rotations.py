@@ -27,9 +27,17 @@ SINCOS_POLYNOMIAL_RANGE = 65536.0
 # a quarter-turn count below 2^16 are exact (Cody-Waite reduction); the three sum to pi/2 within
 # 5.4e-15.
 _HALF_PI_PARTS = (1.5703125, 4.84466552734375e-4, -6.397578431460715e-07)
-# minimax polynomials of sin and cos on [-pi/4, pi/4] (Cephes' sinf / cosf coefficients)
-_SIN_COEFFS = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
-_COS_COEFFS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+# minimax polynomials of sin and cos on [-pi/4, pi/4] (Cephes' sinf / cosf coefficients), in r^2
+_SIN_COEFFS = tuple(np.float32(c) for c in (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4))
+_COS_COEFFS = tuple(np.float32(c) for c in (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5))
+
+
+def _horner(x: jax.Array, coeffs: tuple) -> jax.Array:
+    """coeffs[0] + x * (coeffs[1] + x * (...))."""
+    acc = coeffs[-1]
+    for c in reversed(coeffs[:-1]):
+        acc = c + x * acc
+    return acc
 
 
 def _sincos_polynomial(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -38,13 +46,14 @@ def _sincos_polynomial(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     for part in _HALF_PI_PARTS:
         r = r - quarter_turns * np.float32(part)  # r in [-pi/4, pi/4]
     r2 = r * r
-    s = r + r * r2 * (np.float32(_SIN_COEFFS[0]) + r2 * (np.float32(_SIN_COEFFS[1]) + r2 * np.float32(_SIN_COEFFS[2])))
-    c = (np.float32(1.0) - np.float32(0.5) * r2
-         + r2 * r2 * (np.float32(_COS_COEFFS[0]) + r2 * (np.float32(_COS_COEFFS[1]) + r2 * np.float32(_COS_COEFFS[2]))))
+    s = r + r * r2 * _horner(r2, _SIN_COEFFS)
+    c = np.float32(1.0) - np.float32(0.5) * r2 + r2 * r2 * _horner(r2, _COS_COEFFS)
     quadrant = quarter_turns.astype(jnp.int32) & 3  # x = r + quadrant * pi/2 (mod 2 pi)
-    sin = jnp.where(quadrant == 0, s, jnp.where(quadrant == 1, c, jnp.where(quadrant == 2, -s, -c)))
-    cos = jnp.where(quadrant == 0, c, jnp.where(quadrant == 1, -s, jnp.where(quadrant == 2, -c, s)))
-    return sin, cos
+
+    def sin_of_quadrant(q):  # sin(r + q * pi/2); cos(x) = sin(x + pi/2) is quadrant + 1
+        return jnp.where(q == 0, s, jnp.where(q == 1, c, jnp.where(q == 2, -s, -c)))
+
+    return sin_of_quadrant(quadrant), sin_of_quadrant((quadrant + 1) & 3)
 
 
 def sincos(angles: jax.Array) -> tuple[jax.Array, jax.Array]:
