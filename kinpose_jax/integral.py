@@ -99,8 +99,8 @@ def _rows_sums_in_steps(rows: jax.Array, shift: jax.Array) -> jax.Array:
     return jax.lax.map(lambda a: _row_sums(*a), (rows, shift), batch_size=CPU_ROWS_PER_STEP)
 
 
-def _rows_expectations_max_subtracted_in_steps(rows: jax.Array) -> jax.Array:
-    return _expectations_from_sums(_rows_sums_in_steps(rows, _rows_max(rows)))
+def _rows_sums_max_subtracted_in_steps(rows: jax.Array) -> jax.Array:
+    return _rows_sums_in_steps(rows, _rows_max(rows))
 
 
 @jax.custom_jvp
@@ -117,14 +117,13 @@ def _rows_expectations_one_pass(rows: jax.Array) -> jax.Array:
     others' rounding. Under ``jax.vmap`` the choice is batched and both passes run. Derivatives
     are those of the max-subtracted loop (the same function)."""
     sums = _rows_sums_in_steps(rows, _rows_shift_estimate(rows))
-    sums = jax.lax.cond(jnp.all(jnp.isfinite(sums)), lambda: sums,
-                        lambda: _rows_sums_in_steps(rows, _rows_max(rows)))
+    sums = jax.lax.cond(jnp.all(jnp.isfinite(sums)), lambda: sums, lambda: _rows_sums_max_subtracted_in_steps(rows))
     return _expectations_from_sums(sums)
 
 
 @_rows_expectations_one_pass.defjvp
 def _rows_expectations_one_pass_jvp(primals, tangents):
-    return jax.jvp(_rows_expectations_max_subtracted_in_steps, primals, tangents)
+    return jax.jvp(lambda r: _expectations_from_sums(_rows_sums_max_subtracted_in_steps(r)), primals, tangents)
 
 
 def _rows_expectations(rows: jax.Array) -> jax.Array:
